@@ -1,0 +1,180 @@
+"""The ``amazonmine`` command: parses options, loads the config, calls one stage function. Nothing else.
+
+Stage modules are imported inside each command so that ``amazonmine --help`` (and the dehaze, split and tune
+stages) never pay for importing TensorFlow.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from pathlib import Path
+
+import click
+
+from amazonmine import __version__
+from amazonmine.errors import AmazonmineError
+
+
+def _config_options(fn):
+    fn = click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE",
+                      help="Override one config value (repeatable), e.g. --set train.epochs=5.")(fn)
+    fn = click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
+                      default=None, help="YAML config file (default: built-in defaults).")(fn)
+    return fn
+
+
+def _friendly(fn):
+    """Turn the package's own errors (and Ctrl-C) into one line and a non-zero exit, no traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except AmazonmineError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(2)
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            sys.exit(130)
+
+    return wrapper
+
+
+def _load(config_path, overrides):
+    from amazonmine.config import load_config
+
+    return load_config(config_path, overrides)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="amazonmine")
+def main():
+    """Find illegal gold mining (and 16 other labels) in Planet satellite chips of the Amazon.
+
+    Stages share one YAML config (--config) and one run folder (run.dir):
+    synth -> dehaze -> split -> train -> tune -> predict -> evaluate, or all at once with demo.
+    """
+
+
+@main.command()
+@click.argument("out", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--n-train", default=200, show_default=True, help="Labelled training chips.")
+@click.option("--n-test", default=50, show_default=True, help="Unlabelled test chips.")
+@click.option("--size", default=256, show_default=True, help="Chip side in pixels.")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--rare-boost", default=20.0, show_default=True,
+              help="Weight multiplier for label combinations holding a rare label (<1%).")
+@click.option("--tif", is_flag=True, help="Also write 4-band 16-bit TIFs (train-tif-v2/).")
+@_friendly
+def synth(out, n_train, n_test, size, seed, rare_boost, tif):
+    """Write a labelled Planet-like dataset in the Kaggle layout (built-in demo/test data)."""
+    from amazonmine.synth import make_dataset
+
+    summary = make_dataset(out, n_train=n_train, n_test=n_test, size=size, seed=seed, rare_boost=rare_boost,
+                           tif=tif)
+    rare = ", ".join(f"{k}={v}" for k, v in summary["label_counts"].items()
+                     if k in ("artisinal_mine", "conventional_mine", "slash_burn", "blow_down"))
+    click.echo(f"wrote {summary['n_train']} train + {summary['n_test']} test chips "
+               f"({summary['size']} px, {summary['haze']} hazy) to {summary['out']}; {rare}")
+
+
+@main.command()
+@click.argument("src", required=False, type=click.Path(path_type=Path))
+@click.argument("dst", required=False, type=click.Path(path_type=Path))
+@_config_options
+@click.option("--workers", type=int, default=None, help="Processes (default: dehaze.workers, 0 = all cores).")
+@click.option("--overwrite", is_flag=True, help="Redo chips already present in DST.")
+@_friendly
+def dehaze(src, dst, config_path, overrides, workers, overwrite):
+    """Remove haze (dark-channel prior + guided filter) from every chip of SRC into DST."""
+    from amazonmine.dehaze import run_dehaze
+
+    cfg = _load(config_path, overrides)
+    summary = run_dehaze(cfg, src=src, dst=dst, workers=workers, overwrite=overwrite)
+    click.echo(summary.headline())
+    if summary.failed:
+        sys.exit(1)
+
+
+@main.command()
+@_config_options
+@_friendly
+def split(config_path, overrides):
+    """Multi-label stratified k-fold plan with rare-label oversampling (folds.csv, train_manifest.csv)."""
+    from amazonmine.split import run_split
+
+    cfg = _load(config_path, overrides)
+    summary = run_split(cfg)
+    click.echo(summary.headline())
+
+
+@main.command()
+@_config_options
+@click.option("--fold", "folds", type=int, multiple=True, help="Fold to train (repeatable).")
+@click.option("--all-folds", is_flag=True, help="Train every fold of the split.")
+@click.option("--gpu", is_flag=True, help="Require a GPU; mixed precision, several GPUs mirrored.")
+@click.option("--resume", is_flag=True, help="Continue an interrupted run from its last epoch checkpoint.")
+@_friendly
+def train(config_path, overrides, folds, all_folds, gpu, resume):
+    """Train the DenseNet121 multi-label classifier; writes b01_dense121.h5 and out-of-fold predictions."""
+    from amazonmine.train import resolve_folds, run_train
+
+    cfg = _load(config_path, overrides)
+    for result in run_train(cfg, folds=resolve_folds(cfg, folds, all_folds), gpu=gpu, resume=resume):
+        click.echo(result.headline())
+
+
+@main.command()
+@_config_options
+@_friendly
+def tune(config_path, overrides):
+    """Per-label decision thresholds that maximise the out-of-fold mean F2 (thresholds.json)."""
+    from amazonmine.tune import run_tune
+
+    cfg = _load(config_path, overrides)
+    click.echo(run_tune(cfg).headline())
+
+
+@main.command()
+@_config_options
+@click.argument("inputs", nargs=-1, type=click.Path(path_type=Path))
+@click.option("--allow-missing", is_flag=True, help="Exit 0 even if some chips are missing or corrupt.")
+@click.option("--gpu", is_flag=True, help="Require a GPU.")
+@_friendly
+def predict(config_path, overrides, inputs, allow_missing, gpu):
+    """Label the test chips with the fold models and tuned thresholds; writes submission.csv."""
+    from amazonmine.predict import run_predict
+
+    cfg = _load(config_path, overrides)
+    summary = run_predict(cfg, inputs=list(inputs) or None, allow_missing=allow_missing, gpu=gpu)
+    click.echo(summary.headline())
+    if summary.failed and not (allow_missing or cfg.predict.allow_missing):
+        sys.exit(1)
+
+
+@main.command()
+@_config_options
+@_friendly
+def evaluate(config_path, overrides):
+    """Write an HTML report: per-label scores, threshold curves, co-occurrence, a gallery of mine chips."""
+    from amazonmine.report import run_evaluate
+
+    cfg = _load(config_path, overrides)
+    click.echo(run_evaluate(cfg).headline())
+
+
+@main.command()
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("runs/demo"),
+              show_default=True, help="Folder for the generated data and the run.")
+@_config_options
+@_friendly
+def demo(out, config_path, overrides):
+    """The whole pipeline on a freshly generated synthetic set, on the CPU, in a few minutes."""
+    from amazonmine.demo import run_demo
+
+    run_demo(out, config_path=config_path, overrides=list(overrides))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

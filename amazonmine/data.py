@@ -1,0 +1,312 @@
+"""The Kaggle "Planet: Understanding the Amazon from Space" data layout, its 17 labels, and safe image reading.
+
+Layout (the competition download, or ``amazonmine synth`` output)::
+
+    <root>/train_v2.csv               image_name,tags   (tags space-separated)
+    <root>/train-jpg/<name>.jpg       256x256 chips, JPEG (Kaggle's are 4-component; OpenCV decodes to BGR)
+    <root>/train-tif-v2/<name>.tif    256x256, 4 bands of 16 bit in the order B, G, R, NIR
+    <root>/test-jpg/, test-jpg-additional/
+    <root>/sample_submission_v2.csv   image_name,tags in the order Kaggle scores them
+
+Arrays in this package keep OpenCV's channel order: a JPEG chip is ``uint8`` B, G, R; a TIF chip is
+``uint16`` B, G, R, NIR (the file's own band order). Imagery by Planet, CC BY-SA 4.0.
+
+Every check raises :class:`DataError` with one line that names the file and the problem and, for problems
+that repeat, the count and the first few offenders.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from amazonmine.errors import AmazonmineError
+
+LABELS: tuple[str, ...] = (
+    "agriculture",
+    "artisinal_mine",  # sic: the dataset's spelling
+    "bare_ground",
+    "blooming",
+    "blow_down",
+    "clear",
+    "cloudy",
+    "conventional_mine",
+    "cultivation",
+    "habitation",
+    "haze",
+    "partly_cloudy",
+    "primary",
+    "road",
+    "selective_logging",
+    "slash_burn",
+    "water",
+)
+LABEL_INDEX = {name: i for i, name in enumerate(LABELS)}
+WEATHER_LABELS: tuple[str, ...] = ("clear", "cloudy", "haze", "partly_cloudy")
+WEATHER_INDEX = np.array([LABEL_INDEX[w] for w in WEATHER_LABELS])
+LAND_INDEX = np.array([i for i, name in enumerate(LABELS) if name not in WEATHER_LABELS])
+
+IMAGE_EXTENSIONS = {"jpg": ".jpg", "tif": ".tif"}
+_SHOW = 5  # offenders quoted in an error message
+
+
+class DataError(AmazonmineError):
+    """Input data that cannot be used as it is."""
+
+
+def _offenders(items: Sequence[str], total: int | None = None) -> str:
+    total = len(items) if total is None else total
+    shown = ", ".join(str(i) for i in list(items)[:_SHOW])
+    more = f" and {total - _SHOW} more" if total > _SHOW else ""
+    return f"{total} ({shown}{more})"
+
+
+# --- names -------------------------------------------------------------------------------------------------
+
+def is_safe_name(name: str) -> bool:
+    """A chip name must stay inside its folder: no separators, no '..', not absolute, printable."""
+    if not isinstance(name, str) or not name or name in (".", ".."):
+        return False
+    if "/" in name or "\\" in name or "\x00" in name or ".." in name:
+        return False
+    if os.path.isabs(name) or (len(name) > 1 and name[1] == ":"):
+        return False
+    return name.isprintable() and name.strip() == name
+
+
+def check_names(names: Iterable[str], source: str) -> None:
+    bad = [repr(n) for n in names if not is_safe_name(n)]
+    if bad:
+        raise DataError(f"{source}: image names that would escape their folder or are empty: {_offenders(bad)}")
+
+
+# --- tags <-> multi-hot ------------------------------------------------------------------------------------
+
+def tags_to_matrix(tags: Iterable[str], source: str = "tags") -> np.ndarray:
+    """Space-separated tag strings -> (N, 17) uint8 multi-hot matrix in canonical label order."""
+    tags = list(tags)
+    matrix = np.zeros((len(tags), len(LABELS)), dtype=np.uint8)
+    unknown: dict[str, int] = {}
+    for row, text in enumerate(tags):
+        if not isinstance(text, str):
+            text = ""
+        for tag in text.split():
+            j = LABEL_INDEX.get(tag)
+            if j is None:
+                unknown.setdefault(tag, row)
+            else:
+                matrix[row, j] = 1
+    if unknown:
+        names = [f"{t!r} (row {r + 2})" for t, r in unknown.items()]
+        raise DataError(f"{source}: unknown labels: {_offenders(names)}; known labels: {', '.join(LABELS)}")
+    return matrix
+
+
+def matrix_to_tags(matrix: np.ndarray) -> list[str]:
+    """(N, 17) 0/1 matrix -> space-separated tags in canonical (alphabetical) order."""
+    matrix = np.asarray(matrix).astype(bool)
+    if matrix.ndim != 2 or matrix.shape[1] != len(LABELS):
+        raise ValueError(f"expected an (N, {len(LABELS)}) matrix, got {matrix.shape}")
+    labels = np.array(LABELS)
+    return [" ".join(labels[row]) for row in matrix]
+
+
+# --- label files -------------------------------------------------------------------------------------------
+
+def read_labels(csv_path: str | Path, require_weather: bool = True):
+    """Read and validate a ``train_v2.csv``-style file. Returns a DataFrame with image_name, tags.
+
+    Checks: readable, the two columns, at least one row, safe unique names, known labels, and (Planet's own
+    rule) at least one weather label per row.
+    """
+    import pandas as pd
+
+    csv_path = Path(csv_path)
+    if not csv_path.is_file():
+        raise DataError(f"{csv_path}: labels file not found")
+    try:
+        frame = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
+    except pd.errors.EmptyDataError:
+        raise DataError(f"{csv_path}: empty CSV (expected a header 'image_name,tags' and one row per chip)") from None
+    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
+        raise DataError(f"{csv_path}: not a readable CSV ({str(exc).splitlines()[0]})") from None
+    missing = [c for c in ("image_name", "tags") if c not in frame.columns]
+    if missing:
+        raise DataError(f"{csv_path}: missing column(s) {', '.join(missing)}; found {', '.join(frame.columns)}")
+    if frame.empty:
+        raise DataError(f"{csv_path}: empty CSV (header only, no chips)")
+    frame = frame[["image_name", "tags"]].copy()
+    frame["image_name"] = frame["image_name"].str.strip()
+    check_names(frame["image_name"], str(csv_path))
+    dup = frame["image_name"][frame["image_name"].duplicated()].unique().tolist()
+    if dup:
+        raise DataError(f"{csv_path}: duplicate image_name: {_offenders(dup)}")
+    matrix = tags_to_matrix(frame["tags"], str(csv_path))
+    if require_weather:
+        no_weather = frame["image_name"][matrix[:, WEATHER_INDEX].sum(1) == 0].tolist()
+        if no_weather:
+            raise DataError(
+                f"{csv_path}: rows with no weather label (one of {', '.join(WEATHER_LABELS)}): {_offenders(no_weather)}"
+            )
+    frame["tags"] = matrix_to_tags(matrix)
+    return frame.reset_index(drop=True)
+
+
+def check_images_exist(names: Sequence[str], folder: str | Path, ext: str) -> None:
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(f"{folder}: image folder not found")
+    present = {p.name for p in os.scandir(folder)} if folder.is_dir() else set()
+    missing = [f"{n}{ext}" for n in names if f"{n}{ext}" not in present]
+    if missing:
+        raise DataError(f"{folder}: image files missing: {_offenders(missing)}")
+
+
+# --- images ------------------------------------------------------------------------------------------------
+
+def _jpeg_complete(data: bytes) -> bool:
+    # A truncated JPEG still decodes in OpenCV (libjpeg fills the rest with grey and only warns on stderr),
+    # so check the markers: SOI at the start, EOI at the end (some writers pad after EOI with zeros).
+    if data[:2] != b"\xff\xd8":
+        return False
+    tail = data[-4096:].rstrip(b"\x00\r\n ")
+    return tail.endswith(b"\xff\xd9")
+
+
+def decode_image(data: bytes, name: str, fmt: str = "jpg", expected_size: int = 0) -> np.ndarray:
+    """Decode one chip from bytes, refusing anything that is not a whole, colour, square chip.
+
+    Returns uint8 (H, W, 3) B,G,R for JPEG/PNG, uint16 (H, W, 4) B,G,R,NIR for TIF.
+    """
+    import cv2
+
+    if not data:
+        raise DataError(f"{name}: empty file")
+    if fmt == "jpg" and not _jpeg_complete(data):
+        raise DataError(f"{name}: truncated or corrupt JPEG (no end-of-image marker)")
+    buf = np.frombuffer(data, dtype=np.uint8)
+    try:
+        img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
+    except cv2.error as exc:  # e.g. a header that claims an absurd size
+        reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else "decoder error"
+        raise DataError(f"{name}: cannot decode image ({reason})") from None
+    if img is None:
+        raise DataError(f"{name}: cannot decode image (corrupt or not an image)")
+    if fmt == "tif":
+        if img.ndim != 3 or img.shape[2] != 4:
+            raise DataError(f"{name}: expected 4 bands (B, G, R, NIR), got shape {img.shape}")
+        if img.dtype != np.uint16:
+            raise DataError(f"{name}: expected 16-bit bands, got {img.dtype}")
+        # OpenCV treats a 4-band file as RGBA and hands it back as BGRA: swap back to the file's B,G,R,NIR.
+        img = img[..., [2, 1, 0, 3]]
+    else:
+        if img.ndim == 2 or (img.ndim == 3 and img.shape[2] == 1):
+            raise DataError(f"{name}: grayscale image, expected a colour chip")
+        if img.ndim != 3 or img.shape[2] not in (3, 4):
+            raise DataError(f"{name}: unexpected image shape {img.shape}")
+        if img.dtype != np.uint8:
+            raise DataError(f"{name}: expected 8-bit colour, got {img.dtype}")
+        if img.shape[2] == 4:
+            img = img[..., :3]
+    h, w = img.shape[:2]
+    if h != w:
+        raise DataError(f"{name}: chip is {w}x{h}, expected a square chip")
+    if expected_size and h != expected_size:
+        raise DataError(f"{name}: chip is {w}x{h}, expected {expected_size}x{expected_size}")
+    return np.ascontiguousarray(img)
+
+
+def read_image(path: str | Path, expected_size: int = 0) -> np.ndarray:
+    """Read one chip file (format from its extension) with the checks of :func:`decode_image`."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise DataError(f"{path}: image file not found") from None
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    fmt = "tif" if path.suffix.lower() in (".tif", ".tiff") else "jpg"
+    if path.suffix.lower() == ".png":
+        fmt = "png"
+    return decode_image(data, str(path), fmt, expected_size)
+
+
+# --- the Kaggle layout -------------------------------------------------------------------------------------
+
+@dataclass
+class PlanetLayout:
+    """Paths of one dataset in the Kaggle layout, resolved from the ``data`` config section."""
+
+    root: Path
+    labels_csv: Path
+    train_dir: Path
+    tif_dir: Path
+    test_dirs: list[Path]
+    sample_submission: Path
+    image_format: str = "jpg"
+    chip_size: int = 0
+
+    @classmethod
+    def from_config(cls, data_cfg) -> "PlanetLayout":
+        root = Path(data_cfg.root)
+        return cls(
+            root=root,
+            labels_csv=root / data_cfg.labels_csv,
+            train_dir=root / data_cfg.train_dir,
+            tif_dir=root / data_cfg.tif_dir,
+            test_dirs=[root / d for d in data_cfg.test_dirs],
+            sample_submission=root / data_cfg.sample_submission,
+            image_format=data_cfg.image_format,
+            chip_size=data_cfg.chip_size,
+        )
+
+    @property
+    def ext(self) -> str:
+        return IMAGE_EXTENSIONS[self.image_format]
+
+    @property
+    def image_dir(self) -> Path:
+        return self.tif_dir if self.image_format == "tif" else self.train_dir
+
+    def load_train(self, check_files: bool = True):
+        """Validated labels (DataFrame image_name, tags) and their (N, 17) matrix."""
+        if not self.root.is_dir():
+            raise DataError(f"{self.root}: data folder not found (set data.root, or run 'amazonmine synth {self.root}')")
+        frame = read_labels(self.labels_csv)
+        if check_files:
+            check_images_exist(frame["image_name"].tolist(), self.image_dir, self.ext)
+        return frame, tags_to_matrix(frame["tags"], str(self.labels_csv))
+
+    def list_test(self) -> list[tuple[str, Path]]:
+        """(image_name, path) of every test chip in the test folders that exist, sorted by name per folder."""
+        found: list[tuple[str, Path]] = []
+        for folder in self.test_dirs:
+            if not folder.is_dir():
+                continue
+            for entry in sorted(os.scandir(folder), key=lambda e: e.name):
+                if entry.name.lower().endswith(".jpg") and not entry.name.startswith("."):
+                    found.append((entry.name[:-4], Path(entry.path)))
+        names = [n for n, _ in found]
+        if len(set(names)) != len(names):
+            seen: set[str] = set()
+            dups = [n for n in names if n in seen or seen.add(n)]
+            raise DataError(f"{self.root}: the same test chip name appears in two test folders: {_offenders(dups)}")
+        return found
+
+
+def load_matrix_csv(path: str | Path, id_column: str = "image_name"):
+    """Read a CSV of image_name plus the 17 label columns (probabilities or 0/1) -> (names, matrix)."""
+    import pandas as pd
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    frame = pd.read_csv(path)
+    missing = [c for c in (id_column, *LABELS) if c not in frame.columns]
+    if missing:
+        raise DataError(f"{path}: missing column(s) {_offenders(missing)}")
+    return frame[id_column].astype(str).tolist(), frame[list(LABELS)].to_numpy(dtype=np.float32)
