@@ -310,3 +310,27 @@ def load_matrix_csv(path: str | Path, id_column: str = "image_name"):
     if missing:
         raise DataError(f"{path}: missing column(s) {_offenders(missing)}")
     return frame[id_column].astype(str).tolist(), frame[list(LABELS)].to_numpy(dtype=np.float32)
+
+
+# --- the dihedral group of the square ----------------------------------------------------------------------
+# Satellite chips have no "up": the 8 rotations/flips are equally valid views. Transform k rotates by
+# k % 4 quarter turns (counter-clockwise, as numpy.rot90) and then, for k >= 4, flips left-right. The split
+# manifest, the training pipeline and test-time augmentation all use this one numbering.
+DIHEDRAL = tuple(range(8))
+DIHEDRAL_NAMES = ("identity", "rot90", "rot180", "rot270", "flip", "rot90+flip", "rot180+flip", "rot270+flip")
+
+
+def apply_dihedral(img: np.ndarray, k: int) -> np.ndarray:
+    """Apply dihedral transform ``k`` (0..7) to an (H, W, C) or (N, H, W, C) array (NumPy view)."""
+    axes = (0, 1) if img.ndim == 3 else (1, 2)
+    out = np.rot90(img, k % 4, axes=axes)
+    if k >= 4:
+        out = np.flip(out, axis=axes[1])
+    return out
+
+
+def chip_dir(cfg, subdir: str) -> Path:
+    """Where a stage reads chips of ``subdir`` (e.g. 'train-jpg'): the dehazed copy when dehaze is enabled."""
+    if cfg.dehaze.enabled:
+        return cfg.dehaze_dir / subdir
+    return Path(cfg.data.root) / subdir
