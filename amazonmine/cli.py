@@ -7,13 +7,17 @@ stages) never pay for importing TensorFlow.
 from __future__ import annotations
 
 import functools
+import os
 import sys
 from pathlib import Path
 
 import click
 
-from amazonmine import __version__
-from amazonmine.errors import AmazonmineError
+# TensorFlow's C++ start-up chatter (CUDA probing on CPU machines, oneDNN notices) hides the real output.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from amazonmine import __version__  # noqa: E402
+from amazonmine.errors import AmazonmineError  # noqa: E402
 
 
 def _config_options(fn):

@@ -104,6 +104,8 @@ class TrainConfig:
     mini_blocks: list[int] = field(default_factory=lambda: [2, 2, 2])
     mini_growth: int = 12
     steps_per_epoch: int = 0  # 0 = one pass over the training manifest
+    # Same seed + same data -> same numbers on the CPU (TensorFlow op determinism). Costs some speed.
+    deterministic: bool = True
     verbose: int = 1
 
 

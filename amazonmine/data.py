@@ -170,11 +170,12 @@ def check_images_exist(names: Sequence[str], folder: str | Path, ext: str) -> No
 
 def _jpeg_complete(data: bytes) -> bool:
     # A truncated JPEG still decodes in OpenCV (libjpeg fills the rest with grey and only warns on stderr),
-    # so check the markers: SOI at the start, EOI at the end (some writers pad after EOI with zeros).
+    # so check the markers: SOI at the start, EOI near the end. Kaggle's Planet chips carry ~35 bytes of
+    # trailing data after EOI, so the marker is looked for in the tail rather than in the last two bytes;
+    # 0xFFD9 cannot occur inside entropy-coded data (a data 0xFF is always followed by 0x00).
     if data[:2] != b"\xff\xd8":
         return False
-    tail = data[-4096:].rstrip(b"\x00\r\n ")
-    return tail.endswith(b"\xff\xd9")
+    return b"\xff\xd9" in data[-1024:]
 
 
 def decode_image(data: bytes, name: str, fmt: str = "jpg", expected_size: int = 0) -> np.ndarray:

@@ -1,0 +1,221 @@
+"""tf.data input pipeline: chips -> (optionally cached) pixels -> dihedral views + jitter -> batches.
+
+Chips are decoded with the package's own checked reader (:func:`amazonmine.data.decode_image`, OpenCV) in
+parallel ``tf.numpy_function`` calls, because TensorFlow cannot read the 4-band TIFs and because a truncated
+JPEG must be an error, not a grey chip. All chips are checked once before training starts (``preflight``), so
+a bad file stops the run in the first minute with its name, never hours into an epoch.
+
+Channel order fed to the model: R, G, B (+ NIR for TIFs). Pixel values stay raw (0..255 or 16-bit counts);
+the model's own first layer rescales them, so a saved model needs no outside preprocessing.
+
+Dihedral numbering (shared with split and TTA): see :data:`amazonmine.data.DIHEDRAL_NAMES`.
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from amazonmine.data import DataError, read_image
+
+TTA_VIEWS = {1: (0,), 2: (0, 4), 4: (0, 1, 2, 3), 8: tuple(range(8))}
+
+
+def to_model_channels(img: np.ndarray) -> np.ndarray:
+    """OpenCV order (B, G, R[, NIR]) -> model order (R, G, B[, NIR])."""
+    order = [2, 1, 0] + list(range(3, img.shape[-1]))
+    return img[..., order]
+
+
+def read_chip(path: str | Path, expected_size: int = 0) -> np.ndarray:
+    """One chip in model channel order, float32, raw values."""
+    return to_model_channels(read_image(path, expected_size)).astype(np.float32)
+
+
+@dataclass
+class ChipSet:
+    """Checked chips: their paths, and (when cached) their pixels at the model's input size."""
+
+    paths: list[str]
+    channels: int
+    native_size: int
+    pixels: np.ndarray | None = None  # (N, S, S, C) uint8/uint16 when cached
+
+
+def _resize(img: np.ndarray, size: int) -> np.ndarray:
+    import cv2
+
+    if img.shape[0] == size:
+        return img
+    # INTER_AREA averages when shrinking (no aliasing); bilinear when enlarging small chips.
+    interp = cv2.INTER_AREA if img.shape[0] > size else cv2.INTER_LINEAR
+    out = cv2.resize(img, (size, size), interpolation=interp)
+    return out if out.ndim == 3 else out[..., None]
+
+
+def preflight(paths: Sequence[str | Path], image_size: int, cache: bool, expected_size: int = 0,
+              progress: bool = True, desc: str = "checking chips") -> ChipSet:
+    """Decode every chip once (threads: OpenCV releases the GIL), failing with the list of bad files.
+
+    With ``cache`` the decoded chips are kept, resized to the model's input size, as one uint8/uint16 array
+    so that each epoch reads memory instead of disk.
+    """
+    from tqdm import tqdm
+
+    paths = [str(p) for p in paths]
+    if not paths:
+        raise DataError("no chips to read")
+    errors: list[str] = []
+    shapes: set[tuple[int, int]] = set()
+    pixels = None
+
+    def load(i: int):
+        try:
+            img = to_model_channels(read_image(paths[i], expected_size))
+        except DataError as exc:
+            return i, None, str(exc)
+        return i, img, None
+
+    with ThreadPoolExecutor(max_workers=max(1, min(8, os.cpu_count() or 1))) as pool:
+        for i, img, err in tqdm(pool.map(load, range(len(paths)), chunksize=64), total=len(paths), desc=desc,
+                                unit="chip", disable=not progress, mininterval=1.0):
+            if err is not None:
+                errors.append(err)
+                continue
+            shapes.add((img.shape[0], img.shape[2]))
+            if cache:
+                if pixels is None:
+                    pixels = np.zeros((len(paths), image_size, image_size, img.shape[2]), dtype=img.dtype)
+                pixels[i] = _resize(img, image_size)
+    if errors:
+        more = f" (and {len(errors) - 3} more)" if len(errors) > 3 else ""
+        raise DataError(f"{len(errors)} unreadable chip(s): " + "; ".join(errors[:3]) + more)
+    if len({c for _, c in shapes}) > 1:
+        raise DataError(f"chips have different band counts: {sorted(shapes)}")
+    sizes = sorted({s for s, _ in shapes})
+    if len(sizes) > 1 and not cache:
+        # Mixed sizes are fine: every chip is resized to the model's input size on the way in.
+        pass
+    return ChipSet(paths=paths, channels=next(iter(shapes))[1], native_size=sizes[-1], pixels=pixels)
+
+
+# --- TensorFlow side ---------------------------------------------------------------------------------------
+
+def dihedral_tf(image, k):
+    """Dihedral transform k (0..7, tensor) of an (H, W, C) or (N, H, W, C) image, matching data.apply_dihedral."""
+    import tensorflow as tf
+
+    k = tf.cast(k, tf.int32)
+    rotated = tf.image.rot90(image, k % 4)
+    return tf.cond(k >= 4, lambda: tf.image.flip_left_right(rotated), lambda: rotated)
+
+
+def _jitter(image, seed, brightness: float, contrast: float, scale: float):
+    import tensorflow as tf
+
+    # Relative jitter so that 8-bit JPEGs and 16-bit TIFs get the same mild change.
+    if contrast > 0:
+        image = tf.image.stateless_random_contrast(image, 1.0 - contrast, 1.0 + contrast, seed=seed)
+    if brightness > 0:
+        delta = tf.random.stateless_uniform([], seed=seed + 1, minval=-brightness, maxval=brightness)
+        image = image + delta * scale
+    return tf.clip_by_value(image, 0.0, scale)
+
+
+def make_dataset(chips: ChipSet, rows: np.ndarray, labels: np.ndarray | None, transforms: np.ndarray | None,
+                 image_size: int, batch_size: int, training: bool, seed: int = 0, augment: bool = True,
+                 brightness: float = 0.05, contrast: float = 0.1, pixel_scale: float = 255.0):
+    """A batched, prefetched tf.data.Dataset over ``rows`` (indices into ``chips``).
+
+    training=True: shuffled every epoch, the manifest's fixed dihedral transform for oversampled copies
+    (transform > 0), a random D4 view for the others, mild brightness/contrast jitter. Yields (x, y) when
+    labels are given, else x.
+    """
+    import tensorflow as tf
+
+    rows = np.asarray(rows, dtype=np.int64)
+    transforms = np.zeros(len(rows), np.int64) if transforms is None else np.asarray(transforms, np.int64)
+    n = len(rows)
+    channels = chips.channels
+    ds = tf.data.Dataset.from_tensor_slices((rows, transforms))
+    if training:
+        ds = ds.shuffle(min(n, 20000), seed=seed, reshuffle_each_iteration=True)
+
+    if chips.pixels is not None:
+        cache = tf.constant(chips.pixels)
+
+        def load(i):
+            return tf.cast(tf.gather(cache, i), tf.float32)
+    else:
+        paths = np.array(chips.paths)
+
+        def _read(i):
+            img = read_chip(paths[int(i)])
+            return _resize(img, image_size).astype(np.float32)
+
+        def load(i):
+            img = tf.numpy_function(_read, [i], tf.float32, stateful=False)
+            img.set_shape([image_size, image_size, channels])
+            return img
+
+    def prepare(index, row, transform):
+        img = load(row)
+        img.set_shape([image_size, image_size, channels])
+        if training and augment:
+            seed_pair = tf.stack([tf.cast(seed, tf.int64), index])
+            random_k = tf.random.stateless_uniform([], seed=seed_pair, minval=0, maxval=8, dtype=tf.int64)
+            img = dihedral_tf(img, tf.where(transform > 0, transform, random_k))
+            img = _jitter(img, seed_pair, brightness, contrast, pixel_scale)
+        elif training:
+            img = dihedral_tf(img, transform)
+        return img
+
+    # A per-element counter gives stateless random ops a distinct, reproducible seed per sample.
+    ds = ds.enumerate()
+    if labels is not None:
+        label_table = tf.constant(np.asarray(labels, np.float32))
+
+        def with_label(index, pair):
+            row, transform = pair
+            return prepare(index, row, transform), tf.gather(label_table, row)
+
+        ds = ds.map(with_label, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    else:
+        ds = ds.map(lambda index, pair: prepare(index, pair[0], pair[1]), num_parallel_calls=tf.data.AUTOTUNE,
+                    deterministic=True)
+    return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+def tta_predict_fn(model, tta: int):
+    """A compiled function: batch -> probabilities averaged over the TTA dihedral views (all in one graph).
+
+    Calling a tf.function per batch keeps memory flat, unlike ``model.predict`` in a Python loop.
+    """
+    import tensorflow as tf
+
+    views = TTA_VIEWS[tta]
+
+    @tf.function(reduce_retracing=True)
+    def infer(x):
+        outs = [tf.cast(model(dihedral_tf(x, k), training=False), tf.float32) for k in views]
+        return tf.add_n(outs) / float(len(outs))
+
+    return infer
+
+
+def predict_dataset(infer, dataset, total: int, progress: bool = True, desc: str = "predict") -> np.ndarray:
+    """Run ``infer`` over a batched dataset of images, with a progress bar, into an (N, 17) array."""
+    from tqdm import tqdm
+
+    out = []
+    with tqdm(total=total, desc=desc, unit="chip", disable=not progress, mininterval=1.0) as bar:
+        for batch in dataset:
+            probs = infer(batch).numpy()
+            out.append(probs)
+            bar.update(len(probs))
+    return np.concatenate(out, axis=0) if out else np.zeros((0, 17), np.float32)

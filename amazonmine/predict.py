@@ -1,0 +1,268 @@
+"""Predict stage: label every test chip with the fold models (averaged) and the tuned thresholds.
+
+Chips are streamed in chunks (read in threads while the model runs on the previous chunk), each model's
+test-time-augmented probabilities are averaged, and rows are appended to ``test_probabilities.csv`` as they
+come, so memory stays flat however many chips there are. Then ``submission.csv`` is written in Kaggle's
+format (``image_name,tags``, no file extension, rows in ``sample_submission_v2.csv`` order when that file is
+present, every chip once) and checked against the sample before the stage reports success: a public Planet
+solution lost places to a malformed submission file, so the file is validated, not just the model.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from amazonmine.data import LABELS, DataError, PlanetLayout, chip_dir, is_safe_name, matrix_to_tags
+from amazonmine.errors import AmazonmineError
+from amazonmine.io import atomic_path, write_csv_atomic
+
+CHUNK = 1024
+# A chip that cannot be read still needs a row for Kaggle; it gets the training set's most common tag set.
+FALLBACK_TAGS = "clear primary"
+
+
+@dataclass
+class PredictSummary:
+    submission: Path
+    probabilities: Path
+    n_chips: int
+    n_models: int
+    tta: int
+    seconds: float
+    failed: list[str] = field(default_factory=list)
+    label_counts: dict = field(default_factory=dict)
+    not_in_sample: int = 0
+
+    def headline(self) -> str:
+        rate = self.n_chips / self.seconds if self.seconds else 0.0
+        lines = [f"labelled {self.n_chips} chips with {self.n_models} model(s) x {self.tta} TTA view(s) "
+                 f"({rate:.0f} chips/s) -> {self.submission}"]
+        mines = {k: v for k, v in self.label_counts.items() if "mine" in k}
+        if mines:
+            lines.append("mines flagged: " + ", ".join(f"{k} {v}" for k, v in mines.items()))
+        if self.not_in_sample:
+            lines.append(f"note: {self.not_in_sample} chips are not in the sample submission and were left out of it")
+        if self.failed:
+            shown = "; ".join(self.failed[:3])
+            lines.append(f"{len(self.failed)} chip(s) missing or unreadable (given '{FALLBACK_TAGS}'): {shown}"
+                         + (" ..." if len(self.failed) > 3 else ""))
+        return "\n".join(lines)
+
+
+# --- which chips -------------------------------------------------------------------------------------------
+
+def list_inputs(cfg, inputs: list[Path] | None) -> list[tuple[str, Path]]:
+    """(image_name, path) for every chip to label: given folders / CSV lists, or the configured test folders."""
+    layout = PlanetLayout.from_config(cfg.data)
+    if not inputs and cfg.predict.inputs:
+        inputs = [Path(p) for p in cfg.predict.inputs]
+    if not inputs:
+        # The configured test folders, read from the dehazed copy when dehazing is on.
+        folders = [chip_dir(cfg, Path(d).name) for d in cfg.data.test_dirs]
+        if cfg.dehaze.enabled and not any(f.is_dir() for f in folders):
+            raise DataError(f"{cfg.dehaze_dir}: no dehazed test chips: run 'amazonmine dehaze' first, "
+                            "or --set dehaze.enabled=false")
+        layout.test_dirs = folders
+        found = layout.list_test()
+        if not found:
+            raise DataError(f"no test chips in {', '.join(str(f) for f in folders)}")
+        return found
+    found: list[tuple[str, Path]] = []
+    for item in inputs:
+        item = Path(item)
+        if item.is_dir():
+            found += [(e.name.rsplit(".", 1)[0], Path(e.path)) for e in sorted(os.scandir(item), key=lambda e: e.name)
+                      if e.name.lower().endswith((".jpg", ".jpeg", ".tif", ".tiff", ".png")) and not e.name.startswith(".")]
+        elif item.suffix.lower() == ".csv":
+            found += _list_from_csv(item)
+        else:
+            raise DataError(f"{item}: not a folder of chips or a CSV list")
+    names = [n for n, _ in found]
+    if len(set(names)) != len(names):
+        raise DataError("the same chip name appears twice among the inputs")
+    return found
+
+
+def _list_from_csv(path: Path) -> list[tuple[str, Path]]:
+    """A CSV with image_name (and optionally path) columns; names resolve next to the CSV."""
+    import pandas as pd
+
+    frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    if "image_name" not in frame.columns:
+        raise DataError(f"{path}: expected an 'image_name' column")
+    bad = [n for n in frame["image_name"] if not is_safe_name(n)]
+    if bad:
+        raise DataError(f"{path}: image names that would escape their folder: {bad[:5]}")
+    base = path.parent
+    if "path" in frame.columns:
+        return [(n, base / p) for n, p in zip(frame["image_name"], frame["path"])]
+    return [(n, base / f"{n}.jpg") for n in frame["image_name"]]
+
+
+def find_models(cfg) -> list[Path]:
+    models = sorted(cfg.run_dir.glob(f"fold*/{cfg.train.artifact_name}"))
+    if not models:
+        raise AmazonmineError(f"{cfg.run_dir}: no fold*/{cfg.train.artifact_name}: run 'amazonmine train' first")
+    return models
+
+
+# --- streaming inference -----------------------------------------------------------------------------------
+
+def _read_chunk(items, image_size: int, channels: int):
+    from amazonmine.pipeline import _resize, read_chip
+
+    pixels = np.zeros((len(items), image_size, image_size, channels), np.float32)
+    ok = np.zeros(len(items), bool)
+    errors = []
+    for i, (name, path) in enumerate(items):
+        try:
+            img = read_chip(path)
+            if img.shape[2] != channels:
+                raise DataError(f"{path}: {img.shape[2]} bands, the model expects {channels}")
+            pixels[i] = _resize(img, image_size)
+            ok[i] = True
+        except DataError as exc:
+            errors.append(str(exc))
+    return pixels, ok, errors
+
+
+def stream_probabilities(models, chips: list[tuple[str, Path]], tta: int, batch_size: int, out_csv: Path,
+                         progress: bool = True) -> list[str]:
+    """Write image_name + 17 mean probabilities per readable chip to out_csv (atomically). Returns failures."""
+    import tensorflow as tf
+    from tqdm import tqdm
+
+    from amazonmine.pipeline import tta_predict_fn
+
+    shape = models[0].input_shape
+    image_size, channels = int(shape[1]), int(shape[3])
+    for m in models[1:]:
+        if tuple(m.input_shape[1:]) != tuple(shape[1:]):
+            raise AmazonmineError(f"fold models disagree on input shape: {shape} vs {m.input_shape}")
+    infers = [tta_predict_fn(m, tta) for m in models]
+    failures: list[str] = []
+    chunks = [chips[i:i + CHUNK] for i in range(0, len(chips), CHUNK)]
+    with atomic_path(out_csv) as tmp, open(tmp, "w", newline="") as fh, \
+            ThreadPoolExecutor(max_workers=2) as pool, \
+            tqdm(total=len(chips), desc="predict", unit="chip", disable=not progress, mininterval=1.0) as bar:
+        writer = csv.writer(fh)
+        writer.writerow(["image_name", *LABELS])
+        pending = pool.submit(_read_chunk, chunks[0], image_size, channels) if chunks else None
+        for index, chunk in enumerate(chunks):
+            pixels, ok, errors = pending.result()
+            # Read the next chunk while the model works on this one.
+            pending = pool.submit(_read_chunk, chunks[index + 1], image_size, channels) if index + 1 < len(chunks) else None
+            failures += errors
+            good = pixels[ok]
+            total = np.zeros((len(good), len(LABELS)), np.float64)
+            for start in range(0, len(good), batch_size):
+                batch = tf.constant(good[start:start + batch_size])
+                for infer in infers:
+                    total[start:start + len(batch)] += infer(batch).numpy()
+            probs = total / len(infers)
+            names = [name for (name, _), keep in zip(chunk, ok) if keep]
+            writer.writerows([name, *(f"{p:.6f}" for p in row)] for name, row in zip(names, probs))
+            bar.update(len(chunk))
+    return failures
+
+
+# --- the submission ----------------------------------------------------------------------------------------
+
+def validate_submission(path: Path, sample: Path | None = None) -> list[str]:
+    """Problems with a Kaggle submission file (empty list = valid)."""
+    import pandas as pd
+
+    problems = []
+    try:
+        sub = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except Exception as exc:  # noqa: BLE001
+        return [f"{path}: not a readable CSV ({exc})"]
+    if list(sub.columns) != ["image_name", "tags"]:
+        problems.append(f"header is {list(sub.columns)}, expected ['image_name', 'tags']")
+        return problems
+    if sub["image_name"].duplicated().any():
+        problems.append(f"{int(sub['image_name'].duplicated().sum())} duplicated image_name rows")
+    with_ext = sub["image_name"].str.contains(r"\.(?:jpg|jpeg|tif|png)$", case=False, regex=True)
+    if with_ext.any():
+        problems.append(f"{int(with_ext.sum())} names carry a file extension (e.g. {sub['image_name'][with_ext].iloc[0]})")
+    vocab = set(LABELS)
+    bad_tags = sorted({t for tags in sub["tags"] for t in tags.split() if t not in vocab})
+    if bad_tags:
+        problems.append(f"tags outside the 17-label vocabulary: {bad_tags[:5]}")
+    empty = (sub["tags"].str.strip() == "").sum()
+    if empty:
+        problems.append(f"{int(empty)} rows with no tags")
+    if sample is not None and Path(sample).is_file():
+        expected = pd.read_csv(sample, dtype=str, keep_default_na=False)["image_name"].tolist()
+        got = sub["image_name"].tolist()
+        if len(got) != len(expected):
+            problems.append(f"{len(got)} rows, the sample has {len(expected)}")
+        elif got != expected:
+            first = next(i for i, (a, b) in enumerate(zip(got, expected)) if a != b)
+            problems.append(f"row order differs from the sample from row {first + 2} ({got[first]} vs {expected[first]})")
+    return problems
+
+
+def write_submission(probs_csv: Path, out: Path, thresholds, weather_decoding: bool, sample: Path | None,
+                     failed_names: list[str]):
+    import pandas as pd
+
+    from amazonmine.tune import decode
+
+    frame = pd.read_csv(probs_csv)
+    decided = decode(frame[list(LABELS)].to_numpy(np.float32), thresholds, weather_decoding)
+    tags = dict(zip(frame["image_name"].astype(str), matrix_to_tags(decided)))
+    not_in_sample = 0
+    if sample is not None and sample.is_file():
+        order = pd.read_csv(sample, dtype=str, keep_default_na=False)["image_name"].tolist()
+        not_in_sample = len(set(tags) - set(order))
+    else:
+        order = list(tags) + [n for n in failed_names if n not in tags]
+    rows = [(name, tags.get(name, FALLBACK_TAGS)) for name in order]
+    write_csv_atomic(out, pd.DataFrame(rows, columns=["image_name", "tags"]))
+    counts = dict(zip(LABELS, decided.sum(axis=0).astype(int).tolist()))
+    missing_from_predictions = [n for n in order if n not in tags]
+    return counts, not_in_sample, missing_from_predictions
+
+
+def run_predict(cfg, inputs: list[Path] | None = None, allow_missing: bool = False, gpu: bool = False,
+                progress: bool = True) -> PredictSummary:
+    from amazonmine.model import load_trained
+    from amazonmine.train import setup_device
+    from amazonmine.tune import load_thresholds
+
+    thresholds, weather_decoding = load_thresholds(cfg.run_dir)
+    chips = list_inputs(cfg, inputs)
+    model_paths = find_models(cfg)
+    setup_device(gpu)
+    models = [load_trained(p) for p in model_paths]
+    probs_csv = cfg.run_dir / "test_probabilities.csv"
+    started = time.perf_counter()
+    failures = stream_probabilities(models, chips, cfg.predict.tta, cfg.predict.batch_size, probs_csv, progress)
+    seconds = time.perf_counter() - started
+    layout = PlanetLayout.from_config(cfg.data)
+    # The sample's order applies when labelling the competition's own test folders.
+    sample = layout.sample_submission if not inputs and not cfg.predict.inputs else None
+    read_names = {n for n, _ in chips}
+    submission = cfg.run_dir / "submission.csv"
+    counts, not_in_sample, missing = write_submission(probs_csv, submission, thresholds, weather_decoding,
+                                                      sample, [])
+    # Unreadable chips are already in `failures`; a sample row with no chip file at all is added here.
+    failed = failures + [f"{n}: listed in {layout.sample_submission.name} but no chip file found"
+                         for n in missing if n not in read_names]
+    problems = validate_submission(submission, sample)
+    if problems:
+        raise AmazonmineError(f"{submission}: invalid submission: " + "; ".join(problems))
+    if failed:
+        import pandas as pd
+
+        write_csv_atomic(cfg.run_dir / "predict_failures.csv", pd.DataFrame({"problem": failed}))
+    return PredictSummary(submission, probs_csv, len(chips), len(models), cfg.predict.tta, seconds, failed,
+                          counts, not_in_sample)

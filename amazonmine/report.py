@@ -1,0 +1,391 @@
+"""An HTML report of a run that a person can open offline: scores, threshold curves, confusions, mine chips.
+
+``<run_dir>/report/index.html`` has no script and no remote resource: CSS is inline and every picture is a PNG
+or JPEG file beside it (``curves.png``, ``cooccurrence.png``, ``gallery/``, ``dehaze/``), so the folder can be
+zipped and mailed. Sections, in the order a reviewer asks the questions:
+
+1. per-label precision, recall, F2 and counts on the out-of-fold chips, decided as ``predict`` would decide
+   (tuned thresholds and weather decoding from thresholds.json, else the flat ``tune.start`` threshold);
+2. threshold curves: the dataset's mean F2 as each label's threshold moves, the others held (what ``tune``
+   climbs), with the label's own F2 beside it and the chosen threshold marked;
+3. true versus predicted labels: which true labels the model reports as which;
+4. the chips the model is surest contain a mine, with their true tags (false alarms stand out);
+5. raw versus dehazed hazy chips, when the dehaze stage has run;
+6. the submission's label frequencies next to the training set's, when predict has run.
+
+Optional inputs that are absent make their section say what is missing; only the OOF predictions are required.
+Plots use matplotlib's Agg canvas through the object API (no pyplot state, no display needed).
+"""
+
+from __future__ import annotations
+
+import html
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import quote
+
+import numpy as np
+
+from amazonmine.data import LABEL_INDEX, LABELS, WEATHER_LABELS, DataError, PlanetLayout, chip_dir, read_image
+from amazonmine.io import atomic_path, write_bytes_atomic, write_text_atomic
+from amazonmine.metrics import mean_f2, per_label_scores
+from amazonmine.tune import THRESHOLDS_FILE, OofSet, decode, load_oof, load_thresholds, threshold_curve
+
+MINE_LABELS = ("artisinal_mine", "conventional_mine")
+DEHAZE_PAIRS = 8
+_CSS = """
+body { font: 14px/1.45 system-ui, sans-serif; margin: 2em auto; max-width: 1200px; padding: 0 1em; color: #222; }
+h1 { font-size: 1.6em; } h2 { border-bottom: 1px solid #ccc; padding-bottom: .2em; margin-top: 2em; }
+table { border-collapse: collapse; margin: .5em 0; } td, th { padding: .25em .6em; border-bottom: 1px solid #eee; }
+th { text-align: left; background: #f4f4f4; } td.n { text-align: right; font-variant-numeric: tabular-nums; }
+.missing { overflow-wrap: anywhere; color: #8a5a00; background: #fff6e0; padding: .5em .8em;
+           border-left: 4px solid #e0a800; }
+.grid { display: flex; flex-wrap: wrap; gap: 10px; }
+figure { margin: 0; width: min-content; } figure img { display: block; }
+figcaption { font-size: 12px; word-wrap: break-word; }
+.hit img { outline: 4px solid #2e9e44; } .miss img { outline: 4px solid #d33; }
+img.plot { max-width: 100%; } footer { margin-top: 3em; color: #777; font-size: 12px; }
+"""
+
+
+@dataclass
+class EvaluateResult:
+    path: Path
+    oof_f2: float
+    n_chips: int
+    thresholds_source: str
+    missing: list[str] = field(default_factory=list)
+
+    def headline(self) -> str:
+        gaps = f"; not shown: {', '.join(self.missing)}" if self.missing else ""
+        return (f"wrote {self.path} (OOF mean F2 {self.oof_f2:.4f} over {self.n_chips} chips, "
+                f"{self.thresholds_source}){gaps}")
+
+
+# --- small helpers -----------------------------------------------------------------------------------------
+
+def _e(text) -> str:
+    return html.escape(str(text))
+
+
+def _missing(text: str) -> str:
+    return f'<p class="missing">{_e(text)}</p>'
+
+
+def _img(rel: str, alt: str, cls: str = "", width: int | None = None) -> str:
+    w = f' width="{width}"' if width else ""
+    c = f' class="{cls}"' if cls else ""
+    return f'<img src="{quote(rel)}" alt="{_e(alt)}"{c}{w}>'
+
+
+def _save_figure(fig, path: Path) -> None:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    FigureCanvasAgg(fig)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
+
+
+def _write_jpeg(path: Path, bgr: np.ndarray) -> None:
+    import cv2
+
+    # OpenCV encodes B, G, R as the file's R, G, B: the chip arrays are already in its order, no swap needed.
+    ok, buf = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, 90])
+    if not ok:  # pragma: no cover - encoding a valid uint8 array does not fail
+        raise DataError(f"{path}: cannot encode thumbnail")
+    write_bytes_atomic(path, buf.tobytes())
+
+
+def _thumbnail(bgr: np.ndarray, size: int) -> np.ndarray:
+    import cv2
+
+    return cv2.resize(bgr, (size, size), interpolation=cv2.INTER_AREA)
+
+
+def _table(header: list[str], rows: list[list], numeric_from: int = 1) -> str:
+    head = "<tr>" + "".join(f"<th>{_e(h)}</th>" for h in header) + "</tr>" if header else ""
+    body = "".join(
+        "<tr>" + "".join(f'<td class="n">{_e(v)}</td>' if i >= numeric_from else f"<td>{_e(v)}</td>"
+                         for i, v in enumerate(row)) + "</tr>"
+        for row in rows
+    )
+    return f"<table>{head}{body}</table>"
+
+
+# --- decisions ---------------------------------------------------------------------------------------------
+
+def _decision_rule(cfg) -> tuple[np.ndarray, bool, str]:
+    """The thresholds predict would use: thresholds.json if tune has run, else the flat start threshold."""
+    run_dir = Path(cfg.run.dir)
+    if (run_dir / THRESHOLDS_FILE).is_file():
+        thresholds, weather = load_thresholds(run_dir)
+        return thresholds, weather, "tuned thresholds"
+    flat = np.full(len(LABELS), cfg.tune.start)
+    return flat, cfg.tune.weather_decoding, f"flat threshold {cfg.tune.start:g} (no {THRESHOLDS_FILE})"
+
+
+def _label_curve(y, probs, thresholds, j, candidates, weather_decoding) -> np.ndarray:
+    """Label j's own F2 at each candidate threshold, decided exactly as decode decides (weather rules included)."""
+    t = thresholds.copy()
+    t[j] = -np.inf
+    on = decode(probs, t, weather_decoding)[:, j]
+    t[j] = np.inf
+    off = decode(probs, t, weather_decoding)[:, j]
+    decided = np.where(probs[:, j, None] >= candidates[None, :], on[:, None], off[:, None])
+    tp = (decided & y[:, j, None]).sum(axis=0)
+    # F2 = 5 P R / (4 P + R) = 5 tp / (4 positives + predicted); 0 when there is nothing to find or claim.
+    denom = 4 * y[:, j].sum() + decided.sum(axis=0)
+    return np.divide(5.0 * tp, denom, out=np.zeros(len(candidates)), where=denom > 0)
+
+
+# --- sections ----------------------------------------------------------------------------------------------
+
+def _summary(cfg, oof: OofSet, source: str, weather: bool, f2: float, f2_flat: float) -> str:
+    rows = [
+        ["run folder", str(Path(cfg.run.dir).resolve())],
+        ["out-of-fold chips", f"{len(oof.names)} of {oof.n_labelled} labelled, folds {', '.join(map(str, oof.folds))}"],
+        ["decisions", f"{source}, weather decoding {'on' if weather else 'off'}"],
+        ["OOF mean F2 (Kaggle metric)", f"{f2:.4f}"],
+        [f"OOF mean F2 at a flat {cfg.tune.start:g}, no decoding", f"{f2_flat:.4f}"],
+    ]
+    return "<h2>Summary</h2>" + _table([], rows, numeric_from=2)
+
+
+def _scores(oof: OofSet, pred: np.ndarray, thresholds: np.ndarray, weather: bool) -> str:
+    s = per_label_scores(oof.y_true, pred)
+    tp = (oof.y_true & pred).sum(axis=0)
+    rows = []
+    for j, name in enumerate(LABELS):
+        t = "argmax" if weather and name in WEATHER_LABELS else f"{thresholds[j]:.2f}"
+        rows.append([name, t, int(s["support"][j]), int(s["predicted"][j]), int(tp[j]),
+                     int(s["predicted"][j] - tp[j]), int(s["support"][j] - tp[j]),
+                     f"{s['precision'][j]:.3f}", f"{s['recall'][j]:.3f}", f"{s['f2'][j]:.3f}"])
+    header = ["label", "threshold", "positives", "predicted", "TP", "FP", "FN", "precision", "recall", "F2"]
+    note = ("<p>Label-wise scores over the out-of-fold chips (each chip was predicted by the fold model that did "
+            "not train on it). The competition metric is the per-image mean F2 in the summary.</p>")
+    return '<h2 id="scores">Per-label scores</h2>' + note + _table(header, rows)
+
+
+def _curves(out: Path, oof: OofSet, thresholds, weather: bool, grid: int) -> str:
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(16, 13))
+    axes = fig.subplots(5, 4).ravel()
+    for j, name in enumerate(LABELS):
+        ax = axes[j]
+        candidates, objective = threshold_curve(oof.y_true, oof.probs, thresholds, j, grid, weather)
+        own = _label_curve(oof.y_true, oof.probs, thresholds, j, candidates, weather)
+        ax.plot(candidates, objective, color="tab:blue", label="mean F2 (all labels)")
+        ax.set_ylabel("mean F2", color="tab:blue", fontsize=8)
+        twin = ax.twinx()
+        twin.plot(candidates, own, color="tab:orange", lw=1, ls="--", label=f"{name} F2")
+        twin.set_ylim(0, 1.02)
+        twin.tick_params(labelsize=7)
+        ax.tick_params(labelsize=7)
+        ax.set_xlim(0, 1)
+        decided_by_argmax = weather and name in WEATHER_LABELS
+        if not decided_by_argmax:
+            ax.axvline(thresholds[j], color="k", lw=1)
+        title = f"{name} (argmax)" if decided_by_argmax else f"{name} @ {thresholds[j]:.2f}"
+        ax.set_title(f"{title}, n={int(oof.y_true[:, j].sum())}", fontsize=9)
+    for ax in axes[len(LABELS):]:
+        ax.axis("off")
+    # The spare panel holds the key: a legend in each of 17 small panels would hide the curves.
+    axes[-1].text(0, 0.6, "solid: dataset mean F2 (left axis)\ndashed: the label's own F2 (right axis)\n"
+                  "vertical line: chosen threshold", fontsize=11, va="top")
+    fig.tight_layout()
+    _save_figure(fig, out / "curves.png")
+    note = ("<p>Each panel moves one label's threshold with the others held at their chosen values. The solid "
+            "curve is what <code>tune</code> maximises; the chosen threshold (vertical line) should sit on its "
+            "peak. Flat curves mean the label's decision barely moves the metric (rare labels).")
+    if weather:
+        note += " Weather labels are decided by the argmax of the weather group, so their curves are flat."
+    return ('<h2 id="curves">Threshold curves</h2>' + note + "</p>"
+            + _img("curves.png", "F2 against threshold for each label", "plot"))
+
+
+def _cooccurrence(out: Path, y: np.ndarray, pred: np.ndarray) -> str:
+    from matplotlib.figure import Figure
+
+    support = y.sum(axis=0)
+    counts = y.T.astype(np.int64) @ pred.astype(np.int64)  # [a, b]: chips truly a that were predicted b
+    share = np.divide(counts, support[:, None], out=np.zeros(counts.shape), where=support[:, None] > 0)
+    fig = Figure(figsize=(10, 9))
+    ax = fig.subplots()
+    im = ax.imshow(share, cmap="viridis", vmin=0, vmax=1)
+    ax.set_xticks(range(len(LABELS)), LABELS, rotation=60, ha="right", fontsize=9)
+    ax.set_yticks(range(len(LABELS)), [f"{n} ({int(c)})" for n, c in zip(LABELS, support)], fontsize=9)
+    ax.set_xlabel("predicted label")
+    ax.set_ylabel("true label (chips)")
+    for a in range(len(LABELS)):
+        for b in range(len(LABELS)):
+            if share[a, b] >= 0.005:
+                ax.text(b, a, f"{100 * share[a, b]:.0f}", ha="center", va="center", fontsize=7,
+                        color="black" if share[a, b] > 0.6 else "white")
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="share of the true label's chips")
+    fig.tight_layout()
+    _save_figure(fig, out / "cooccurrence.png")
+    note = ("<p>Row: chips that truly carry a label; column: the labels predicted for them, as a percentage of "
+            "the row's chips. The diagonal is recall; a bright cell off the diagonal is a label the model reports "
+            "in its place or alongside it (true co-occurrence, such as primary on almost every chip, shows up "
+            "too).</p>")
+    return ('<h2 id="cooccurrence">True versus predicted labels</h2>' + note
+            + _img("cooccurrence.png", "true versus predicted label co-occurrence", "plot"))
+
+
+def _chip_folders(cfg) -> list[Path]:
+    # The chips the model saw first (the dehazed copy when dehaze is on), then the raw download.
+    first = chip_dir(cfg, cfg.data.train_dir)
+    raw = Path(cfg.data.root) / cfg.data.train_dir
+    return [first] if first == raw else [first, raw]
+
+
+def _read_chip(folders: list[Path], name: str) -> np.ndarray:
+    for folder in folders:
+        path = folder / f"{name}.jpg"
+        if path.is_file():
+            return read_image(path)
+    raise DataError(f"{name}.jpg not found in {' or '.join(map(str, folders))}")
+
+
+def _gallery(out: Path, cfg, oof: OofSet) -> tuple[str, bool]:
+    folders = _chip_folders(cfg)
+    size, n = cfg.evaluate.thumbnail, cfg.evaluate.gallery_size
+    parts = ['<h2 id="gallery">Most confident mine chips</h2>',
+             f"<p>The {n} out-of-fold chips with the highest probability of each mine label, read from "
+             f"{_e(' or '.join(map(str, folders)))}. Green: the chip truly carries the label; red: a false alarm. "
+             "Imagery by Planet, CC BY-SA 4.0.</p>"]
+    unreadable = 0
+    for label in MINE_LABELS:
+        j = LABEL_INDEX[label]
+        order = np.argsort(-oof.probs[:, j], kind="stable")[:n]
+        figures = []
+        for rank, i in enumerate(order):
+            name = oof.names[i]
+            tags = " ".join(t for t, on in zip(LABELS, oof.y_true[i]) if on)
+            hit = bool(oof.y_true[i, j])
+            caption = f"{_e(name)}<br>p={oof.probs[i, j]:.3f}<br>{_e(tags)}"
+            try:
+                chip = _read_chip(folders, name)
+            except DataError as exc:
+                unreadable += 1
+                figures.append(f'<figure style="width:{size}px">{_missing(str(exc))}<figcaption>{caption}'
+                               "</figcaption></figure>")
+                continue
+            rel = f"gallery/{label}_{rank:02d}_{name}.jpg"
+            _write_jpeg(out / rel, _thumbnail(chip, size))
+            figures.append(f'<figure class="{"hit" if hit else "miss"}">{_img(rel, name, width=size)}'
+                           f"<figcaption>{caption}</figcaption></figure>")
+        true_count = int(oof.y_true[:, j].sum())
+        found = int(oof.y_true[order, j].sum())
+        parts.append(f"<h3>{label}: {found} of the top {len(order)} are true ({true_count} true in all OOF "
+                     f"chips)</h3>")
+        parts.append('<div class="grid">' + "".join(figures) + "</div>")
+    if unreadable:
+        parts.insert(2, _missing(f"{unreadable} gallery chips could not be read (see their boxes)."))
+    return "".join(parts), unreadable == 0
+
+
+def _dehaze_pairs(out: Path, cfg, frame, matrix) -> tuple[str, bool]:
+    head = '<h2 id="dehaze">Dehazing: raw and dehazed hazy chips</h2>'
+    raw_dir = Path(cfg.data.root) / cfg.data.train_dir
+    clean_dir = cfg.dehaze_dir / cfg.data.train_dir
+    if not clean_dir.is_dir():
+        return head + _missing(f"no dehazed chips at {clean_dir} (dehaze disabled or not run): "
+                               "nothing to compare."), False
+    hazy = frame["image_name"][matrix[:, LABEL_INDEX["haze"]] == 1]
+    pairs = [n for n in hazy if (raw_dir / f"{n}.jpg").is_file() and (clean_dir / f"{n}.jpg").is_file()]
+    if not pairs:
+        return head + _missing(f"no chip labelled haze has both {raw_dir}/<name>.jpg and "
+                               f"{clean_dir}/<name>.jpg."), False
+    size = max(cfg.evaluate.thumbnail, 160)
+    figures = []
+    for name in pairs[:DEHAZE_PAIRS]:
+        try:
+            raw = _thumbnail(read_image(raw_dir / f"{name}.jpg"), size)
+            clean = _thumbnail(read_image(clean_dir / f"{name}.jpg"), size)
+        except DataError as exc:
+            figures.append(f"<figure>{_missing(str(exc))}</figure>")
+            continue
+        gap = np.full((size, 6, 3), 255, dtype=np.uint8)
+        rel = f"dehaze/{name}.jpg"
+        _write_jpeg(out / rel, np.hstack([raw, gap, clean]))
+        figures.append(f"<figure>{_img(rel, name + ' raw and dehazed', width=2 * size + 6)}"
+                       f"<figcaption>{_e(name)}: raw (left), dehazed (right)</figcaption></figure>")
+    note = (f"<p>{min(len(pairs), DEHAZE_PAIRS)} of the {len(pairs)} chips labelled haze that exist in both "
+            f"{_e(raw_dir)} and {_e(clean_dir)}.</p>")
+    return head + note + '<div class="grid">' + "".join(figures) + "</div>", True
+
+
+def _submission(run_dir: Path, train_matrix: np.ndarray) -> tuple[str, bool]:
+    from amazonmine.data import load_matrix_csv, read_labels, tags_to_matrix
+
+    head = '<h2 id="submission">Submission</h2>'
+    sub_path, prob_path = run_dir / "submission.csv", run_dir / "test_probabilities.csv"
+    if not sub_path.is_file() and not prob_path.is_file():
+        return head + _missing(f"no submission.csv or test_probabilities.csv in {run_dir} "
+                               "(run 'amazonmine predict')."), False
+    columns = {"training share": train_matrix.mean(axis=0)}
+    notes = []
+    try:
+        if sub_path.is_file():
+            sub = tags_to_matrix(read_labels(sub_path, require_weather=False)["tags"], str(sub_path))
+            columns["submission share"] = sub.mean(axis=0)
+            notes.append(f"submission.csv: {len(sub)} chips, {sub.sum(axis=1).mean():.2f} labels per chip")
+        else:
+            notes.append(f"no {sub_path.name}")
+        if prob_path.is_file():
+            names, probs = load_matrix_csv(prob_path)
+            columns["mean test probability"] = probs.mean(axis=0)
+            notes.append(f"test_probabilities.csv: {len(names)} chips")
+        else:
+            notes.append(f"no {prob_path.name}")
+    except DataError as exc:
+        return head + _missing(f"cannot read the predict outputs: {exc}"), False
+    rows = [[name] + [f"{100 * v[j]:.2f}%" if "share" in k else f"{v[j]:.3f}" for k, v in columns.items()]
+            for j, name in enumerate(LABELS)]
+    return (head + "<p>" + "; ".join(_e(n) for n in notes) + ". A label far more or less frequent than in "
+            "training hints at a shift between the training and test chips or at a threshold off target.</p>"
+            + _table(["label", *columns], rows)), True
+
+
+# --- the stage ---------------------------------------------------------------------------------------------
+
+def run_evaluate(cfg) -> EvaluateResult:
+    """Write <run_dir>/report/index.html (+ PNG/JPEG files) from the run's OOF predictions and outputs."""
+    run_dir = Path(cfg.run.dir)
+    out = run_dir / "report"
+    oof = load_oof(cfg)
+    frame, matrix = PlanetLayout.from_config(cfg.data).load_train(check_files=False)
+    thresholds, weather, source = _decision_rule(cfg)
+    pred = decode(oof.probs, thresholds, weather)
+    f2 = mean_f2(oof.y_true, pred)
+    f2_flat = mean_f2(oof.y_true, oof.probs >= cfg.tune.start)
+
+    missing = []
+    gallery, ok = _gallery(out, cfg, oof)
+    if not ok:
+        missing.append("some gallery chips")
+    dehaze, ok = _dehaze_pairs(out, cfg, frame, matrix)
+    if not ok:
+        missing.append("dehaze pairs")
+    submission, ok = _submission(run_dir, matrix)
+    if not ok:
+        missing.append("submission")
+    body = "".join([
+        _summary(cfg, oof, source, weather, f2, f2_flat),
+        _scores(oof, pred, thresholds, weather),
+        _curves(out, oof, thresholds, weather, cfg.tune.grid),
+        _cooccurrence(out, oof.y_true, pred),
+        gallery,
+        dehaze,
+        submission,
+    ])
+    page = (f'<!doctype html>\n<html lang="en"><head><meta charset="utf-8"><title>amazonmine report: '
+            f"{_e(run_dir.name)}</title><style>{_CSS}</style></head><body>"
+            f"<h1>amazonmine report: {_e(run_dir.name)}</h1>{body}"
+            "<footer>Written by amazonmine evaluate. Imagery by Planet (Kaggle \"Planet: Understanding the "
+            "Amazon from Space\"), CC BY-SA 4.0.</footer></body></html>\n")
+    index = out / "index.html"
+    write_text_atomic(index, page)
+    return EvaluateResult(index, f2, len(oof.names), source, missing)

@@ -1,0 +1,354 @@
+"""The split stage: a multi-label stratified k-fold plan and the rare-label oversampling manifest.
+
+Why stratify: 6 of the 17 Planet labels are on fewer than 1% of chips (blow_down on 98 of 40,478). A plain
+shuffled KFold leaves a fold with a third fewer blow_down chips than another, so out-of-fold scores and the
+per-label thresholds tuned on them wobble with the luck of the draw. Iterative stratification (Sechidis,
+Tsoumakas and Vlahavas 2011, "On the Stratification of Multi-Label Data") deals chips out rarest label first,
+each to the fold that still lacks the most of that label; every label then keeps its share in every fold.
+We use the implementation in ``iterstrat.ml_stratifiers.MultilabelStratifiedKFold``, seeded by ``run.seed``.
+
+Why oversample: a network sees 80 conventional_mine chips among 32,000 per epoch and learns to ignore them.
+Each fold's *training* rows repeat the chips of rare labels under distinct dihedral views (rotations/flips,
+numbered as :data:`amazonmine.data.DIHEDRAL`), so a rare label reaches ``split.rare_target`` training rows.
+Validation folds are never oversampled: they must measure the real label mix.
+
+Files written to the run folder (``run.dir``)::
+
+    folds.csv           image_name,fold          the validation fold of every chip, in the labels file's order
+    fold_counts.csv     fold,<17 labels>,n_chips  positives per validation fold, then a 'total' row
+    train_manifest.csv  image_name,fold,transform
+
+Manifest semantics: the rows with ``fold == K`` are what a model validated on fold K trains on. Every chip
+*not* in fold K appears once with transform 0 (the chip as stored); a chip carrying a rare label appears
+``copies`` times in all, with distinct transforms: 0 plus ``copies - 1`` of 1..7. A chip of fold K never
+appears among fold K's rows, and no (image_name, transform) pair repeats within a fold. Rows are grouped by
+fold, then in the labels file's order, a chip's extra views right after its transform-0 row.
+
+How many copies: rare labels are filled one at a time, rarest first. A label's shortfall (target minus the
+rows already carrying it, including copies given to chips for a rarer label) is added one copy at a time to
+its chips with the fewest copies so far, ties broken in a seeded order, never beyond ``rare_max_factor``
+copies of one chip. So a chip with several rare labels counts once toward each of them: it gets the copies
+its rarest label needs, and a commoner rare label tops up its other chips first. A label with too few chips
+(n * rare_max_factor < target) stops short of the target; the summary says so. Everything derives from the
+labels file, the split config and ``run.seed``: the same inputs give the same files, byte for byte.
+"""
+
+from __future__ import annotations
+
+import difflib
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from amazonmine.config import ConfigError
+from amazonmine.data import LABEL_INDEX, LABELS, DataError, PlanetLayout
+from amazonmine.io import prepare_run_dir, write_csv_atomic
+
+FOLDS_CSV = "folds.csv"
+FOLD_COUNTS_CSV = "fold_counts.csv"
+MANIFEST_CSV = "train_manifest.csv"
+N_VIEWS = 8  # the dihedral group of the square
+_MAX_SEED = 2**32 - 1  # numpy's RandomState, which iterstrat uses, takes seeds in [0, 2**32)
+
+
+class SplitWarning(UserWarning):
+    """A split that works but cannot give every fold its share (e.g. a label rarer than the fold count)."""
+
+
+# --- folds -------------------------------------------------------------------------------------------------
+
+def make_folds(matrix: np.ndarray, k: int, seed: int) -> np.ndarray:
+    """Validation fold (0..k-1) of every row of an (N, L) 0/1 label matrix, by iterative stratification."""
+    from iterstrat.ml_stratifiers import MultilabelStratifiedKFold
+
+    matrix = np.asarray(matrix)
+    _check_k(k, len(matrix))
+    if not 0 <= seed <= _MAX_SEED:
+        raise ConfigError(f"run.seed must be in 0..{_MAX_SEED} for the split, got {seed}")
+    # shuffle=True: recent scikit-learn refuses a random_state without it, and it keeps the fold of a chip from
+    # depending on where the chip sits in the labels file (ties are broken by the same seeded generator).
+    splitter = MultilabelStratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
+    folds = np.full(len(matrix), -1, dtype=np.int64)
+    for fold, (_, test_index) in enumerate(splitter.split(np.zeros(len(matrix)), matrix.astype(bool))):
+        folds[test_index] = fold
+    return folds
+
+
+def _check_k(k: int, n_chips: int) -> None:
+    if k < 2:
+        raise ConfigError(f"split.folds must be at least 2, got {k}")
+    if k > n_chips:
+        raise ConfigError(f"split.folds={k} is more than the {n_chips} labelled chips")
+
+
+def fold_label_counts(matrix: np.ndarray, folds: np.ndarray, k: int):
+    """DataFrame: one row per validation fold plus 'total'; the 17 label counts and n_chips."""
+    import pandas as pd
+
+    matrix = np.asarray(matrix, dtype=np.int64)
+    rows = [matrix[folds == fold].sum(axis=0) for fold in range(k)] + [matrix.sum(axis=0)]
+    frame = pd.DataFrame(np.array(rows), columns=list(LABELS))
+    frame["n_chips"] = [*np.bincount(folds, minlength=k)[:k].tolist(), len(folds)]
+    frame.insert(0, "fold", [str(fold) for fold in range(k)] + ["total"])
+    return frame
+
+
+def labels_missing_from_folds(counts) -> list[str]:
+    """'label (n chips)' for each label that has no positive in at least one fold of a fold_label_counts table."""
+    per_fold = counts[counts["fold"] != "total"]
+    total = counts[counts["fold"] == "total"].iloc[0]
+    return [f"{label} ({int(total[label])} chips)" for label in LABELS if (per_fold[label] == 0).any()]
+
+
+# --- which labels are rare ---------------------------------------------------------------------------------
+
+def choose_rare_labels(matrix: np.ndarray, threshold: float, explicit: Sequence[str] = ()) -> tuple[str, ...]:
+    """The explicit list when given (validated), else labels on more than 0 and under ``threshold`` of chips."""
+    if explicit:
+        for name in explicit:
+            if name not in LABEL_INDEX:
+                raise ConfigError(f"split.rare_labels: unknown label {name!r}{_did_you_mean(name)}")
+        wanted = set(explicit)
+        return tuple(label for label in LABELS if label in wanted)  # canonical order, no duplicates
+    share = np.asarray(matrix, dtype=np.float64).mean(axis=0)
+    return tuple(label for label, s in zip(LABELS, share) if 0 < s < threshold)
+
+
+def _did_you_mean(name: str) -> str:
+    # 'artisanal_mine' (the English spelling) is the likeliest typo: the dataset spells it 'artisinal_mine'.
+    close = difflib.get_close_matches(name, LABELS, n=1, cutoff=0.6)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    return f"{hint} (known labels: {', '.join(LABELS)})"
+
+
+# --- oversampling ------------------------------------------------------------------------------------------
+
+def oversample_copies(train_matrix: np.ndarray, rare_index: Sequence[int], target: int, max_factor: int,
+                      priority: np.ndarray) -> np.ndarray:
+    """Copies (>= 1) of each training row so every rare label reaches ``target`` rows where the cap allows.
+
+    ``priority`` (one distinct number per row) breaks ties between equally copied chips, lowest first.
+    """
+    train_matrix = np.asarray(train_matrix, dtype=bool)
+    copies = np.ones(len(train_matrix), dtype=np.int64)
+    counts = train_matrix.sum(axis=0)
+    for j in sorted(rare_index, key=lambda j: (counts[j], j)):  # rarest first; label order breaks ties
+        holders = np.flatnonzero(train_matrix[:, j])
+        holders = holders[np.argsort(priority[holders], kind="stable")]
+        _water_fill(copies, holders, target - int(copies[holders].sum()), max_factor)
+    return copies
+
+
+def _water_fill(copies: np.ndarray, holders: np.ndarray, shortfall: int, cap: int) -> None:
+    """Add ``shortfall`` copies among ``holders``, always to the least-copied ones, none beyond ``cap``."""
+    while shortfall > 0:
+        room = holders[copies[holders] < cap]
+        if room.size == 0:
+            return
+        lowest = room[copies[room] == copies[room].min()]
+        take = lowest[:shortfall]
+        copies[take] += 1
+        shortfall -= take.size
+
+
+def view_orders(n: int, seed: int) -> np.ndarray:
+    """(n, 7): for each chip, a seeded order of the non-identity transforms 1..7; its extra copies take a prefix.
+
+    A fixed order per chip (rather than 1, 2, 3, ... for all) spreads the views evenly over rotations and flips,
+    and a chip keeps the same views in every fold it trains in.
+    """
+    rng = np.random.default_rng([seed, 2])
+    return np.argsort(rng.random((n, N_VIEWS - 1)), axis=1) + 1
+
+
+def build_manifest(names: Sequence[str], matrix: np.ndarray, folds: np.ndarray, k: int,
+                   rare_labels: Sequence[str], target: int, max_factor: int, seed: int):
+    """DataFrame image_name,fold,transform: each fold's training rows with rare-label repeats (see module doc)."""
+    import pandas as pd
+
+    names = np.asarray(names, dtype=object)
+    matrix = np.asarray(matrix)
+    rare_index = [LABEL_INDEX[label] for label in rare_labels]
+    priority = np.random.default_rng([seed, 1]).permutation(len(names))
+    views = view_orders(len(names), seed)
+    parts = []
+    for fold in range(k):
+        train = np.flatnonzero(folds != fold)
+        copies = oversample_copies(matrix[train], rare_index, target, max_factor, priority[train])
+        rows = np.repeat(train, copies)
+        # copy number of each row within its chip: 0 for the stored chip, 1.. for its extra views
+        nth = np.arange(len(rows)) - np.repeat(np.cumsum(copies) - copies, copies)
+        transform = np.where(nth == 0, 0, views[rows, np.maximum(nth - 1, 0)])
+        parts.append(pd.DataFrame({"image_name": names[rows], "fold": fold, "transform": transform}))
+    return pd.concat(parts, ignore_index=True)
+
+
+def manifest_label_counts(manifest, names: Sequence[str], matrix: np.ndarray, k: int):
+    """DataFrame: per fold, the rows of its training manifest carrying each label, plus n_rows and n_repeats."""
+    import pandas as pd
+
+    row_of = {name: i for i, name in enumerate(names)}
+    matrix = np.asarray(matrix, dtype=np.int64)
+    records = []
+    for fold in range(k):
+        part = manifest[manifest["fold"] == fold]
+        index = part["image_name"].map(row_of).to_numpy()
+        record = dict(zip(LABELS, matrix[index].sum(axis=0).tolist()))
+        record.update(fold=fold, n_rows=len(part), n_repeats=int((part["transform"] != 0).sum()))
+        records.append(record)
+    return pd.DataFrame(records, columns=["fold", *LABELS, "n_rows", "n_repeats"])
+
+
+# --- the stage ---------------------------------------------------------------------------------------------
+
+@dataclass
+class SplitSummary:
+    labels_csv: Path
+    run_dir: Path
+    k: int
+    seed: int
+    n_chips: int
+    rare_labels: tuple[str, ...]
+    rare_target: int
+    rare_max_factor: int
+    fold_counts: object  # DataFrame from fold_label_counts (validation folds + total)
+    train_counts: object  # DataFrame from manifest_label_counts (training rows after oversampling)
+    seconds: float
+    warnings: list[str] = field(default_factory=list)
+
+    def short_of_target(self) -> list[str]:
+        """Rare labels whose training rows stay under the target in some fold (too few chips for the cap)."""
+        return [label for label in self.rare_labels if (self.train_counts[label] < self.rare_target).any()]
+
+    def table(self) -> str:
+        """The full fold_counts table (validation positives per fold) as text."""
+        return self.fold_counts.to_string(index=False)
+
+    def headline(self) -> str:
+        fold_names = [f"fold{f}" for f in range(self.k)]
+        lines = [
+            f"split {self.n_chips} chips of {self.labels_csv} into {self.k} folds (seed {self.seed}, "
+            f"{self.seconds:.1f} s) -> {self.run_dir}/{{{FOLDS_CSV},{FOLD_COUNTS_CSV},{MANIFEST_CSV}}}",
+        ]
+        per_fold = self.fold_counts[self.fold_counts["fold"] != "total"]
+        total = self.fold_counts[self.fold_counts["fold"] == "total"].iloc[0]
+        # without rare labels, still show the three rarest: they are the ones a fold could lack
+        shown = self.rare_labels or _rarest(total, 3)
+        width = max(len(label) for label in (*shown, "validation chips"))
+        head = "".join(f"{name:>8}" for name in (*fold_names, "total"))
+        lines.append(f"{'':<{width}}{head}  training rows per fold (min-max)")
+        lines.append(_count_row("validation chips", per_fold["n_chips"], total["n_chips"], width,
+                                self.train_counts["n_rows"]))
+        for label in shown:
+            lines.append(_count_row(label, per_fold[label], total[label], width, self.train_counts[label]))
+        if self.rare_labels and self.rare_target > 0 and self.rare_max_factor > 1:
+            lines.append(f"rare labels oversampled to {self.rare_target} training rows, at most "
+                         f"{self.rare_max_factor} views per chip; validation folds as they are")
+        else:
+            lines.append("no oversampling (no rare labels, rare_target 0 or rare_max_factor 1)")
+        short = self.short_of_target()
+        if short and self.rare_target > 0 and self.rare_max_factor > 1:
+            lines.append(f"note: too few chips to reach {self.rare_target} even at {self.rare_max_factor} views: "
+                         f"{', '.join(short)}")
+        lines += [f"warning: {w}" for w in self.warnings]
+        return "\n".join(lines)
+
+
+def _rarest(total, n: int) -> tuple[str, ...]:
+    ranked = sorted(LABELS, key=lambda label: (int(total[label]), label))
+    return tuple(ranked[:n])
+
+
+def _count_row(name: str, per_fold, total, width: int, train) -> str:
+    cells = "".join(f"{int(v):>8}" for v in (*per_fold.tolist(), total))
+    low, high = int(min(train)), int(max(train))
+    spread = f"{low}" if low == high else f"{low}-{high}"
+    return f"{name:<{width}}{cells}  {spread}"
+
+
+def run_split(cfg, check_files: bool = True) -> SplitSummary:
+    """Read the labels, split them into folds, oversample rare labels; write the three CSVs to the run folder."""
+    import pandas as pd
+
+    split_cfg = cfg.split
+    if split_cfg.rare_target < 0:
+        raise ConfigError(f"split.rare_target must be 0 (no oversampling) or more, got {split_cfg.rare_target}")
+    layout = PlanetLayout.from_config(cfg.data)
+    frame, matrix = layout.load_train(check_files=check_files)
+    names = frame["image_name"].tolist()
+    rare = choose_rare_labels(matrix, split_cfg.rare_threshold, split_cfg.rare_labels)
+    if split_cfg.folds > len(names):
+        raise DataError(f"{layout.labels_csv}: {len(names)} chips cannot fill split.folds={split_cfg.folds} folds")
+
+    started = time.perf_counter()
+    folds = make_folds(matrix, split_cfg.folds, cfg.run.seed)
+    manifest = build_manifest(names, matrix, folds, split_cfg.folds, rare, split_cfg.rare_target,
+                              split_cfg.rare_max_factor, cfg.run.seed)
+    seconds = time.perf_counter() - started
+    counts = fold_label_counts(matrix, folds, split_cfg.folds)
+
+    problems = []
+    missing = labels_missing_from_folds(counts)
+    if missing:
+        problems.append(f"{len(missing)} label(s) cannot appear in every one of the {split_cfg.folds} folds "
+                        f"(fewer chips than folds): {', '.join(missing)}")
+        warnings.warn(problems[-1], SplitWarning, stacklevel=2)
+
+    run_dir = prepare_run_dir(cfg)
+    write_csv_atomic(run_dir / FOLDS_CSV, pd.DataFrame({"image_name": names, "fold": folds}))
+    write_csv_atomic(run_dir / FOLD_COUNTS_CSV, counts)
+    write_csv_atomic(run_dir / MANIFEST_CSV, manifest)
+    return SplitSummary(
+        labels_csv=layout.labels_csv, run_dir=run_dir, k=split_cfg.folds, seed=cfg.run.seed, n_chips=len(names),
+        rare_labels=rare, rare_target=split_cfg.rare_target, rare_max_factor=split_cfg.rare_max_factor,
+        fold_counts=counts, train_counts=manifest_label_counts(manifest, names, matrix, split_cfg.folds),
+        seconds=seconds, warnings=problems,
+    )
+
+
+# --- readers for the training stage ------------------------------------------------------------------------
+
+def _read_run_csv(path: Path, columns: Sequence[str]):
+    import pandas as pd
+
+    if not path.is_file():
+        raise DataError(f"{path}: not found; run 'amazonmine split' first")
+    try:
+        frame = pd.read_csv(path, dtype={"image_name": str}, keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError):
+        raise DataError(f"{path}: not a readable CSV; run 'amazonmine split' again") from None
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise DataError(f"{path}: missing column(s) {', '.join(missing)}; run 'amazonmine split' again")
+    for column in columns[1:]:
+        if not pd.api.types.is_integer_dtype(frame[column]):
+            raise DataError(f"{path}: column '{column}' must hold whole numbers; run 'amazonmine split' again")
+    return frame[list(columns)]
+
+
+def load_folds(run_dir: str | Path):
+    """DataFrame image_name,fold from ``run_dir/folds.csv`` (the labels file's row order)."""
+    return _read_run_csv(Path(run_dir) / FOLDS_CSV, ("image_name", "fold"))
+
+
+def load_training_manifest(run_dir: str | Path, fold: int):
+    """DataFrame image_name,transform: the training rows of the model validated on ``fold``.
+
+    Checked against folds.csv, so a manifest left over from another split is refused rather than trained on.
+    """
+    run_dir = Path(run_dir)
+    path = run_dir / MANIFEST_CSV
+    manifest = _read_run_csv(path, ("image_name", "fold", "transform"))
+    folds = load_folds(run_dir)
+    k = int(folds["fold"].max()) + 1
+    if not 0 <= fold < k:
+        raise DataError(f"{run_dir / FOLDS_CSV}: no fold {fold} (the split has folds 0..{k - 1})")
+    rows = manifest[manifest["fold"] == fold]
+    expected = set(folds.loc[folds["fold"] != fold, "image_name"])
+    if set(rows.loc[rows["transform"] == 0, "image_name"]) != expected or not rows["transform"].between(0, 7).all():
+        raise DataError(f"{path}: fold {fold} does not match {FOLDS_CSV}; run 'amazonmine split' again")
+    return rows[["image_name", "transform"]].reset_index(drop=True)

@@ -1,0 +1,210 @@
+"""Speed benchmark of the dehaze stage: run by hand (not a test), prints two ratios.
+
+1. The math, one process, OpenCV single-threaded: ``amazonmine.dehaze.dehaze_image`` against the plain float64
+   transcription of He, Sun & Tang's steps below (float64 arrays, a full argsort for the airlight, the exact
+   guided filter in float64), same parameters, same decoded chips, the two timed alternately chip by chip.
+   Target: >= 5x faster, outputs within >= 35 dB PSNR of the reference on every chip.
+2. The whole stage: ``run_dehaze`` (what ``amazonmine dehaze SRC DST`` runs, minus interpreter start-up) over a
+   folder of JPEGs against a bare loop over the same files with the same number of processes: read bytes,
+   cv2.imdecode, cv2.imencode (quality 95), write. Target: >= 0.5 of the bare loop's chips per second.
+
+Input: the real 256 px Kaggle chips in ../shared/data/planet_real_256/train-jpg when present (real pixels beat
+synthetic ones), else ``--synthetic`` chips from ``amazonmine.synth.make_dataset``; or any ``--chips DIR``.
+Everything is copied into a temporary folder first, so the source is never touched.
+
+    python scripts/bench_dehaze.py                      # real chips if present
+    python scripts/bench_dehaze.py --synthetic --n 300
+    python scripts/bench_dehaze.py --chips /data/planet/train-jpg --workers 4
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from amazonmine.config import load_config
+from amazonmine.data import DataError, read_image
+from amazonmine.dehaze import DehazeParams, dehaze_image, run_dehaze
+
+REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "planet_real_256" / "train-jpg"
+
+
+# --- the reference: He et al. step by step, float64, no shortcuts ------------------------------------------
+
+def reference_guided_filter(guide: np.ndarray, src: np.ndarray, radius: int, eps: float) -> np.ndarray:
+    ksize = (2 * radius + 1, 2 * radius + 1)
+    mean_i = cv2.boxFilter(guide, cv2.CV_64F, ksize)
+    mean_p = cv2.boxFilter(src, cv2.CV_64F, ksize)
+    corr_ii = cv2.boxFilter(guide * guide, cv2.CV_64F, ksize)
+    corr_ip = cv2.boxFilter(guide * src, cv2.CV_64F, ksize)
+    var_i = corr_ii - mean_i * mean_i
+    cov_ip = corr_ip - mean_i * mean_p
+    a = cov_ip / (var_i + eps)
+    b = mean_p - a * mean_i
+    return cv2.boxFilter(a, cv2.CV_64F, ksize) * guide + cv2.boxFilter(b, cv2.CV_64F, ksize)
+
+
+def reference_dehaze(img: np.ndarray, p: DehazeParams) -> np.ndarray:
+    """uint8 B, G, R chip -> uint8 dehazed chip, following the paper's equations in float64."""
+    image = img.astype(np.float64) / 255.0
+    kernel = np.ones((p.patch, p.patch), np.uint8)
+    dark = cv2.erode(image.min(axis=2), kernel)
+    flat = dark.ravel()
+    k = max(1, int(round(p.top_fraction * flat.size)))
+    order = np.argsort(flat)
+    kth = flat[order[-k]]
+    candidates = np.flatnonzero(flat >= kth)  # ties with the k-th included, the package's rule
+    # Intensity summed on the 8-bit values: float sums of x/255 would break exact ties by rounding error.
+    brightness = img.reshape(-1, 3)[candidates].astype(np.int64).sum(axis=1)
+    airlight = np.maximum(image.reshape(-1, 3)[candidates[np.argmax(brightness)]], 1.0 / 255.0)
+    t_raw = 1.0 - p.omega * cv2.erode((image / airlight).min(axis=2), kernel)
+    grey = image @ np.array([0.114, 0.587, 0.299])  # ITU-R BT.601 luma of B, G, R, as OpenCV's grey
+    t = reference_guided_filter(grey, t_raw, p.guided_radius, p.guided_eps)
+    t = np.clip(t, p.t0, 1.0)
+    recovered = (image - airlight) / t[..., None] + airlight
+    return np.clip(np.round(recovered * 255.0), 0, 255).astype(np.uint8)
+
+
+# --- inputs ----------------------------------------------------------------------------------------------------
+
+def prepare_chips(args, work: Path) -> tuple[Path, str]:
+    """Copy (or make) the benchmark's JPEGs into work/src; returns the folder and a description."""
+    src = work / "src"
+    src.mkdir()
+    if args.synthetic or (args.chips is None and not REAL.is_dir()):
+        from amazonmine.synth import make_dataset
+
+        make_dataset(work / "synth", n_train=args.n, n_test=0, size=args.size, seed=0, progress=False)
+        for path in sorted((work / "synth" / "train-jpg").glob("*.jpg")):
+            shutil.copyfile(path, src / path.name)
+        return src, f"{args.n} synthetic {args.size} px chips (amazonmine.synth)"
+
+    origin = Path(args.chips) if args.chips else REAL
+    files = sorted(p for p in origin.iterdir() if p.suffix.lower() in (".jpg", ".jpeg"))[: args.n]
+    if not files:
+        sys.exit(f"error: {origin}: no JPEG chips")
+    reencoded = 0
+    for path in files:
+        try:
+            read_image(path)
+            shutil.copyfile(path, src / path.name)
+        except DataError:
+            # A chip the package's reader refuses would only be timed as an error: keep its pixels by
+            # re-encoding, so both loops still work on the same, readable files.
+            img = cv2.imdecode(np.fromfile(path, np.uint8), cv2.IMREAD_COLOR)
+            if img is None:
+                continue
+            cv2.imwrite(str(src / path.name), img, [cv2.IMWRITE_JPEG_QUALITY, 95])
+            reencoded += 1
+    n = len(list(src.iterdir()))
+    note = f"{n} real chips from {origin}"
+    if reencoded:
+        note += f" ({reencoded} refused by amazonmine.data.read_image, re-encoded at quality 95 first)"
+    return src, note
+
+
+# --- 1. the math ---------------------------------------------------------------------------------------------
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return float("inf") if mse == 0 else float(10 * np.log10(255.0 ** 2 / mse))
+
+
+def bench_math(src: Path, repeat: int) -> tuple[float, float, float]:
+    cv2.setNumThreads(1)  # per process: the stage runs one single-threaded worker per core
+    params = DehazeParams()
+    images = [read_image(p) for p in sorted(src.iterdir())]
+    fast_t = np.full(len(images), np.inf)
+    ref_t = np.full(len(images), np.inf)
+    scores, sq_err = [], 0.0
+    for rep in range(repeat):
+        for i, img in enumerate(images):
+            t = time.perf_counter()
+            fast = dehaze_image(img, params).image
+            fast_t[i] = min(fast_t[i], time.perf_counter() - t)
+            t = time.perf_counter()
+            ref = reference_dehaze(img, params)
+            ref_t[i] = min(ref_t[i], time.perf_counter() - t)
+            if rep == 0:
+                scores.append(psnr(fast, ref))
+                sq_err += float(np.mean((fast.astype(np.float64) - ref) ** 2))
+    pooled = 10 * np.log10(255.0 ** 2 / max(sq_err / len(images), 1e-12))
+    print(f"math, 1 process: package {fast_t.sum() / len(images) * 1e3:.2f} ms/chip, "
+          f"float64 reference {ref_t.sum() / len(images) * 1e3:.2f} ms/chip")
+    return float(ref_t.sum() / fast_t.sum()), float(min(scores)), float(pooled)
+
+
+# --- 2. the whole stage --------------------------------------------------------------------------------------
+
+def _bare_one(job: tuple[str, str]) -> None:
+    src, dst = job
+    img = cv2.imdecode(np.fromfile(src, np.uint8), cv2.IMREAD_UNCHANGED)
+    ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 95])
+    Path(dst).write_bytes(buf.tobytes())
+
+
+def _single_thread() -> None:
+    cv2.setNumThreads(1)
+
+
+def bare_loop(src: Path, dst: Path, workers: int) -> float:
+    dst.mkdir()
+    jobs = [(str(p), str(dst / p.name)) for p in sorted(src.iterdir())]
+    start = time.perf_counter()
+    with ProcessPoolExecutor(max_workers=workers, initializer=_single_thread) as pool:
+        list(pool.map(_bare_one, jobs, chunksize=max(1, len(jobs) // (workers * 8))))
+    return time.perf_counter() - start
+
+
+def bench_stage(src: Path, work: Path, workers: int, repeat: int) -> float:
+    cfg = load_config(None, [f"run.dir={work / 'run'}"])
+    n = len(list(src.iterdir()))
+    bare_s, stage_s = [], []
+    for rep in range(repeat):
+        for name in ("bare", "stage"):
+            shutil.rmtree(work / name, ignore_errors=True)
+        bare_s.append(bare_loop(src, work / "bare", workers))
+        start = time.perf_counter()
+        summary = run_dehaze(cfg, src=src, dst=work / "stage", workers=workers)
+        stage_s.append(time.perf_counter() - start)
+        if summary.failed or summary.processed != n:
+            sys.exit(f"error: the stage did not process every chip: {summary.headline()}")
+    bare, stage = min(bare_s), min(stage_s)
+    print(f"stage, {workers} processes, {n} chips, best of {repeat}: bare decode+encode {n / bare:.0f} chips/s, "
+          f"run_dehaze {n / stage:.0f} chips/s (runs: bare {', '.join(f'{s:.2f}' for s in bare_s)} s; "
+          f"stage {', '.join(f'{s:.2f}' for s in stage_s)} s)")
+    return (n / stage) / (n / bare)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--chips", help="folder of JPEG chips (default: the real 256 px chips in ../shared)")
+    parser.add_argument("--synthetic", action="store_true", help="use amazonmine.synth chips")
+    parser.add_argument("--n", type=int, default=400, help="chips to use (default 400)")
+    parser.add_argument("--size", type=int, default=256, help="synthetic chip side (default 256)")
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes (default: all cores)")
+    parser.add_argument("--repeat", type=int, default=3, help="timed passes; the best counts (default 3)")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="bench_dehaze_") as tmp:
+        work = Path(tmp)
+        src, note = prepare_chips(args, work)
+        print(f"input: {note}")
+        speedup, worst, pooled = bench_math(src, args.repeat)
+        ratio = bench_stage(src, work, args.workers, args.repeat)
+    print(f"(1) math speed-up vs float64 reference: {speedup:.1f}x (target >= 5); "
+          f"PSNR vs reference: worst chip {worst:.1f} dB, pooled {pooled:.1f} dB (target >= 35)")
+    print(f"(2) stage throughput / bare decode+encode loop: {ratio:.2f} (target >= 0.5)")
+
+
+if __name__ == "__main__":
+    main()

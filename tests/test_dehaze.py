@@ -1,0 +1,369 @@
+"""The dehaze stage on tiny synthetic chips: the math, the folder runner (layout, resume, errors) and the CLI.
+
+The session's ``synth_root`` (seed 1) happens to draw no ``haze`` chip, so hazy chips with known truth are
+painted here with synth's own painter and written in its truth layout (truth/clean/<name>.png and .tif).
+"""
+
+from __future__ import annotations
+
+import csv
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from amazonmine import dehaze as dh
+from amazonmine.cli import main
+from amazonmine.data import DataError, chip_dir, read_image
+from amazonmine.errors import AmazonmineError
+from amazonmine.io import write_bytes_atomic
+from amazonmine.synth import encode_jpeg, encode_png, encode_tif, paint_chip, to_jpeg_pixels, to_tif_pixels
+
+# 64 px chips: the defaults (patch 15, radius 24) would span a quarter of the chip.
+SMALL = {"dehaze.patch": 7, "dehaze.guided_radius": 8}
+N_HAZY = 4
+KAGGLE_DIRS = ("train-jpg", "test-jpg", "test-jpg-additional", "train-tif-v2")
+
+
+def psnr(a: np.ndarray, b: np.ndarray, peak: float) -> float:
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return float(10 * np.log10(peak ** 2 / mse))
+
+
+def read_rows(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def add_hazy_chips(root: Path, n: int, size: int = 64) -> list[str]:
+    """Paint ``n`` hazy chips (JPEG, TIF and their clean truth) into a Kaggle-layout ``root``."""
+    names = []
+    for i in range(n):
+        name = f"train_haze_{i}"
+        extra = [["water"], ["road", "agriculture"], [], ["habitation"]][i % 4]
+        chip = paint_chip(["haze", "primary", *extra], size, np.random.default_rng([2024, i]))
+        write_bytes_atomic(root / "train-jpg" / f"{name}.jpg", encode_jpeg(to_jpeg_pixels(chip.bands)))
+        write_bytes_atomic(root / "train-tif-v2" / f"{name}.tif", encode_tif(to_tif_pixels(chip.bands)))
+        write_bytes_atomic(root / "truth" / "clean" / f"{name}.png", encode_png(to_jpeg_pixels(chip.clean)))
+        write_bytes_atomic(root / "truth" / "clean" / f"{name}.tif", encode_tif(to_tif_pixels(chip.clean)))
+        names.append(name)
+    return names
+
+
+def copy_chips(src: Path, dst: Path, n: int | None = None) -> list[str]:
+    dst.mkdir(parents=True, exist_ok=True)
+    names = sorted(p.name for p in src.iterdir() if p.suffix == ".jpg")[:n]
+    for name in names:
+        shutil.copyfile(src / name, dst / name)
+    return names
+
+
+@pytest.fixture(scope="module")
+def layout(synth_root, tmp_path_factory):
+    """A copy of synth_root's chip folders plus N_HAZY painted hazy chips."""
+    root = tmp_path_factory.mktemp("dehaze_layout") / "planet"
+    for sub in KAGGLE_DIRS:
+        shutil.copytree(synth_root / sub, root / sub)
+    shutil.copyfile(synth_root / "train_v2.csv", root / "train_v2.csv")
+    hazy = add_hazy_chips(root, N_HAZY)
+    return root, hazy
+
+
+@pytest.fixture(scope="module")
+def dehazed(layout, tmp_path_factory):
+    """One default run (src/dst from the config) over the whole layout, in this process."""
+    from amazonmine.config import load_config
+
+    root, hazy = layout
+    run_dir = tmp_path_factory.mktemp("dehaze_run")
+    cfg = load_config(None, [f"data.root={root}", f"run.dir={run_dir}"] + [f"{k}={v}" for k, v in SMALL.items()])
+    summary = dh.run_dehaze(cfg, workers=1)
+    return cfg, summary, root, hazy
+
+
+# --- the math ------------------------------------------------------------------------------------------------
+
+def test_dark_channel_is_channel_min_then_window_min_inside_the_chip():
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 256, (9, 11, 3), dtype=np.uint8)
+    got = dh.dark_channel(img, 5)
+    mins = img.min(axis=2)
+    want = np.array([[mins[max(0, y - 2):y + 3, max(0, x - 2):x + 3].min() for x in range(11)] for y in range(9)])
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_allclose(dh.dark_channel(img.astype(np.float32), 5), want)
+
+
+def test_airlight_is_brightest_pixel_among_top_dark_channel_with_ties():
+    img = np.full((20, 20, 3), 50, dtype=np.uint8)
+    img[2:5, 2:5] = (200, 200, 200)  # haze-like patch: high dark channel
+    img[3, 3] = (210, 220, 230)  # the brightest pixel of that patch
+    img[15, 15] = (255, 255, 0)  # bright but with a dark channel of 0: not airlight
+    a = dh.atmospheric_light(img, dh.dark_channel(img, 3), top_fraction=0.0025)  # k = 1, but 9 tie at 200
+    np.testing.assert_array_equal(a, [210, 220, 230])
+
+
+def test_guided_filter_keeps_constants_and_edges_of_its_guide():
+    flat = np.full((40, 40), 0.3, dtype=np.float32)
+    guide = np.zeros((40, 40), dtype=np.float32)
+    guide[:, 20:] = 1.0
+    np.testing.assert_allclose(dh.guided_filter(guide, flat, 6, 1e-3), 0.3, atol=1e-5)
+    # Filtering the step by itself with a small eps keeps the step; a plain box blur of the same radius smears it.
+    out = dh.guided_filter(guide, guide, 6, 1e-4)
+    blur = cv2.boxFilter(guide, -1, (13, 13))
+    assert abs(out[20, 19] - 0.0) < 0.02 and abs(out[20, 20] - 1.0) < 0.02
+    assert blur[20, 19] > 0.3
+
+
+def test_subsampled_guided_filter_close_to_exact():
+    rng = np.random.default_rng(1)
+    guide = cv2.GaussianBlur(rng.random((128, 128)).astype(np.float32), (0, 0), 3)
+    src = np.clip(guide + rng.normal(0, 0.05, guide.shape).astype(np.float32), 0, 1)
+    exact = dh.guided_filter(guide, src, 12, 1e-3)
+    fast = dh.guided_filter(guide, src, 12, 1e-3, subsample=2)
+    assert fast.shape == exact.shape and fast.dtype == np.float32
+    assert np.abs(fast - exact).max() < 0.05 and psnr(fast, exact, 1.0) > 35
+
+
+def test_dehaze_image_rejects_unexpected_arrays():
+    with pytest.raises(ValueError, match="uint16"):
+        dh.dehaze_image(np.zeros((8, 8, 3), dtype=np.float32), dh.DehazeParams())
+
+
+def test_black_chip_stays_black_and_finite():
+    out = dh.dehaze_image(np.zeros((32, 32, 3), dtype=np.uint8), dh.DehazeParams(patch=7, guided_radius=8))
+    assert out.image.max() == 0 and np.isfinite(out.t_mean)
+
+
+# --- the folder runner on the Kaggle layout ---------------------------------------------------------------
+
+def test_default_run_mirrors_the_layout_where_training_reads(dehazed):
+    cfg, summary, root, hazy = dehazed
+    assert summary.failed == [] and summary.skipped == 0
+    total = 0
+    for sub in KAGGLE_DIRS:
+        names = sorted(p.name for p in (root / sub).iterdir())
+        out_dir = cfg.dehaze_dir / sub
+        assert sorted(p.name for p in out_dir.iterdir()) == names
+        for name in names:
+            src, out = read_image(root / sub / name), read_image(out_dir / name)
+            assert out.shape == src.shape and out.dtype == src.dtype
+        total += len(names)
+    assert summary.processed == total
+    assert chip_dir(cfg, "train-jpg") == cfg.dehaze_dir / "train-jpg"
+    assert not (cfg.dehaze_dir / dh.ERRORS_NAME).exists()
+    assert "dehaze (dark_channel)" in summary.headline() and str(total) in summary.headline()
+
+
+def test_stats_csv_has_a_row_per_chip_and_flags_the_hazy_ones(dehazed):
+    cfg, summary, root, hazy = dehazed
+    rows = {r["file"]: r for r in read_rows(cfg.dehaze_dir / dh.STATS_NAME)}
+    expected = {f"{sub}/{p.name}" for sub in KAGGLE_DIRS for p in (root / sub).iterdir()}
+    assert set(rows) == expected
+    assert list(next(iter(rows.values()))) == list(dh.STATS_COLUMNS)
+    assert {r["method"] for r in rows.values()} == {"dark_channel"}
+    t_hazy = [float(rows[f"train-jpg/{n}.jpg"]["t_mean"]) for n in hazy]
+    clear = [n for n, tags in (line.split(",") for line in (root / "train_v2.csv").read_text().splitlines()[1:])
+             if "clear" in tags.split()]
+    t_clear = [float(rows[f"train-jpg/{n}.jpg"]["t_mean"]) for n in clear]
+    assert max(t_hazy) < np.median(t_clear)
+    # The airlight is a pixel colour of the chip, in its own units: 8-bit for JPEG, counts for TIF.
+    a_jpg = [float(rows[f"train-jpg/{hazy[0]}.jpg"][c]) for c in ("A_b", "A_g", "A_r")]
+    a_tif = [float(rows[f"train-tif-v2/{hazy[0]}.tif"][c]) for c in ("A_b", "A_g", "A_r")]
+    assert all(0 < v <= 255 for v in a_jpg) and all(v > 1000 for v in a_tif)
+
+
+def test_hazy_jpeg_moves_closer_to_the_clean_scene(dehazed):
+    cfg, _, root, hazy = dehazed
+    for name in hazy:
+        clean = read_image(root / "truth" / "clean" / f"{name}.png")
+        before = psnr(read_image(root / "train-jpg" / f"{name}.jpg"), clean, 255)
+        after = psnr(read_image(cfg.dehaze_dir / "train-jpg" / f"{name}.jpg"), clean, 255)
+        assert after > before + 3.0, (name, before, after)
+
+
+def test_hazy_tif_moves_closer_to_the_clean_scene_and_keeps_nir(dehazed):
+    cfg, _, root, hazy = dehazed
+    for name in hazy:
+        clean = read_image(root / "truth" / "clean" / f"{name}.tif")
+        src = read_image(root / "train-tif-v2" / f"{name}.tif")
+        out = read_image(cfg.dehaze_dir / "train-tif-v2" / f"{name}.tif")
+        before = psnr(src[..., :3], clean[..., :3], 65535)
+        after = psnr(out[..., :3], clean[..., :3], 65535)
+        assert after > before + 1.0, (name, before, after)
+        np.testing.assert_array_equal(out[..., 3], src[..., 3])
+
+
+def test_clear_chips_keep_their_structure_and_change_less_than_hazy_ones(dehazed):
+    cfg, _, root, hazy = dehazed
+
+    def change(name: str) -> tuple[float, float]:
+        src = read_image(root / "train-jpg" / name)
+        out = read_image(cfg.dehaze_dir / "train-jpg" / name)
+        g0 = cv2.cvtColor(src, cv2.COLOR_BGR2GRAY).ravel().astype(np.float64)
+        g1 = cv2.cvtColor(out, cv2.COLOR_BGR2GRAY).ravel().astype(np.float64)
+        return float(np.abs(out.astype(np.float64) - src).mean()), float(np.corrcoef(g0, g1)[0, 1])
+
+    clear = [f"{n}.jpg" for n, tags in (line.split(",") for line in (root / "train_v2.csv").read_text().splitlines()[1:])
+             if tags.split() in (["clear", "primary"], ["agriculture", "clear", "primary"])]
+    assert clear
+    hazy_change = np.mean([change(f"{n}.jpg")[0] for n in hazy])
+    for name in clear:
+        diff, corr = change(name)
+        assert corr > 0.95 and diff < 0.5 * hazy_change, (name, diff, corr, hazy_change)
+
+
+# --- the other method, plain folders --------------------------------------------------------------------------
+
+def test_airlight_subtract_also_improves_hazy_chips(layout, make_cfg, tmp_path):
+    root, hazy = layout
+    src = tmp_path / "chips"
+    src.mkdir()
+    for name in hazy:
+        shutil.copyfile(root / "train-jpg" / f"{name}.jpg", src / f"{name}.jpg")
+    cfg = make_cfg(**SMALL, **{"dehaze.method": "airlight_subtract"})
+    summary = dh.run_dehaze(cfg, src=src, dst=tmp_path / "out", workers=1)
+    assert summary.processed == len(hazy) and not summary.failed
+    # A plain folder of chips goes straight into DST, no subfolder.
+    for name in hazy:
+        clean = read_image(root / "truth" / "clean" / f"{name}.png")
+        out = read_image(tmp_path / "out" / f"{name}.jpg")
+        assert psnr(out, clean, 255) > psnr(read_image(src / f"{name}.jpg"), clean, 255) + 1.0
+    rows = read_rows(tmp_path / "out" / dh.STATS_NAME)
+    assert {r["method"] for r in rows} == {"airlight_subtract"} and len(rows) == len(hazy)
+
+
+# --- resume, errors, the command --------------------------------------------------------------------------------
+
+def test_interrupted_run_resumes_to_a_complete_folder(synth_root, make_cfg, tmp_path, monkeypatch):
+    src = tmp_path / "chips"
+    names = copy_chips(synth_root / "train-jpg", src, 20)
+    dst = tmp_path / "out"
+    cfg = make_cfg(**SMALL)
+    real = dh.dehaze_image
+    calls = {"n": 0}
+
+    def dies_on_the_eighth(img, params):
+        calls["n"] += 1
+        if calls["n"] == 8:
+            raise KeyboardInterrupt  # Ctrl-C in the middle of the run
+        return real(img, params)
+
+    monkeypatch.setattr(dh, "dehaze_image", dies_on_the_eighth)
+    with pytest.raises(KeyboardInterrupt):
+        dh.run_dehaze(cfg, src=src, dst=dst, workers=1)
+    monkeypatch.setattr(dh, "dehaze_image", real)
+    done = sorted(p.name for p in dst.glob("*.jpg"))
+    assert done == names[:7]
+    first_rows = {r["file"]: r for r in read_rows(dst / dh.STATS_NAME)}
+    assert set(first_rows) == set(done)  # saved on the way out
+
+    # What a SIGKILL leaves behind: a half-written temporary file and an output whose stats row was not saved.
+    (dst / f".{Path(names[7]).stem}.abc123.tmp.jpg").write_bytes(b"\xff\xd8 half a chip")
+    lost = done[0]
+    kept = [r for f, r in first_rows.items() if f != lost]
+    (dst / dh.STATS_NAME).write_text(dh._rows_csv(dh.STATS_COLUMNS, kept))
+    lost_bytes = (dst / lost).read_bytes()
+
+    summary = dh.run_dehaze(cfg, src=src, dst=dst, workers=1)
+    assert summary.skipped == 7 and summary.processed == 13 and not summary.failed
+    assert sorted(p.name for p in dst.glob("*.jpg")) == names
+    for name in names:
+        assert read_image(dst / name).shape == read_image(src / name).shape
+    rows = {r["file"]: r for r in read_rows(dst / dh.STATS_NAME)}
+    assert set(rows) == set(names)
+    assert rows[lost]["t_mean"] == first_rows[lost]["t_mean"]  # recomputed from the source
+    assert (dst / lost).read_bytes() == lost_bytes  # ... without rewriting the chip
+    for name in done[1:]:
+        assert rows[name] == first_rows[name]  # skipped chips keep their stats
+
+
+def test_overwrite_redoes_chips_already_present(synth_root, make_cfg, tmp_path):
+    src = tmp_path / "chips"
+    names = copy_chips(synth_root / "train-jpg", src, 3)
+    dst = tmp_path / "out"
+    dst.mkdir()
+    (dst / names[0]).write_bytes(b"stale")
+    cfg = make_cfg(**SMALL)
+    first = dh.run_dehaze(cfg, src=src, dst=dst, workers=1)
+    assert first.skipped == 1 and first.processed == 2
+    again = dh.run_dehaze(cfg, src=src, dst=dst, workers=1, overwrite=True)
+    assert again.processed == 3 and again.skipped == 0
+    assert read_image(dst / names[0]).shape == (64, 64, 3)
+
+
+def test_corrupt_chips_are_listed_and_the_rest_processed_in_parallel(synth_root, make_cfg, tmp_path):
+    src = tmp_path / "chips"
+    names = copy_chips(synth_root / "train-jpg", src)
+    data = (src / names[0]).read_bytes()
+    (src / names[0]).write_bytes(data[: len(data) // 2])  # truncated download
+    (src / names[1]).write_bytes(b"\xff\xd8" + bytes(range(256)) * 4 + b"\xff\xd9")  # garbage between markers
+    ok, grey = cv2.imencode(".jpg", np.full((64, 64), 90, dtype=np.uint8))
+    (src / names[2]).write_bytes(grey.tobytes())
+    dst = tmp_path / "out"
+    summary = dh.run_dehaze(make_cfg(**SMALL), src=src, dst=dst, workers=2)
+
+    bad = dict(summary.failed)
+    assert sorted(bad) == sorted(names[:3])
+    assert "truncated" in bad[names[0]] and "decode" in bad[names[1]] and "grayscale" in bad[names[2]]
+    errors = read_rows(dst / dh.ERRORS_NAME)
+    assert {r["file"]: r["problem"] for r in errors} == bad
+    assert summary.processed == len(names) - 3
+    assert sorted(p.name for p in dst.glob("*.jpg")) == sorted(names[3:])
+    assert len(read_rows(dst / dh.STATS_NAME)) == len(names) - 3
+    assert "3 failed" in summary.headline() and dh.ERRORS_NAME in summary.headline()
+
+    # Once the bad chips are gone the errors file goes too: it always describes the last run.
+    for name in names[:3]:
+        (src / name).unlink()
+    again = dh.run_dehaze(make_cfg(**SMALL), src=src, dst=dst, workers=2)
+    assert not again.failed and again.skipped == len(names) - 3 and not (dst / dh.ERRORS_NAME).exists()
+
+
+def test_unusable_paths_are_one_line_errors(synth_root, make_cfg, tmp_path):
+    cfg = make_cfg(**SMALL)
+    with pytest.raises(DataError, match="source folder not found"):
+        dh.run_dehaze(cfg, src=tmp_path / "nowhere", dst=tmp_path / "out")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="no .jpg or .tif chips"):
+        dh.run_dehaze(cfg, src=tmp_path / "empty", dst=tmp_path / "out")
+    src = tmp_path / "chips"
+    copy_chips(synth_root / "train-jpg", src, 2)
+    with pytest.raises(AmazonmineError, match="output folder is the source folder"):
+        dh.run_dehaze(cfg, src=src, dst=src, overwrite=True)
+
+
+def _cli(src: Path, dst: Path, run_dir: Path):
+    args = ["dehaze", str(src), str(dst), "--workers", "1", "--set", f"run.dir={run_dir}"]
+    for key, value in SMALL.items():
+        args += ["--set", f"{key}={value}"]
+    return CliRunner().invoke(main, args)
+
+
+def test_cli_exits_0_when_all_chips_pass_and_1_with_failures(synth_root, tmp_path):
+    src = tmp_path / "chips"
+    names = copy_chips(synth_root / "train-jpg", src, 4)
+    result = _cli(src, tmp_path / "out", tmp_path / "run")
+    assert result.exit_code == 0, result.output
+    assert "4 chips done" in result.output
+
+    (src / names[0]).write_bytes(b"not a jpeg at all")
+    result = _cli(src, tmp_path / "out2", tmp_path / "run")
+    assert result.exit_code == 1
+    assert "1 failed" in result.output and dh.ERRORS_NAME in result.output
+
+
+def test_cli_reports_a_missing_source_without_traceback(tmp_path):
+    result = _cli(tmp_path / "missing", tmp_path / "out", tmp_path / "run")
+    assert result.exit_code == 2 and "source folder not found" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_dehaze_never_imports_tensorflow():
+    code = "import sys, amazonmine.dehaze, amazonmine.cli; print('tensorflow' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
