@@ -51,7 +51,14 @@ def _load(config_path, overrides):
     return load_config(config_path, overrides)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+class _PipelineOrder(click.Group):
+    """List the stages in the order they run, not alphabetically."""
+
+    def list_commands(self, ctx):
+        return list(self.commands)
+
+
+@click.group(cls=_PipelineOrder, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="amazonmine")
 def main():
     """Find illegal gold mining (and 16 other labels) in Planet satellite chips of the Amazon.
@@ -61,7 +68,7 @@ def main():
     """
 
 
-@main.command()
+@main.command(short_help="Generate a labelled Planet-like dataset (Kaggle layout).")
 @click.argument("out", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--n-train", default=200, show_default=True, help="Labelled training chips.")
 @click.option("--n-test", default=50, show_default=True, help="Unlabelled test chips.")
@@ -83,7 +90,7 @@ def synth(out, n_train, n_test, size, seed, rare_boost, tif):
                f"({summary['size']} px, {summary['haze']} hazy) to {summary['out']}; {rare}")
 
 
-@main.command()
+@main.command(short_help="Remove haze from every chip (dark-channel prior).")
 @click.argument("src", required=False, type=click.Path(path_type=Path))
 @click.argument("dst", required=False, type=click.Path(path_type=Path))
 @_config_options
@@ -101,7 +108,7 @@ def dehaze(src, dst, config_path, overrides, workers, overwrite):
         sys.exit(1)
 
 
-@main.command()
+@main.command(short_help="Stratified k-fold plan with rare-label oversampling.")
 @_config_options
 @_friendly
 def split(config_path, overrides):
@@ -113,7 +120,7 @@ def split(config_path, overrides):
     click.echo(summary.headline())
 
 
-@main.command()
+@main.command(short_help="Train DenseNet121 per fold; out-of-fold predictions.")
 @_config_options
 @click.option("--fold", "folds", type=int, multiple=True, help="Fold to train (repeatable).")
 @click.option("--all-folds", is_flag=True, help="Train every fold of the split.")
@@ -129,7 +136,7 @@ def train(config_path, overrides, folds, all_folds, gpu, resume):
         click.echo(result.headline())
 
 
-@main.command()
+@main.command(short_help="Fit per-label F2 thresholds on out-of-fold predictions.")
 @_config_options
 @_friendly
 def tune(config_path, overrides):
@@ -140,7 +147,7 @@ def tune(config_path, overrides):
     click.echo(run_tune(cfg).headline())
 
 
-@main.command()
+@main.command(short_help="Label the test chips; write a Kaggle submission.")
 @_config_options
 @click.argument("inputs", nargs=-1, type=click.Path(path_type=Path))
 @click.option("--allow-missing", is_flag=True, help="Exit 0 even if some chips are missing or corrupt.")
@@ -157,7 +164,7 @@ def predict(config_path, overrides, inputs, allow_missing, gpu):
         sys.exit(1)
 
 
-@main.command()
+@main.command(short_help="Write the HTML report (scores, curves, mine gallery).")
 @_config_options
 @_friendly
 def evaluate(config_path, overrides):
@@ -168,7 +175,7 @@ def evaluate(config_path, overrides):
     click.echo(run_evaluate(cfg).headline())
 
 
-@main.command()
+@main.command(short_help="Run the whole pipeline on synthetic data (CPU, minutes).")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("runs/demo"),
               show_default=True, help="Folder for the generated data and the run.")
 @_config_options

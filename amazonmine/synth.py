@@ -381,7 +381,9 @@ def encode_tif(bgrn: np.ndarray) -> bytes:
     import cv2
 
     # OpenCV writes a 4-channel array as if it were BGRA (swapping 0 and 2 on the way out): pre-swap.
-    ok, buf = cv2.imencode(".tif", np.ascontiguousarray(bgrn[..., [2, 1, 0, 3]]))
+    # Uncompressed, like Kaggle's train-tif-v2 files (and readable by any TIFF reader without codecs).
+    ok, buf = cv2.imencode(".tif", np.ascontiguousarray(bgrn[..., [2, 1, 0, 3]]),
+                           [cv2.IMWRITE_TIFF_COMPRESSION, 1])
     if not ok:  # pragma: no cover
         raise DataError("TIFF encoding failed")
     return buf.tobytes()
