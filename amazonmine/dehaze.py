@@ -50,7 +50,8 @@ import numpy as np
 
 from amazonmine.data import DataError, read_image
 from amazonmine.errors import AmazonmineError
-from amazonmine.io import write_text_atomic
+from amazonmine.io import write_bytes_atomic, write_text_atomic
+from amazonmine.synth import encode_jpeg, encode_tif
 
 STATS_NAME = "dehaze_stats.csv"
 ERRORS_NAME = "dehaze_errors.csv"
@@ -277,8 +278,6 @@ def dehaze_image(img: np.ndarray, params: DehazeParams) -> DehazeResult:
 # --- one file ------------------------------------------------------------------------------------------------
 
 def _encode(img: np.ndarray, fmt: str, name: str) -> bytes:
-    from amazonmine.synth import encode_jpeg, encode_tif
-
     try:
         return encode_tif(img) if fmt == "tif" else encode_jpeg(img, JPEG_QUALITY)
     except DataError as exc:
@@ -288,8 +287,6 @@ def _encode(img: np.ndarray, fmt: str, name: str) -> bytes:
 def dehaze_file(src: str | Path, dst: str | Path | None, params: DehazeParams,
                 expected_size: int = 0) -> DehazeResult:
     """Read, dehaze and (if ``dst`` is given) atomically write one chip in the input's format."""
-    from amazonmine.io import write_bytes_atomic
-
     src = Path(src)
     img = read_image(src, expected_size)
     result = dehaze_image(img, params)
@@ -412,13 +409,23 @@ def init_worker() -> None:
     libc.mallopt(m_trim_threshold, 128 << 20)
 
 
-def _pool_worker_init() -> None:
+def _pool_worker_init(parent_alive) -> None:
     import signal
+    import threading
+    from multiprocessing.connection import wait
 
     init_worker()
     # Ctrl-C reaches the whole process group: let the parent alone handle it (cancel, save the stats) instead
     # of every worker printing its own traceback.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    def exit_with_parent() -> None:
+        # The parent never writes to this pipe: it becomes readable (EOF) only when the parent's end closes,
+        # i.e. when the parent is gone. Pool workers otherwise outlive a killed parent, blocked on their queue.
+        wait([parent_alive])
+        os._exit(1)
+
+    threading.Thread(target=exit_with_parent, name="exit-with-parent", daemon=True).start()
 
 
 def _process_chunk(jobs: list[_Job], params: DehazeParams, expected_size: int) -> list[tuple]:
@@ -568,7 +575,9 @@ def _run_pool(jobs: list[_Job], n_workers: int, params: DehazeParams, expected_s
     # preload) must stay, or every worker would re-run the parent's main script on start.
     ctx = mp.get_context("forkserver")
     ctx.set_forkserver_preload(["__main__", "amazonmine.dehaze", "cv2", "numpy"])
-    pool = ProcessPoolExecutor(max_workers=n_workers, mp_context=ctx, initializer=_pool_worker_init)
+    parent_alive, keep_alive = ctx.Pipe(duplex=False)
+    pool = ProcessPoolExecutor(max_workers=n_workers, mp_context=ctx, initializer=_pool_worker_init,
+                               initargs=(parent_alive,))
     try:
         futures = {pool.submit(_process_chunk, chunk, params, expected_size): len(chunk)
                    for chunk in _chunks(jobs, n_workers)}
@@ -577,3 +586,5 @@ def _run_pool(jobs: list[_Job], n_workers: int, params: DehazeParams, expected_s
             bar.update(futures[fut])
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+        keep_alive.close()
+        parent_alive.close()

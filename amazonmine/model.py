@@ -46,6 +46,12 @@ def resolve_weights(weights: str) -> str | None:
     return str(path)
 
 
+# The mini network trains for a few dozen steps in tests and demos; Keras' default BatchNorm momentum (0.99)
+# would leave the moving statistics near their initial values after so few steps, and validation would see a
+# different network than training did.
+BN_MOMENTUM = 0.9
+
+
 def _mini_densenet(inputs, blocks: list[int], growth: int):
     """A small from-scratch DenseNet (BN-ReLU-Conv bottlenecks, concatenation, transitions) for tiny chips."""
     import keras
@@ -54,19 +60,19 @@ def _mini_densenet(inputs, blocks: list[int], growth: int):
     x = layers.Conv2D(2 * growth, 3, padding="same", use_bias=False, name="stem_conv")(inputs)
     for b, n_layers in enumerate(blocks):
         for i in range(n_layers):
-            y = layers.BatchNormalization(name=f"b{b}_l{i}_bn1")(x)
+            y = layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"b{b}_l{i}_bn1")(x)
             y = layers.Activation("relu", name=f"b{b}_l{i}_relu1")(y)
             y = layers.Conv2D(4 * growth, 1, use_bias=False, name=f"b{b}_l{i}_conv1")(y)
-            y = layers.BatchNormalization(name=f"b{b}_l{i}_bn2")(y)
+            y = layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"b{b}_l{i}_bn2")(y)
             y = layers.Activation("relu", name=f"b{b}_l{i}_relu2")(y)
             y = layers.Conv2D(growth, 3, padding="same", use_bias=False, name=f"b{b}_l{i}_conv2")(y)
             x = layers.Concatenate(name=f"b{b}_l{i}_concat")([x, y])
         if b < len(blocks) - 1:
-            x = layers.BatchNormalization(name=f"t{b}_bn")(x)
+            x = layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"t{b}_bn")(x)
             x = layers.Activation("relu", name=f"t{b}_relu")(x)
             x = layers.Conv2D(int(x.shape[-1]) // 2, 1, use_bias=False, name=f"t{b}_conv")(x)
             x = layers.AveragePooling2D(2, name=f"t{b}_pool")(x)
-    x = layers.BatchNormalization(name="final_bn")(x)
+    x = layers.BatchNormalization(momentum=BN_MOMENTUM, name="final_bn")(x)
     x = layers.Activation("relu", name="final_relu")(x)
     return keras.Model(inputs, x, name="densenet_mini")
 

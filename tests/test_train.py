@@ -1,0 +1,223 @@
+"""Train stage on tiny synthetic chips: it learns, it resumes, it reproduces, its .h5 loads safely."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from amazonmine.data import LABELS, tags_to_matrix
+from amazonmine.errors import AmazonmineError
+from amazonmine.metrics import mean_f2
+
+pytestmark = pytest.mark.slow
+
+TINY = {
+    "dehaze.enabled": "false", "split.folds": 2, "split.rare_threshold": 0.02, "split.rare_target": 12,
+    "train.backbone": "densenet_mini", "train.mini_blocks": "[2,2]", "train.image_size": 32,
+    "train.batch_size": 16, "train.learning_rate": 0.003, "train.warmup_epochs": 0, "train.cache": "true",
+    "train.verbose": 0, "predict.tta": 1, "predict.batch_size": 64,
+}
+
+
+@pytest.fixture(scope="module")
+def learn_root(tmp_path_factory):
+    from amazonmine.synth import make_dataset
+
+    root = tmp_path_factory.mktemp("learn") / "planet"
+    make_dataset(root, n_train=240, n_test=10, size=32, seed=5, rare_boost=1.0, progress=False)
+    return root
+
+
+def tiny_cfg(make_cfg, root, **extra):
+    from amazonmine.split import run_split
+
+    cfg = make_cfg(root, **{**TINY, **extra})
+    run_split(cfg)
+    return cfg
+
+
+def best_constant_f2(y: np.ndarray) -> float:
+    """The best single label set predicted for every chip (greedy forward selection), scored on y itself."""
+    chosen = np.zeros(y.shape[1], bool)
+    best = 0.0
+    while True:
+        trials = []
+        for j in np.flatnonzero(~chosen):
+            trial = chosen.copy()
+            trial[j] = True
+            trials.append((mean_f2(y, np.broadcast_to(trial, y.shape)), j))
+        if not trials:
+            return best
+        score, j = max(trials)
+        if score <= best:
+            return best
+        best, chosen[j] = score, True
+
+
+@pytest.fixture(scope="module")
+def trained(learn_root, tmp_path_factory):
+    from amazonmine.config import load_config
+    from amazonmine.split import run_split
+    from amazonmine.train import run_train
+
+    run_dir = tmp_path_factory.mktemp("run")
+    sets = [f"{k}={v}" for k, v in TINY.items()] + [f"data.root={learn_root}", f"run.dir={run_dir}",
+                                                    "train.epochs=2", "train.steps_per_epoch=30"]
+    cfg = load_config(None, sets)
+    run_split(cfg)
+    (result,) = run_train(cfg, folds=[0])
+    return cfg, result
+
+
+def test_two_epochs_beat_the_best_constant_prediction(trained, learn_root):
+    cfg, result = trained
+    oof = pd.read_csv(cfg.run_dir / "oof_fold0.csv")
+    labels = pd.read_csv(learn_root / "train_v2.csv").set_index("image_name").loc[oof["image_name"]]
+    y = tags_to_matrix(labels["tags"])
+    model_f2 = mean_f2(y, oof[list(LABELS)].to_numpy() >= 0.2)
+    constant = best_constant_f2(y)
+    assert model_f2 > constant + 0.03, (model_f2, constant)
+    assert result.summary["train_images_per_s"] > 0
+
+
+def test_artifacts_of_a_fold(trained):
+    cfg, result = trained
+    fold = cfg.run_dir / "fold0"
+    for name in ("b01_dense121.h5", "history.csv", "summary.json"):
+        assert (fold / name).is_file(), name
+    assert (cfg.run_dir / "config.yaml").is_file()
+    assert not (fold / "resume").exists()  # cleared once the fold finished
+    summary = json.loads((fold / "summary.json").read_text())
+    assert summary["best_epoch"] in (1, 2) and 0 < summary["best_val_f2"] <= 1
+    history = pd.read_csv(fold / "history.csv")
+    assert len(history) == 2 and {"loss", "val_loss", "f2", "val_f2"} <= set(history.columns)
+    oof = pd.read_csv(cfg.run_dir / "oof_fold0.csv")
+    folds = pd.read_csv(cfg.run_dir / "folds.csv")
+    assert sorted(oof["image_name"]) == sorted(folds.loc[folds["fold"] == 0, "image_name"])
+    assert list(oof.columns) == ["image_name", *LABELS]
+
+
+def test_h5_loads_in_safe_mode_and_predicts_the_same(trained, learn_root):
+    import keras
+
+    from amazonmine.pipeline import read_chip
+
+    cfg, result = trained
+    model = keras.models.load_model(result.model_path, safe_mode=True)
+    oof = pd.read_csv(cfg.run_dir / "oof_fold0.csv").head(8)
+    x = np.stack([read_chip(learn_root / "train-jpg" / f"{n}.jpg") for n in oof["image_name"]])
+    np.testing.assert_allclose(model.predict(x, verbose=0), oof[list(LABELS)].to_numpy(), atol=2e-5)
+
+
+def test_same_seed_same_first_epoch_loss(learn_root, make_cfg, tmp_path):
+    from amazonmine.train import run_train
+
+    losses = []
+    for attempt in range(2):
+        cfg = tiny_cfg(make_cfg, learn_root, **{"train.epochs": 1, "train.steps_per_epoch": 6,
+                                                 "run.dir": tmp_path / f"r{attempt}"})
+        list(run_train(cfg, folds=[1]))
+        losses.append(pd.read_csv(cfg.run_dir / "fold1" / "history.csv")["loss"].iloc[0])
+    assert abs(losses[0] - losses[1]) < 1e-6, losses
+
+
+def test_interrupted_run_resumes_at_the_right_epoch_with_its_optimizer(learn_root, make_cfg, monkeypatch):
+    import keras
+
+    import amazonmine.train as train
+
+    cfg = tiny_cfg(make_cfg, learn_root, **{"train.epochs": 3, "train.steps_per_epoch": 5})
+    saved = {}
+
+    class CtrlC(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            if self.params and self._epoch == 1 and batch == 2:
+                raise KeyboardInterrupt
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self._epoch = epoch
+
+    original_callbacks = train._callbacks
+    monkeypatch.setattr(train, "_callbacks", lambda *a: (lambda cbs: (cbs[0] + [CtrlC()], *cbs[1:]))(original_callbacks(*a)))
+    original_save = train.ResumeState.save
+
+    def spy_save(self, model, epoch):
+        original_save(self, model, epoch)
+        saved.update(epoch=epoch, iterations=int(model.optimizer.iterations.numpy()),
+                     slots=[v.numpy().copy() for v in model.optimizer.variables])
+
+    monkeypatch.setattr(train.ResumeState, "save", spy_save)
+    with pytest.raises(AmazonmineError, match="interrupted: resume state saved"):
+        list(train.run_train(cfg, folds=[0]))
+    assert saved["epoch"] == 1  # epoch 2 was cut short: it will be redone
+    assert saved["iterations"] == 5 + 3  # one full epoch plus three batches of the cut one
+    state = json.loads((cfg.run_dir / "fold0" / "resume" / "state.json").read_text())
+    assert state["epoch"] == 1 and state["best_val_f2"] > 0
+
+    at_interrupt = dict(saved)
+    monkeypatch.setattr(train, "_callbacks", original_callbacks)
+    restored = {}
+    original_restore = train.ResumeState.restore
+
+    def spy_restore(self, model):
+        epoch = original_restore(self, model)
+        restored.update(epoch=epoch, iterations=int(model.optimizer.iterations.numpy()),
+                        slots=[v.numpy().copy() for v in model.optimizer.variables])
+        return epoch
+
+    monkeypatch.setattr(train.ResumeState, "restore", spy_restore)
+    (result,) = train.run_train(cfg, folds=[0], resume=True)
+    assert restored["epoch"] == 1 and restored["iterations"] == at_interrupt["iterations"]
+    for a, b in zip(at_interrupt["slots"], restored["slots"]):
+        np.testing.assert_array_equal(a, b)
+    history = pd.read_csv(cfg.run_dir / "fold0" / "history.csv")
+    assert history["epoch"].tolist() == [0, 1, 2]
+    assert result.summary["best_val_f2"] >= state["best_val_f2"]  # the best score survived the restart
+
+
+def test_gpu_flag_without_gpu_is_a_clear_error(learn_root, make_cfg):
+    from amazonmine.train import run_train
+
+    cfg = tiny_cfg(make_cfg, learn_root)
+    with pytest.raises(AmazonmineError, match="--gpu given but TensorFlow sees no GPU"):
+        list(run_train(cfg, folds=[0], gpu=True))
+
+
+def test_corrupt_training_chip_stops_before_training(learn_root, make_cfg, tmp_path):
+    import shutil
+
+    from amazonmine.data import DataError
+    from amazonmine.train import run_train
+
+    root = tmp_path / "planet"
+    shutil.copytree(learn_root, root)
+    chip = root / "train-jpg" / "train_7.jpg"
+    chip.write_bytes(chip.read_bytes()[:200])
+    cfg = tiny_cfg(make_cfg, root, **{"train.epochs": 1})
+    with pytest.raises(DataError, match=r"train_7\.jpg: truncated or corrupt JPEG"):
+        list(run_train(cfg, folds=[0]))
+    assert not (cfg.run_dir / "fold0" / "b01_dense121.h5").exists()
+
+
+def test_missing_dehazed_folder_says_what_to_do(learn_root, make_cfg):
+    from amazonmine.data import DataError
+    from amazonmine.train import run_train
+
+    cfg = tiny_cfg(make_cfg, learn_root, **{"dehaze.enabled": "true"})
+    with pytest.raises(DataError, match="run 'amazonmine dehaze' first"):
+        list(run_train(cfg, folds=[0]))
+
+
+def test_imagenet_weights_offline_or_bad_path_give_advice(tmp_path):
+    from amazonmine.config import load_config
+    from amazonmine.model import WeightsError, build_model
+
+    cfg = load_config(None, ["train.weights=" + str(tmp_path / "missing_notop.h5"), "train.image_size=32"])
+    with pytest.raises(WeightsError, match="missing_notop.h5 not found"):
+        build_model(cfg.train)
+    junk = tmp_path / "junk.h5"
+    junk.write_bytes(b"not hdf5")
+    cfg = load_config(None, [f"train.weights={junk}", "train.image_size=32"])
+    with pytest.raises(WeightsError, match="cannot load"):
+        build_model(cfg.train)
