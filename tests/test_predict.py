@@ -1,0 +1,127 @@
+"""Predict stage: a submission Kaggle would accept, TTA that does not care how a chip is turned, bad chips."""
+
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+from amazonmine.data import LABELS, apply_dihedral
+from amazonmine.errors import AmazonmineError
+from amazonmine.predict import validate_submission
+
+pytestmark = pytest.mark.slow
+
+TINY = ["dehaze.enabled=false", "split.folds=2", "split.rare_target=4", "train.backbone=densenet_mini",
+        "train.mini_blocks=[2]", "train.image_size=32", "train.batch_size=16", "train.epochs=1",
+        "train.steps_per_epoch=3", "train.verbose=0", "train.cache=true", "predict.tta=2", "predict.batch_size=16"]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """A tiny end-to-end run folder: synth -> split -> train (both folds) -> tune."""
+    from amazonmine.config import load_config
+    from amazonmine.split import run_split
+    from amazonmine.synth import make_dataset
+    from amazonmine.train import run_train
+    from amazonmine.tune import run_tune
+
+    base = tmp_path_factory.mktemp("predict")
+    make_dataset(base / "data", n_train=40, n_test=30, size=32, seed=3, progress=False)
+    sets = TINY + [f"data.root={base / 'data'}", f"run.dir={base / 'run'}"]
+    cfg = load_config(None, sets)
+    run_split(cfg)
+    list(run_train(cfg, folds=[0, 1]))
+    run_tune(cfg)
+    return base, sets
+
+
+def test_submission_matches_the_sample(run):
+    from amazonmine.config import load_config
+    from amazonmine.predict import run_predict
+
+    base, sets = run
+    summary = run_predict(load_config(None, sets), progress=False)
+    assert not summary.failed and summary.n_models == 2
+    sub = pd.read_csv(summary.submission, dtype=str, keep_default_na=False)
+    sample = pd.read_csv(base / "data" / "sample_submission_v2.csv", dtype=str)
+    assert list(sub.columns) == ["image_name", "tags"]
+    assert sub["image_name"].tolist() == sample["image_name"].tolist()  # Kaggle's order, each chip once
+    assert not sub["image_name"].str.contains(".jpg", regex=False).any()
+    assert all(t in LABELS for tags in sub["tags"] for t in tags.split())
+    weather = {"clear", "cloudy", "haze", "partly_cloudy"}
+    assert all(len(weather & set(tags.split())) == 1 for tags in sub["tags"])  # weather decoding is on
+    probs = pd.read_csv(summary.probabilities)
+    assert list(probs.columns) == ["image_name", *LABELS] and len(probs) == 30
+    assert validate_submission(summary.submission, base / "data" / "sample_submission_v2.csv") == []
+
+
+def test_missing_and_corrupt_chips_are_listed_and_exit_nonzero(run, tmp_path):
+    from amazonmine.cli import main
+
+    base, sets = run
+    data = tmp_path / "data"
+    shutil.copytree(base / "data", data)
+    (data / "test-jpg" / "test_1.jpg").unlink()
+    bad = data / "test-jpg" / "test_2.jpg"
+    bad.write_bytes(bad.read_bytes()[:100])
+    args = ["predict"] + [a for s in sets for a in ("--set", s)] + ["--set", f"data.root={data}",
+                                                                     "--set", f"run.dir={tmp_path / 'run'}"]
+    shutil.copytree(base / "run", tmp_path / "run")
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 1, result.output
+    assert "2 chip(s) missing or unreadable" in result.output
+    failures = pd.read_csv(tmp_path / "run" / "predict_failures.csv")["problem"].tolist()
+    assert any("test_2.jpg: truncated" in f for f in failures) and any("test_1" in f for f in failures)
+    sub = pd.read_csv(tmp_path / "run" / "submission.csv")
+    assert len(sub) == 30  # still a complete submission: the missing chips get the fallback tags
+    assert CliRunner().invoke(main, args + ["--allow-missing"]).exit_code == 0
+
+
+def test_tta_is_invariant_to_the_chip_orientation():
+    import tensorflow as tf
+
+    from amazonmine.config import load_config
+    from amazonmine.model import build_model
+    from amazonmine.pipeline import tta_predict_fn
+
+    cfg = load_config(None, ["train.backbone=densenet_mini", "train.mini_blocks=[2,2]", "train.image_size=32"])
+    model = build_model(cfg.train)
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 255, (4, 32, 32, 3)).astype(np.float32)
+    infer8 = tta_predict_fn(model, 8)
+    reference = infer8(tf.constant(x)).numpy()
+    single = tta_predict_fn(model, 1)
+    for k in range(1, 8):
+        turned = np.ascontiguousarray(apply_dihedral(x, k))
+        np.testing.assert_allclose(infer8(tf.constant(turned)).numpy(), reference, atol=1e-5)
+    # without TTA the same turn changes the output: the invariance above is the TTA's doing
+    assert np.abs(single(tf.constant(np.ascontiguousarray(apply_dihedral(x, 1)))).numpy()
+                  - single(tf.constant(x)).numpy()).max() > 1e-4
+
+
+def test_validate_submission_catches_the_classic_mistakes(tmp_path):
+    sample = tmp_path / "sample.csv"
+    pd.DataFrame({"image_name": ["test_0", "test_1", "file_0"], "tags": "clear"}).to_csv(sample, index=False)
+
+    def check(rows):
+        path = tmp_path / "sub.csv"
+        pd.DataFrame(rows, columns=["image_name", "tags"]).to_csv(path, index=False)
+        return " | ".join(validate_submission(path, sample))
+
+    ok = [("test_0", "clear primary"), ("test_1", "cloudy"), ("file_0", "haze primary")]
+    assert check(ok) == ""
+    assert "order differs" in check([ok[1], ok[0], ok[2]])
+    assert "file extension" in check([("test_0.jpg", "clear")] + ok[1:])
+    assert "vocabulary" in check([("test_0", "clear gold")] + ok[1:])
+    assert "rows, the sample has 3" in check(ok[:2])
+    assert "duplicated" in check(ok + [ok[0]])
+
+
+def test_predict_needs_thresholds_and_models(tmp_path, make_cfg, synth_root):
+    from amazonmine.predict import run_predict
+
+    cfg = make_cfg(synth_root, **{"dehaze.enabled": "false"})
+    with pytest.raises(AmazonmineError, match="thresholds.json"):
+        run_predict(cfg, progress=False)
