@@ -14,7 +14,7 @@ from pathlib import Path
 import click
 
 # TensorFlow's C++ start-up chatter (CUDA probing on CPU machines, oneDNN notices) hides the real output.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 from amazonmine import __version__  # noqa: E402
 from amazonmine.errors import AmazonmineError  # noqa: E402

@@ -144,6 +144,9 @@ def build_backbone(train_cfg, image_size: int, channels: int):
 
 def build_model(train_cfg, channels: int = 3, image_format: str = "jpg"):
     """Backbone + pooling + dropout + float32 sigmoid head, taking raw pixels at train.image_size."""
+    from amazonmine.tfquiet import import_tensorflow
+
+    import_tensorflow()
     import keras
     from keras import layers
 
@@ -167,6 +170,9 @@ def build_model(train_cfg, channels: int = 3, image_format: str = "jpg"):
 
 def load_trained(path: str | Path):
     """Load a saved classifier for inference, refusing arbitrary code (safe_mode) and skipping compile."""
+    from amazonmine.tfquiet import import_tensorflow
+
+    import_tensorflow()
     import keras
 
     path = Path(path)

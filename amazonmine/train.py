@@ -61,6 +61,9 @@ def resolve_folds(cfg, folds=(), all_folds: bool = False) -> list[int]:
 
 def setup_device(gpu: bool):
     """CPU unless --gpu. With --gpu: require a GPU, mixed precision, MirroredStrategy over several GPUs."""
+    from amazonmine.tfquiet import import_tensorflow
+
+    import_tensorflow()
     import keras
     import tensorflow as tf
 
@@ -352,7 +355,7 @@ def train_fold(cfg, fold: int, strategy, gpu: bool = False, resume: bool = False
     try:
         if initial_epoch < tc.epochs:
             model.fit(train_ds, validation_data=val_ds, epochs=tc.epochs, initial_epoch=initial_epoch,
-                      steps_per_epoch=steps, callbacks=callbacks, verbose=2 if tc.verbose == 2 else tc.verbose)
+                      steps_per_epoch=steps, callbacks=callbacks, shuffle=False, verbose=2 if tc.verbose == 2 else tc.verbose)
     except KeyboardInterrupt:
         # The interrupted epoch's progress is kept in the weights; it is counted as not done.
         done = _epochs_done(fold_dir / "history.csv")
