@@ -48,6 +48,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from amazonmine.config import DehazeConfig
 from amazonmine.data import DataError, read_image
 from amazonmine.errors import AmazonmineError
 from amazonmine.io import write_bytes_atomic, write_text_atomic
@@ -74,13 +75,15 @@ _CHECKPOINT_SECONDS = 30.0
 
 @dataclass(frozen=True)
 class DehazeParams:
-    method: str = "dark_channel"
-    patch: int = 15
-    omega: float = 0.95
-    t0: float = 0.1
-    top_fraction: float = 0.001
-    guided_radius: int = 24
-    guided_eps: float = 1e-3
+    """The math's parameters only (picklable for worker processes); defaults are the config's."""
+
+    method: str = DehazeConfig.method
+    patch: int = DehazeConfig.patch
+    omega: float = DehazeConfig.omega
+    t0: float = DehazeConfig.t0
+    top_fraction: float = DehazeConfig.top_fraction
+    guided_radius: int = DehazeConfig.guided_radius
+    guided_eps: float = DehazeConfig.guided_eps
 
     @classmethod
     def from_config(cls, dehaze_cfg) -> "DehazeParams":
