@@ -229,6 +229,11 @@ def run_stage(name: str, argv: list[str], log_path: Path) -> StageRun:
     print(f"\n== {name}: {shlex.join(argv)}", flush=True)
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     keep: list[bytes] = []
+    import resource
+
+    # A child's ru_maxrss starts from this process's own peak (Linux carries the parent's high-water mark over
+    # a vfork + exec), so it only measures the child when it is larger than that; VmHWM never includes it.
+    inherited = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     started = time.perf_counter()
     with open(log_path, "wb") as log:
         log.write(f"$ {shlex.join(argv)}\n".encode())
@@ -260,11 +265,11 @@ def run_stage(name: str, argv: list[str], log_path: Path) -> StageRun:
     run.seconds = time.perf_counter() - started
     if usage is not None:
         proc.returncode = os.waitstatus_to_exitcode(status)
-        peaks = {"VmHWM": hwm or 0, "ru_maxrss": usage.ru_maxrss}  # both in KiB on Linux
-    else:  # pragma: no cover
-        import resource
-
-        peaks = {"VmHWM": hwm or 0, "ru_maxrss": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss}
+        maxrss = usage.ru_maxrss  # KiB on Linux, like VmHWM
+    else:  # pragma: no cover - no os.wait4: all children so far, the best there is
+        maxrss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    # VmHWM polled every 0.5 s can miss growth in the last interval; ru_maxrss cannot, when it is the child's.
+    peaks = {"VmHWM": hwm or 0, "ru_maxrss": maxrss if (maxrss > inherited or not hwm) else 0}
     source = max(peaks, key=peaks.get)
     run.peak_rss_mib = peaks[source] / 1024.0 if peaks[source] else None
     run.rss_source = source
@@ -641,11 +646,14 @@ def hms(seconds: float | None) -> str:
     return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
 
 
-def _grid(rows: list[list[str]], right_from: int = 1) -> list[str]:
-    widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
+def _grid(rows: list[list], align: str = "") -> list[str]:
+    """Aligned text columns; align has one 'l' or 'r' per column (default: first left, the rest right)."""
+    n = len(rows[0])
+    align = (align or "l" + "r" * (n - 1)).ljust(n, "r")
+    widths = [max(len(str(r[i])) for r in rows) for i in range(n)]
     out = []
     for r in rows:
-        cells = [str(c).rjust(w) if i >= right_from else str(c).ljust(w) for i, (c, w) in enumerate(zip(r, widths))]
+        cells = [str(c).rjust(w) if a == "r" else str(c).ljust(w) for c, w, a in zip(r, widths, align)]
         out.append("  ".join(cells).rstrip())
     return out
 
@@ -670,7 +678,7 @@ def render(report: dict) -> str:
              + ("   <- used by predict" if t["weather_decoding"] else "")],
             ["OOF mean F2, tuned, no weather decoding", f"{t['oof_f2_tuned_without']:.4f}"
              + ("" if t["weather_decoding"] else "   <- used by predict")],
-        ], right_from=99)
+        ], "ll")
         lines.append("")
         flat = report.get("flat_per_label") or {}
         rows = [["label", "support", "thr", f"prec@{t['start']:g}", f"rec@{t['start']:g}", "prec", "recall", "F2",
@@ -691,12 +699,12 @@ def render(report: dict) -> str:
         rows.append([s["name"], hms(s["seconds"]),
                      f"{s['peak_rss_mib']:.0f} MiB" if s.get("peak_rss_mib") else "-", s.get("note", "")])
     rows.append(["total (this run)", hms(report["total_seconds"]), "", ""])
-    lines += _grid(rows)
+    lines += _grid(rows, "lrrl")
     lines.append("")
     tr = report.get("train") or {}
     for k, f in sorted(tr.items(), key=lambda kv: int(kv[0])):
         origin = " (from an earlier run)" if f["source"] != "this run" else (" (resumed)" if f["resumed"] else "")
-        lines.append(f"train fold {k}: {f['train_images_per_s']:.0f} img/s, {f['epochs_run']} epochs, best epoch "
+        lines.append(f"train fold {k}: {f['train_images_per_s']:.0f} img/s, {f['epochs_run']} epoch(s), best epoch "
                      f"{f['best_epoch']} (val F2@0.2 {f['best_val_f2']:.4f}), {f['train_chips']} training rows, "
                      f"{hms(f['train_seconds_this_session'])} training this session{origin}")
     if report.get("train_images_per_s") is not None:
@@ -723,7 +731,7 @@ def render(report: dict) -> str:
         for r in a["rows"]:
             rows.append([f"{r['tta']} {tuple(r['views'])}".replace(",)", ")"), "on" if r["weather_decoding"] else "off",
                          f"{r['flat']:.4f}", f"{r['tuned']:.4f}", f"{r['tuned_crossfit']:.4f}"])
-        lines += _grid(rows, right_from=2)
+        lines += _grid(rows, "llrrr")
         lines.append("  flat: every label at tune.start; tuned: thresholds fitted on these same chips (what tune "
                      "reports); cross-fit: fitted on one half, scored on the other, both ways averaged.")
         lines.append("  weather decoding off: each label alone, plus the likeliest weather when none clears.")
@@ -742,7 +750,7 @@ def render(report: dict) -> str:
                     continue
                 rows.append([r["run"], r["chips"], f"{r['flat']:.4f}", f"{r['tuned']:.4f}",
                              f"{r['tuned_crossfit']:.4f}", r["run_dir"]])
-            lines += _grid(rows)
+            lines += _grid(rows, "lrrrrl")
         else:
             lines.append("oversampling on/off and dehaze on/off: not measured by this run (each needs its own "
                          "training; add --ablate-train)")
@@ -786,7 +794,7 @@ def main(argv=None) -> int:
             if s.name.startswith("train fold "):
                 k = int(s.name.split()[-1])
                 f = report["train"][k]
-                s.note = (f"{f['epochs_run']} epochs, {f['train_images_per_s']:.0f} img/s"
+                s.note = (f"{f['epochs_run']} epoch(s), {f['train_images_per_s']:.0f} img/s"
                           + (" (resumed)" if f["resumed"] else ""))
         skipped = [k for k, f in report["train"].items() if f["source"] != "this run"]
         if skipped:
