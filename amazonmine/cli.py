@@ -77,13 +77,14 @@ def main():
 @click.option("--rare-boost", default=20.0, show_default=True,
               help="Weight multiplier for label combinations holding a rare label (<1%).")
 @click.option("--tif", is_flag=True, help="Also write 4-band 16-bit TIFs (train-tif-v2/).")
+@click.option("--overwrite", is_flag=True, help="Replace an earlier synth set in OUT.")
 @_friendly
-def synth(out, n_train, n_test, size, seed, rare_boost, tif):
+def synth(out, n_train, n_test, size, seed, rare_boost, tif, overwrite):
     """Write a labelled Planet-like dataset in the Kaggle layout (built-in demo/test data)."""
     from amazonmine.synth import make_dataset
 
     summary = make_dataset(out, n_train=n_train, n_test=n_test, size=size, seed=seed, rare_boost=rare_boost,
-                           tif=tif)
+                           tif=tif, overwrite=overwrite)
     rare = ", ".join(f"{k}={v}" for k, v in summary["label_counts"].items()
                      if k in ("artisinal_mine", "conventional_mine", "slash_burn", "blow_down"))
     click.echo(f"wrote {summary['n_train']} train + {summary['n_test']} test chips "

@@ -59,9 +59,14 @@ def run_demo(out: Path, config_path: Path | None = None, overrides: list[str] | 
         timings[name] = time.perf_counter() - timings[name]
         click.echo(f"{text}  [{timings[name]:.0f} s]")
 
+    # A demo re-run in the same folder starts clean: no stale chips, folds or models of the last one.
+    import shutil
+
+    if (cfg.run_dir / "config.yaml").is_file():  # only ever a folder an earlier run wrote
+        shutil.rmtree(cfg.run_dir)
     stage("synth")
     info = make_dataset(data_root, n_train=n_train, n_test=n_test, size=cfg.data.chip_size or 48,
-                        seed=cfg.run.seed, rare_boost=20.0)
+                        seed=cfg.run.seed, rare_boost=20.0, overwrite=True)
     done("synth", f"{info['n_train']} train + {info['n_test']} test chips, {info['haze']} hazy, "
          f"artisinal_mine {info['label_counts']['artisinal_mine']}")
     if cfg.dehaze.enabled:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from amazonmine.data import LABELS, DataError, PlanetLayout, chip_dir, is_safe_name, matrix_to_tags
+from amazonmine.data import LABELS, DataError, PlanetLayout, chip_dir, is_safe_name, matrix_to_tags, read_image
 from amazonmine.errors import AmazonmineError
 from amazonmine.io import atomic_path, write_csv_atomic
 
@@ -116,26 +116,35 @@ def find_models(cfg) -> list[Path]:
 # --- streaming inference -----------------------------------------------------------------------------------
 
 def _read_chunk(items, image_size: int, channels: int):
-    from amazonmine.pipeline import _resize, read_chip
+    """Pixels of a chunk at the model's input size, kept in the chips' own dtype (uint8 JPEG, uint16 TIF)
+    so a chunk of 256 px chips stays ~200 MB; cast to float32 one batch at a time."""
+    from amazonmine.pipeline import _resize, to_model_channels
 
-    pixels = np.zeros((len(items), image_size, image_size, channels), np.float32)
+    pixels = None
     ok = np.zeros(len(items), bool)
-    errors = []
+    errors: list[tuple[str, str]] = []
     for i, (name, path) in enumerate(items):
         try:
-            img = read_chip(path)
+            img = to_model_channels(read_image(path))
             if img.shape[2] != channels:
                 raise DataError(f"{path}: {img.shape[2]} bands, the model expects {channels}")
+            if pixels is None:
+                pixels = np.zeros((len(items), image_size, image_size, channels), img.dtype)
             pixels[i] = _resize(img, image_size)
             ok[i] = True
         except DataError as exc:
-            errors.append(str(exc))
-    return pixels, ok, errors
+            errors.append((name, str(exc)))
+    if pixels is None:
+        pixels = np.zeros((0, image_size, image_size, channels), np.uint8)
+    return (pixels if ok.all() else pixels[ok]), ok, errors
 
 
 def stream_probabilities(models, chips: list[tuple[str, Path]], tta: int, batch_size: int, out_csv: Path,
-                         progress: bool = True) -> list[str]:
-    """Write image_name + 17 mean probabilities per readable chip to out_csv (atomically). Returns failures."""
+                         progress: bool = True) -> list[tuple[str, str]]:
+    """Write image_name + 17 mean probabilities per readable chip to out_csv (atomically).
+
+    Returns (image_name, problem) for every chip that could not be read.
+    """
     import tensorflow as tf
     from tqdm import tqdm
 
@@ -147,7 +156,7 @@ def stream_probabilities(models, chips: list[tuple[str, Path]], tta: int, batch_
         if tuple(m.input_shape[1:]) != tuple(shape[1:]):
             raise AmazonmineError(f"fold models disagree on input shape: {shape} vs {m.input_shape}")
     infers = [tta_predict_fn(m, tta) for m in models]
-    failures: list[str] = []
+    failures: list[tuple[str, str]] = []
     chunks = [chips[i:i + CHUNK] for i in range(0, len(chips), CHUNK)]
     with atomic_path(out_csv) as tmp, open(tmp, "w", newline="") as fh, \
             ThreadPoolExecutor(max_workers=2) as pool, \
@@ -156,14 +165,13 @@ def stream_probabilities(models, chips: list[tuple[str, Path]], tta: int, batch_
         writer.writerow(["image_name", *LABELS])
         pending = pool.submit(_read_chunk, chunks[0], image_size, channels) if chunks else None
         for index, chunk in enumerate(chunks):
-            pixels, ok, errors = pending.result()
+            good, ok, errors = pending.result()
             # Read the next chunk while the model works on this one.
             pending = pool.submit(_read_chunk, chunks[index + 1], image_size, channels) if index + 1 < len(chunks) else None
             failures += errors
-            good = pixels[ok]
             total = np.zeros((len(good), len(LABELS)), np.float64)
             for start in range(0, len(good), batch_size):
-                batch = tf.constant(good[start:start + batch_size])
+                batch = tf.constant(good[start:start + batch_size].astype(np.float32))
                 for infer in infers:
                     total[start:start + len(batch)] += infer(batch).numpy()
             probs = total / len(infers)
@@ -211,7 +219,9 @@ def validate_submission(path: Path, sample: Path | None = None) -> list[str]:
 
 
 def write_submission(probs_csv: Path, out: Path, thresholds, weather_decoding: bool, sample: Path | None,
-                     failed_names: list[str]):
+                     input_order: list[str]):
+    """submission.csv in the sample's order (or the inputs' order without a sample); every chip once, an
+    unreadable one with FALLBACK_TAGS. Returns label counts, chips outside the sample, rows with no prediction."""
     import pandas as pd
 
     from amazonmine.tune import decode
@@ -224,7 +234,7 @@ def write_submission(probs_csv: Path, out: Path, thresholds, weather_decoding: b
         order = pd.read_csv(sample, dtype=str, keep_default_na=False)["image_name"].tolist()
         not_in_sample = len(set(tags) - set(order))
     else:
-        order = list(tags) + [n for n in failed_names if n not in tags]
+        order = list(input_order)
     rows = [(name, tags.get(name, FALLBACK_TAGS)) for name in order]
     write_csv_atomic(out, pd.DataFrame(rows, columns=["image_name", "tags"]))
     counts = dict(zip(LABELS, decided.sum(axis=0).astype(int).tolist()))
@@ -253,10 +263,11 @@ def run_predict(cfg, inputs: list[Path] | None = None, allow_missing: bool = Fal
     read_names = {n for n, _ in chips}
     submission = cfg.run_dir / "submission.csv"
     counts, not_in_sample, missing = write_submission(probs_csv, submission, thresholds, weather_decoding,
-                                                      sample, [])
-    # Unreadable chips are already in `failures`; a sample row with no chip file at all is added here.
-    failed = failures + [f"{n}: listed in {layout.sample_submission.name} but no chip file found"
-                         for n in missing if n not in read_names]
+                                                      sample, [name for name, _ in chips])
+    # Unreadable chips are in `failures`; a sample row with no chip file at all is added here.
+    failed = [problem for _, problem in failures]
+    failed += [f"{n}: listed in {layout.sample_submission.name} but no chip file found"
+               for n in missing if n not in read_names]
     problems = validate_submission(submission, sample)
     if problems:
         raise AmazonmineError(f"{submission}: invalid submission: " + "; ".join(problems))

@@ -399,7 +399,8 @@ def _test_names(n_test: int) -> tuple[list[str], list[str]]:
 
 
 def make_dataset(out: str | Path, n_train: int = 200, n_test: int = 50, size: int = 256, seed: int = 0,
-                 rare_boost: float = 20.0, tif: bool = False, progress: bool = True) -> dict:
+                 rare_boost: float = 20.0, tif: bool = False, progress: bool = True,
+                 overwrite: bool = False) -> dict:
     """Write a Planet-like dataset in the Kaggle layout and its truth. Returns a small summary."""
     import pandas as pd
     from tqdm import tqdm
@@ -408,7 +409,21 @@ def make_dataset(out: str | Path, n_train: int = 200, n_test: int = 50, size: in
         raise DataError(f"synth: --size {size} is too small (at least 16 px)")
     if n_train < 1:
         raise DataError("synth: --n-train must be at least 1")
+    if n_test < 0:
+        raise DataError("synth: --n-test must be 0 or more")
+    if not np.isfinite(rare_boost) or rare_boost <= 0:
+        raise DataError(f"synth: --rare-boost must be a positive number, got {rare_boost}")
     out = Path(out)
+    generated = ("train-jpg", "train-tif-v2", "test-jpg", "test-jpg-additional", "truth")
+    if out.is_dir() and any(out.iterdir()):
+        if not overwrite:
+            raise DataError(f"{out}: folder is not empty; give a new folder (or --overwrite to replace a synth set)")
+        if not (out / "train_v2.csv").is_file():
+            raise DataError(f"{out}: --overwrite only replaces a folder that synth wrote (no train_v2.csv here)")
+        import shutil
+
+        for name in generated:  # stale chips of an earlier, larger set would otherwise stay behind
+            shutil.rmtree(out / name, ignore_errors=True)
     combos, counts = load_label_combos()
     weights = combo_weights(combos, counts, rare_boost)
     rng = np.random.default_rng(seed)

@@ -180,6 +180,7 @@ class StageRun:
     exit_code: int | None = None
     peak_rss_mib: float | None = None
     rss_source: str = ""
+    rss_lower_bound: bool = False
     note: str = ""
     interrupted: bool = False
     output_tail: str = ""
@@ -255,7 +256,8 @@ def run_stage(name: str, argv: list[str], log_path: Path) -> StageRun:
                 elif proc.poll() is not None:  # pragma: no cover - not POSIX
                     status = proc.returncode
                     break
-                time.sleep(POLL_SECONDS)
+                # Finer at first, so a stage of a second or two still gets a fair reading.
+                time.sleep(POLL_SECONDS if time.perf_counter() - started > 5 else 0.1)
             except KeyboardInterrupt:
                 # Ctrl-C reached the child too (same process group): let it save its state and exit.
                 run.interrupted = True
@@ -273,6 +275,8 @@ def run_stage(name: str, argv: list[str], log_path: Path) -> StageRun:
     source = max(peaks, key=peaks.get)
     run.peak_rss_mib = peaks[source] / 1024.0 if peaks[source] else None
     run.rss_source = source
+    # Only VmHWM, which may have missed the last interval, and ru_maxrss unusable: a lower bound.
+    run.rss_lower_bound = source == "VmHWM" and peaks["ru_maxrss"] == 0 and maxrss > (hwm or 0)
     run.exit_code = proc.returncode
     run.output_tail = b"".join(keep)[-20000:].decode("utf-8", "replace")
     return run
@@ -384,6 +388,62 @@ def _digest(paths: list[Path]) -> str | None:
     return h.hexdigest()
 
 
+SPLIT_FILES = ("folds.csv", "fold_counts.csv", "train_manifest.csv", "config.yaml")
+
+
+def split_mismatch(run_dir: Path, artifact: str, before: str | None) -> list[str]:
+    """Folds whose existing model was trained on another split than the one now in folds.csv."""
+    import pandas as pd
+
+    folds = pd.read_csv(run_dir / "folds.csv", dtype={"image_name": str}, keep_default_na=False)
+    bad = []
+    for fold_dir in sorted(run_dir.glob("fold[0-9]*")):
+        k = fold_dir.name[4:]
+        if not k.isdigit() or not ((fold_dir / artifact).is_file() or (fold_dir / "resume").is_dir()):
+            continue
+        oof = run_dir / f"oof_fold{k}.csv"
+        if oof.is_file():  # the model's own validation chips, exactly
+            names = set(pd.read_csv(oof, usecols=["image_name"], dtype=str, keep_default_na=False)["image_name"])
+            if names != set(folds.loc[folds["fold"] == int(k), "image_name"]):
+                bad.append(f"fold {k}")
+        elif before is not None and before != _digest([run_dir / "folds.csv", run_dir / "train_manifest.csv"]):
+            bad.append(f"fold {k} (interrupted; split files changed)")
+    return bad
+
+
+class split_guard:
+    """Keep a copy of the split files while split runs; if the new split does not match the fold models already
+    in the run folder, put the old files back and stop, so a changed setting never mixes two splits."""
+
+    def __init__(self, run_dir: Path, artifact: str):
+        self.run_dir, self.artifact = run_dir, artifact
+        self.backup = run_dir / "bench_logs" / ".split_backup"
+
+    def __enter__(self):
+        self.before = _digest([self.run_dir / "folds.csv", self.run_dir / "train_manifest.csv"])
+        shutil.rmtree(self.backup, ignore_errors=True)
+        self.backup.mkdir(parents=True, exist_ok=True)
+        for name in SPLIT_FILES:
+            if (self.run_dir / name).is_file():
+                shutil.copy2(self.run_dir / name, self.backup / name)
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        try:
+            if exc_type is None:
+                bad = split_mismatch(self.run_dir, self.artifact, self.before)
+                if bad:
+                    for name in SPLIT_FILES:
+                        if (self.backup / name).is_file():
+                            os.replace(self.backup / name, self.run_dir / name)
+                    raise BenchError(f"{self.run_dir}: this split does not match the models already trained here "
+                                     f"({', '.join(bad)}): split settings, run.seed or labels changed. The previous "
+                                     "split files were put back; use a new run.dir, or the earlier settings")
+        finally:
+            shutil.rmtree(self.backup, ignore_errors=True)
+        return False
+
+
 def fold_state(cfg, fold: int) -> str:
     """'done' (summary + model, no resume state), 'resume' (resume state) or 'new'."""
     fold_dir = cfg.run_dir / f"fold{fold}"
@@ -398,21 +458,14 @@ def fold_state(cfg, fold: int) -> str:
 def split_and_train(bench: Bench, cfg, folds: list[int], extra_sets: list[str] = (), label: str = "") -> dict:
     """split (checked against the existing models) then train each fold not yet done. Returns train figures."""
     run_dir = cfg.run_dir
-    plan_files = [run_dir / "folds.csv", run_dir / "train_manifest.csv"]
-    before = _digest(plan_files)
-    bench.stage(f"{label}split", "split", run_dir, extra_sets)
-    trained_any = any(fold_state(cfg, k) != "new" for k in range(cfg.split.folds))
-    if before is not None and _digest(plan_files) != before and trained_any:
-        raise BenchError(f"{run_dir}: the split came out different from the one its fold models were trained on "
-                         "(split settings or labels changed); use a new run.dir or restore the settings")
+    busy = other_trainers(run_dir)
+    if busy:
+        raise BenchError(f"another 'amazonmine train' is working on {run_dir}: " + "; ".join(busy)
+                         + " -- wait for it to finish (this script then reuses its folds) or use another run.dir")
+    with split_guard(run_dir, cfg.train.artifact_name):
+        bench.stage(f"{label}split", "split", run_dir, extra_sets)
 
     states = {k: fold_state(cfg, k) for k in folds}
-    pending = [k for k in folds if states[k] != "done"]
-    if pending:
-        busy = other_trainers(run_dir)
-        if busy:
-            raise BenchError(f"another 'amazonmine train' is working on {run_dir}: " + "; ".join(busy)
-                             + " -- wait for it to finish (this script then reuses its folds) or use another run.dir")
     runs = {}
     for k in folds:
         if states[k] == "done":
@@ -696,10 +749,14 @@ def render(report: dict) -> str:
         lines.append("")
     rows = [["stage", "wall", "peak RSS", "notes"]]
     for s in report["stages"]:
-        rows.append([s["name"], hms(s["seconds"]),
-                     f"{s['peak_rss_mib']:.0f} MiB" if s.get("peak_rss_mib") else "-", s.get("note", "")])
+        rss = "-"
+        if s.get("peak_rss_mib"):
+            rss = (">=" if s.get("rss_lower_bound") else "") + f"{s['peak_rss_mib']:.0f} MiB"
+        rows.append([s["name"], hms(s["seconds"]), rss, s.get("note", "")])
     rows.append(["total (this run)", hms(report["total_seconds"]), "", ""])
     lines += _grid(rows, "lrrl")
+    if any(s.get("rss_lower_bound") for s in report["stages"]):
+        lines.append("  (>=: a stage too short for the 0.5 s VmHWM polling to see its peak)")
     lines.append("")
     tr = report.get("train") or {}
     for k, f in sorted(tr.items(), key=lambda kv: int(kv[0])):
@@ -714,7 +771,7 @@ def render(report: dict) -> str:
         printed = f"{p['stage_chips_per_s']:.0f}" if p.get("stage_chips_per_s") is not None else "?"
         lines.append(f"predict: {p['chips']} chips, {p['chips_per_s_wall']:.1f} chips/s over the stage's wall time "
                      f"(start-up included), {printed} chips/s inference as the stage printed; peak RSS "
-                     f"{p['peak_rss_mib']:.0f} MiB ({p['rss_source']})")
+                     f"{'>=' if p.get('rss_lower_bound') else ''}{p['peak_rss_mib']:.0f} MiB ({p['rss_source']})")
     sub = report.get("submission")
     if sub:
         verdict = "OK" if not sub["problems"] else "INVALID: " + "; ".join(sub["problems"])
@@ -819,6 +876,7 @@ def main(argv=None) -> int:
                 "chips_per_s_wall": chips / predict_run.seconds if predict_run.seconds else 0.0,
                 "stage_chips_per_s": float(printed[-1]) if printed else None,
                 "peak_rss_mib": predict_run.peak_rss_mib, "rss_source": predict_run.rss_source,
+                "rss_lower_bound": predict_run.rss_lower_bound,
             }
             predict_run.note = f"{chips} chips, {report['predict']['chips_per_s_wall']:.1f} chips/s (wall)"
             report["submission"] = check_submission(cfg, run_dir)

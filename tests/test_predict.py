@@ -125,3 +125,22 @@ def test_predict_needs_thresholds_and_models(tmp_path, make_cfg, synth_root):
     cfg = make_cfg(synth_root, **{"dehaze.enabled": "false"})
     with pytest.raises(AmazonmineError, match="thresholds.json"):
         run_predict(cfg, progress=False)
+
+
+def test_explicit_folder_keeps_every_chip_in_input_order(run, tmp_path):
+    from amazonmine.config import load_config
+    from amazonmine.predict import FALLBACK_TAGS, run_predict
+
+    base, sets = run
+    folder = tmp_path / "chips"
+    shutil.copytree(base / "data" / "test-jpg", folder)
+    names = sorted(p.stem for p in folder.glob("*.jpg"))
+    broken = folder / f"{names[3]}.jpg"
+    broken.write_bytes(b"garbage")
+    shutil.copytree(base / "run", tmp_path / "run")
+    cfg = load_config(None, sets + [f"run.dir={tmp_path / 'run'}"])
+    summary = run_predict(cfg, inputs=[folder], progress=False)
+    sub = pd.read_csv(summary.submission, dtype=str, keep_default_na=False)
+    assert sub["image_name"].tolist() == names  # the unreadable chip keeps its row, in place
+    assert sub.loc[sub["image_name"] == names[3], "tags"].item() == FALLBACK_TAGS
+    assert len(summary.failed) == 1 and f"{names[3]}.jpg: truncated or corrupt" in summary.failed[0]

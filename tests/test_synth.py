@@ -283,3 +283,20 @@ def test_cli_synth_too_small_is_a_one_line_error(tmp_path):
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error:") and "--size 8" in lines[0], result.stderr
     assert not out.exists()
+
+
+def test_synth_refuses_bad_counts_and_a_non_empty_folder(tmp_path):
+    from amazonmine.data import DataError
+    from amazonmine.synth import make_dataset
+
+    with pytest.raises(DataError, match="--n-test must be 0 or more"):
+        make_dataset(tmp_path / "a", n_train=4, n_test=-3, size=16, progress=False)
+    with pytest.raises(DataError, match="--rare-boost must be a positive number"):
+        make_dataset(tmp_path / "b", n_train=4, n_test=2, size=16, rare_boost=-1, progress=False)
+    out = tmp_path / "c"
+    make_dataset(out, n_train=10, n_test=9, size=16, progress=False)
+    with pytest.raises(DataError, match="folder is not empty"):
+        make_dataset(out, n_train=5, n_test=3, size=16, progress=False)
+    make_dataset(out, n_train=5, n_test=3, size=16, progress=False, overwrite=True)
+    assert len(list((out / "train-jpg").iterdir())) == 5  # nothing left of the larger set
+    assert len(list((out / "test-jpg").iterdir())) + len(list((out / "test-jpg-additional").iterdir())) == 3
