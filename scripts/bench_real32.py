@@ -60,7 +60,7 @@ import tarfile
 import tempfile
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path, PurePosixPath
 
 REPO = Path(__file__).resolve().parents[1]
@@ -469,8 +469,11 @@ def split_and_train(bench: Bench, cfg, folds: list[int], extra_sets: list[str] =
     runs = {}
     for k in folds:
         if states[k] == "done":
-            print(f"\n== {label}train fold {k}: already trained ({run_dir / f'fold{k}' / 'summary.json'}); skipped",
-                  flush=True)
+            summary_path = run_dir / f"fold{k}" / "summary.json"
+            print(f"\n== {label}train fold {k}: already trained ({summary_path}); skipped", flush=True)
+            earlier = json.loads(summary_path.read_text()).get("train_seconds_this_session")
+            bench.stages.append(StageRun(f"{label}train fold {k}", [], "",
+                                         note=f"from an earlier run ({hms(earlier)} of training then)"))
             continue
         options = ["--fold", str(k)] + (["--resume"] if states[k] == "resume" else [])
         runs[k] = bench.stage(f"{label}train fold {k}", "train", run_dir, extra_sets, options,
@@ -848,16 +851,11 @@ def main(argv=None) -> int:
         rates = [f["train_images_per_s"] for f in report["train"].values() if f.get("train_images_per_s")]
         report["train_images_per_s"] = sum(rates) / len(rates) if rates else None
         for s in bench.stages:
-            if s.name.startswith("train fold "):
+            if s.name.startswith("train fold ") and s.seconds is not None:
                 k = int(s.name.split()[-1])
                 f = report["train"][k]
                 s.note = (f"{f['epochs_run']} epoch(s), {f['train_images_per_s']:.0f} img/s"
                           + (" (resumed)" if f["resumed"] else ""))
-        skipped = [k for k, f in report["train"].items() if f["source"] != "this run"]
-        if skipped:
-            secs = sum(report["train"][k]["train_seconds_this_session"] or 0 for k in skipped)
-            bench.stages.append(StageRun(f"train fold {','.join(map(str, skipped))}", [], "",
-                                         note=f"from an earlier run ({hms(secs)} of training then)"))
 
         tune_run = bench.stage("tune", "tune", run_dir)
         report["tune"] = json.loads((run_dir / "thresholds.json").read_text())
