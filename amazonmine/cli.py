@@ -114,10 +114,14 @@ def dehaze(src, dst, config_path, overrides, workers, overwrite):
 @_friendly
 def split(config_path, overrides):
     """Multi-label stratified k-fold plan with rare-label oversampling (folds.csv, train_manifest.csv)."""
-    from amazonmine.split import run_split
+    import warnings
+
+    from amazonmine.split import SplitWarning, run_split
 
     cfg = _load(config_path, overrides)
-    summary = run_split(cfg)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SplitWarning)  # the headline already says it, once
+        summary = run_split(cfg)
     click.echo(summary.headline())
 
 

@@ -105,6 +105,14 @@ def _adapt_first_conv(rgb_model, model4) -> None:
         dst.set_weights(weights)
 
 
+def check_backbone(train_cfg) -> None:
+    """Fail on an unknown backbone or a missing weights file before any chip is read."""
+    if train_cfg.backbone == "densenet_mini":
+        return
+    _application(train_cfg.backbone)
+    resolve_weights(train_cfg.weights)
+
+
 def build_backbone(train_cfg, image_size: int, channels: int):
     import keras
 

@@ -101,7 +101,7 @@ def labels_missing_from_folds(counts) -> list[str]:
     """'label (n chips)' for each label that has no positive in at least one fold of a fold_label_counts table."""
     per_fold = counts[counts["fold"] != "total"]
     total = counts[counts["fold"] == "total"].iloc[0]
-    return [f"{label} ({int(total[label])} chips)" for label in LABELS if (per_fold[label] == 0).any()]
+    return [f"{label} ({int(total[label])} chip{'' if int(total[label]) == 1 else 's'})" for label in LABELS if (per_fold[label] == 0).any()]
 
 
 # --- which labels are rare ---------------------------------------------------------------------------------

@@ -302,7 +302,7 @@ def load_fold_plan(cfg, fold: int):
 def train_fold(cfg, fold: int, strategy, gpu: bool = False, resume: bool = False) -> TrainResult:
     import keras
 
-    from amazonmine.model import build_model, pixel_scale
+    from amazonmine.model import build_model, check_backbone, pixel_scale
     from amazonmine.pipeline import make_dataset, predict_dataset, preflight, tta_predict_fn
 
     tc = cfg.train
@@ -315,6 +315,7 @@ def train_fold(cfg, fold: int, strategy, gpu: bool = False, resume: bool = False
     if resume and not state.exists():
         raise AmazonmineError(f"{fold_dir}: nothing to resume (no resume/ state); run without --resume")
     fold_dir.mkdir(parents=True, exist_ok=True)
+    check_backbone(tc)
 
     frame, matrix, train_rows, transforms, val_rows, layout = load_fold_plan(cfg, fold)
     used = np.union1d(np.unique(train_rows), val_rows)
