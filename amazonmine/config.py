@@ -104,6 +104,11 @@ class TrainConfig:
     mini_blocks: list[int] = field(default_factory=lambda: [2, 2, 2])
     mini_growth: int = 12
     steps_per_epoch: int = 0  # 0 = one pass over the training manifest
+    # "Precise BatchNorm": after training, the best checkpoint's BatchNorm statistics are recomputed as plain
+    # averages over this many training batches with the final weights (0 = off). The moving averages kept
+    # during training lag behind weights that change fast at a high learning rate; measured on the real
+    # 32-px set mid-run: validation F2 0.815 with the moving averages vs 0.870 with batch statistics.
+    bn_recalibration_batches: int = 100
     # Same seed + same data -> same numbers on the CPU (TensorFlow op determinism). Costs some speed.
     deterministic: bool = True
     verbose: int = 1

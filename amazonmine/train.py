@@ -18,6 +18,7 @@ BackupAndRestore with ModelCheckpoint(save_best_only)). Ctrl-C writes the resume
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from dataclasses import dataclass, field
@@ -371,9 +372,25 @@ def train_fold(cfg, fold: int, strategy, gpu: bool = False, resume: bool = False
     from amazonmine.model import load_trained
 
     best_model = load_trained(model_path)
-    infer = tta_predict_fn(best_model, cfg.predict.tta)
     val_eval = make_dataset(chips, remap[val_rows], None, None, tc.image_size, cfg.predict.batch_size,
                             training=False, pixel_scale=scale)
+    recalibration = None
+    if tc.bn_recalibration_batches > 0:
+        # Unaugmented training chips in a seeded random order: the statistics inference will meet.
+        order = np.random.default_rng(cfg.run.seed + fold).permutation(np.unique(train_rows))
+        calib = make_dataset(chips, remap[order], None, None, tc.image_size, tc.batch_size, training=False,
+                             pixel_scale=scale)
+        y_val = matrix[val_rows]
+        before = mean_f2(y_val, predict_dataset(tta_predict_fn(best_model, 1), val_eval, len(val_rows),
+                                                progress=False) >= FLAT_THRESHOLD)
+        layers_done = recalibrate_batchnorm(best_model, calib, tc.bn_recalibration_batches)
+        after = mean_f2(y_val, predict_dataset(tta_predict_fn(best_model, 1), val_eval, len(val_rows),
+                                               progress=False) >= FLAT_THRESHOLD)
+        with atomic_path(model_path) as tmp:
+            best_model.save(tmp, include_optimizer=False)
+        recalibration = {"batches": tc.bn_recalibration_batches, "layers": layers_done,
+                         "val_f2_before": before, "val_f2_after": after}
+    infer = tta_predict_fn(best_model, cfg.predict.tta)
     oof = predict_dataset(infer, val_eval, len(val_rows), progress=tc.verbose > 0, desc=f"OOF fold {fold}")
     import pandas as pd
 
@@ -400,11 +417,41 @@ def train_fold(cfg, fold: int, strategy, gpu: bool = False, resume: bool = False
         "train_seconds_this_session": wall,
         "replicas": replicas,
         "mixed_precision": bool(gpu),
+        "bn_recalibration": recalibration,
     }
     write_json_atomic(summary_path, summary)
     state.clear()
     keras.backend.clear_session()
     return TrainResult(fold, model_path, summary)
+
+
+def _batchnorm_layers(layer) -> list:
+    import keras
+
+    found = [layer] if isinstance(layer, keras.layers.BatchNormalization) else []
+    for child in getattr(layer, "layers", []):  # the backbone is a model nested in the classifier
+        found += _batchnorm_layers(child)
+    return found
+
+
+def recalibrate_batchnorm(model, dataset, batches: int) -> int:
+    """Precise BatchNorm (Wu & Johnson, "Rethinking 'Batch' in BatchNorm", 2021): replace each BN layer's
+    moving mean/variance by the plain average of its batch statistics over ``batches`` batches, computed
+    with the final weights. Forward passes only; no weight is trained. Returns the number of BN layers.
+    """
+    bns = _batchnorm_layers(model)
+    momenta = [bn.momentum for bn in bns]
+    try:
+        for k, batch in enumerate(dataset.take(batches), start=1):
+            x = batch[0] if isinstance(batch, tuple) else batch
+            for bn in bns:
+                # moving = moving * m + batch * (1 - m); m = (k - 1) / k makes it the running mean of batches.
+                bn.momentum = (k - 1) / k
+            model(x, training=True)
+    finally:
+        for bn, m in zip(bns, momenta):
+            bn.momentum = m
+    return len(bns)
 
 
 def _epochs_done(history_csv: Path) -> int:
@@ -427,5 +474,30 @@ def run_train(cfg, folds: list[int] | None = None, gpu: bool = False, resume: bo
         # Same seed, same data -> same numbers on the CPU (tf.data order and kernels included).
         tf.config.experimental.enable_op_determinism()
     prepare_run_dir(cfg)
-    for fold in folds if folds is not None else resolve_folds(cfg):
-        yield train_fold(cfg, fold, strategy, gpu=gpu, resume=resume)
+    with _terminate_as_interrupt():
+        for fold in folds if folds is not None else resolve_folds(cfg):
+            yield train_fold(cfg, fold, strategy, gpu=gpu, resume=resume)
+
+
+@contextlib.contextmanager
+def _terminate_as_interrupt():
+    """SIGTERM (a batch scheduler's or `kill`'s stop) saves the resume state like Ctrl-C does.
+
+    Also re-enables SIGINT for a run started in the background by a shell, which sets it to 'ignore'.
+    """
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

@@ -221,3 +221,27 @@ def test_imagenet_weights_offline_or_bad_path_give_advice(tmp_path):
     cfg = load_config(None, [f"train.weights={junk}", "train.image_size=32"])
     with pytest.raises(WeightsError, match="cannot load"):
         build_model(cfg.train)
+
+
+def test_precise_batchnorm_replaces_moving_stats_with_the_batch_average():
+    import keras
+    import tensorflow as tf
+
+    from amazonmine.train import recalibrate_batchnorm
+
+    inner = keras.Sequential([keras.Input((3,)), keras.layers.BatchNormalization(name="bn")])
+    model = keras.Sequential([keras.Input((3,)), inner])  # nested, as the backbone is
+    rng = np.random.default_rng(0)
+    batches = [rng.normal(loc, 1.0, (16, 3)).astype(np.float32) for loc in (1.0, 5.0, 9.0)]
+    dataset = tf.data.Dataset.from_tensor_slices(np.concatenate(batches)).batch(16)
+    assert recalibrate_batchnorm(model, dataset, 3) == 1
+    bn = inner.get_layer("bn")
+    np.testing.assert_allclose(bn.moving_mean.numpy(), np.mean([b.mean(0) for b in batches], axis=0), rtol=1e-5)
+    np.testing.assert_allclose(bn.moving_variance.numpy(), np.mean([b.var(0) for b in batches], axis=0), rtol=1e-4)
+    assert bn.momentum == 0.99  # restored
+
+
+def test_summary_records_the_recalibration(trained):
+    cfg, result = trained
+    recal = result.summary["bn_recalibration"]
+    assert recal["layers"] > 0 and 0 < recal["val_f2_after"] <= 1
