@@ -120,7 +120,10 @@ class TuneConfig:
     passes: int = 3
     grid: int = 101
     # Exactly one weather label per chip (argmax of the weather group); "cloudy" drops the land labels.
-    weather_decoding: bool = True
+    # Off by default: on the real 32-px competition OOF it cost 0.011 F2 (tuned 0.8922 vs 0.9030), and
+    # thresholds.json records both figures on every run. Without it every chip still gets at least one
+    # weather label (its likeliest, when none passes its threshold).
+    weather_decoding: bool = False
 
 
 @dataclass

@@ -15,7 +15,8 @@ pytestmark = pytest.mark.slow
 
 TINY = ["dehaze.enabled=false", "split.folds=2", "split.rare_target=4", "train.backbone=densenet_mini",
         "train.mini_blocks=[2]", "train.image_size=32", "train.batch_size=16", "train.epochs=1",
-        "train.steps_per_epoch=3", "train.verbose=0", "train.cache=true", "predict.tta=2", "predict.batch_size=16"]
+        "train.steps_per_epoch=3", "train.verbose=0", "train.cache=true", "predict.tta=2", "predict.batch_size=16",
+        "tune.weather_decoding=true"]
 
 
 @pytest.fixture(scope="module")
