@@ -82,7 +82,7 @@ def preflight(paths: Sequence[str | Path], image_size: int, cache: bool, expecte
         return i, img, None
 
     with ThreadPoolExecutor(max_workers=max(1, min(8, os.cpu_count() or 1))) as pool:
-        for i, img, err in tqdm(pool.map(load, range(len(paths)), chunksize=64), total=len(paths), desc=desc,
+        for i, img, err in tqdm(pool.map(load, range(len(paths))), total=len(paths), desc=desc,
                                 unit="chip", disable=not progress, mininterval=1.0):
             if err is not None:
                 errors.append(err)
@@ -97,10 +97,8 @@ def preflight(paths: Sequence[str | Path], image_size: int, cache: bool, expecte
         raise DataError(f"{len(errors)} unreadable chip(s): " + "; ".join(errors[:3]) + more)
     if len({c for _, c in shapes}) > 1:
         raise DataError(f"chips have different band counts: {sorted(shapes)}")
+    # Mixed chip sizes are fine: every chip is resized to the model's input size on the way in.
     sizes = sorted({s for s, _ in shapes})
-    if len(sizes) > 1 and not cache:
-        # Mixed sizes are fine: every chip is resized to the model's input size on the way in.
-        pass
     return ChipSet(paths=paths, channels=next(iter(shapes))[1], native_size=sizes[-1], pixels=pixels)
 
 

@@ -40,11 +40,10 @@ def main() -> int:
     import pandas as pd
 
     from amazonmine.config import load_config
-    from amazonmine.data import LABELS, PlanetLayout
-    from amazonmine.model import load_trained
-    from amazonmine.pipeline import _resize, predict_dataset, tta_predict_fn, to_model_channels
-    from amazonmine.data import read_image
+    from amazonmine.data import LABELS, PlanetLayout, read_image
     from amazonmine.io import write_csv_atomic
+    from amazonmine.model import load_trained
+    from amazonmine.pipeline import _resize, predict_dataset, to_model_channels, tta_predict_fn
     from amazonmine.split import load_folds
     from amazonmine.train import setup_device
 
