@@ -96,6 +96,9 @@ class TrainConfig:
     # Folds to train; empty = all folds of the split.
     folds: list[int] = field(default_factory=lambda: [0])
     artifact_name: str = "b01_dense121.h5"
+    # Start from a trained classifier of the same architecture (a fold's .h5) instead of the weights policy:
+    # a second, low-learning-rate schedule on a finished run ("" = off).
+    init_from: str = ""
     augment: bool = True
     brightness_jitter: float = 0.05
     contrast_jitter: float = 0.1

@@ -348,6 +348,8 @@ def train_fold(cfg, fold: int, strategy, gpu: bool = False, resume: bool = False
         model = build_model(tc, channels=chips.channels, image_format=cfg.data.image_format)
         model.compile(optimizer=make_optimizer(tc, steps), loss=make_loss(tc), metrics=[MeanF2()],
                       jit_compile=bool(gpu))
+    if tc.init_from and not resume:
+        _init_from(model, Path(tc.init_from))
     initial_epoch = state.restore(model) if resume else 0
     if not resume:
         state.clear()
@@ -423,6 +425,18 @@ def train_fold(cfg, fold: int, strategy, gpu: bool = False, resume: bool = False
     state.clear()
     keras.backend.clear_session()
     return TrainResult(fold, model_path, summary)
+
+
+def _init_from(model, path: Path) -> None:
+    """Copy every weight of a saved classifier into ``model``; both must be the same architecture."""
+    from amazonmine.model import load_trained
+
+    source = load_trained(path)
+    theirs, ours = source.get_weights(), model.get_weights()
+    if len(theirs) != len(ours) or any(a.shape != b.shape for a, b in zip(theirs, ours)):
+        raise AmazonmineError(f"train.init_from: {path} is not the same architecture as train.backbone="
+                              f"{model.name} at this image size")
+    model.set_weights(theirs)
 
 
 def _batchnorm_layers(layer) -> list:

@@ -245,3 +245,24 @@ def test_summary_records_the_recalibration(trained):
     cfg, result = trained
     recal = result.summary["bn_recalibration"]
     assert recal["layers"] > 0 and 0 < recal["val_f2_after"] <= 1
+
+
+def test_init_from_starts_at_the_saved_weights(trained, learn_root, make_cfg):
+    import keras
+
+    from amazonmine.errors import AmazonmineError
+    from amazonmine.train import run_train
+
+    cfg0, result = trained
+    cfg = tiny_cfg(make_cfg, learn_root, **{"train.epochs": 1, "train.steps_per_epoch": 2,
+                                             "train.learning_rate": 1e-9, "train.bn_recalibration_batches": 0,
+                                             "train.init_from": result.model_path})
+    (again,) = run_train(cfg, folds=[0])
+    before = keras.models.load_model(result.model_path, safe_mode=True).get_weights()
+    after = keras.models.load_model(again.model_path, safe_mode=True).get_weights()
+    # a near-zero learning rate: the new run's weights are the old ones (BatchNorm statistics aside)
+    conv = [i for i, w in enumerate(before) if w.ndim == 4]
+    assert all(np.allclose(before[i], after[i], atol=1e-5) for i in conv)
+    bad = tiny_cfg(make_cfg, learn_root, **{"train.mini_blocks": "[3]", "train.init_from": result.model_path})
+    with pytest.raises(AmazonmineError, match="not the same architecture"):
+        list(run_train(bad, folds=[0]))
