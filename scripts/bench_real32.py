@@ -612,7 +612,7 @@ def view_probabilities(cfg, folds: list[int]):
                 batch = tf.constant(chips.pixels[s:s + ABLATION_BATCH].astype(np.float32))
                 probs[view, rows[s:s + ABLATION_BATCH]] = infer(batch, tf.constant(view)).numpy()
         print(f"ablation fold {k}: {len(rows)} chips x 8 views in {time.perf_counter() - started:.1f} s", flush=True)
-        del model, infer
+        del infer  # the next fold defines its own, bound to its own model
         keras.backend.clear_session()
     with atomic_path(cache) as tmp, open(tmp, "wb") as fh:
         np.savez_compressed(fh, probs=probs, names=np.asarray(names), folds=fold_of, key=np.asarray(key))

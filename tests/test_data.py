@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from amazonmine.data import (
-    LABELS, DataError, PlanetLayout, apply_dihedral, decode_image, matrix_to_tags, read_image, read_labels,
+    LABELS, DataError, PlanetLayout, apply_dihedral, matrix_to_tags, read_image, read_labels,
     tags_to_matrix,
 )
 
