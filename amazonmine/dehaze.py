@@ -134,10 +134,19 @@ def atmospheric_light(img: np.ndarray, dark: np.ndarray, top_fraction: float) ->
     algorithm breaks ties (the dark channel of an 8-bit chip is full of ties). Returns float64 (3,) in the
     units of ``img``.
     """
+    import cv2
+
     flat = dark.reshape(-1)
     k = max(1, int(round(top_fraction * flat.size)))
-    # argpartition finds the k-th largest value in O(n); a full sort would cost O(n log n) for 65k pixels.
-    kth = flat[np.argpartition(flat, flat.size - k)[flat.size - k]]
+    if flat.dtype in (np.uint8, np.uint16):
+        # The k-th largest value from a histogram: one pass over the pixels, where a partition of all 65k
+        # values was a fifth of the whole dehaze math. It is the highest level with >= k pixels at or above.
+        levels = 256 if flat.dtype == np.uint8 else 65536
+        hist = cv2.calcHist([np.ascontiguousarray(flat).reshape(1, -1)], [0], None, [levels], [0, levels])
+        at_or_above = np.cumsum(hist.ravel()[::-1])
+        kth = levels - 1 - int(np.searchsorted(at_or_above, k))
+    else:
+        kth = flat[np.argpartition(flat, flat.size - k)[flat.size - k]]
     candidates = np.flatnonzero(flat >= kth)
     colours = img.reshape(-1, img.shape[-1])[candidates, :3].astype(np.float64)
     return colours[np.argmax(colours.sum(axis=1))]
@@ -163,13 +172,15 @@ def _guided_coefficients(g: np.ndarray, p: np.ndarray, radius: int, eps: float) 
 
 
 def _apply_coefficients(guide: np.ndarray, mean_a: np.ndarray, mean_b: np.ndarray) -> np.ndarray:
+    """q = mean_a * guide + mean_b, float32, at the guide's size (any guide dtype: uint8, uint16, float32)."""
     import cv2
 
     if mean_a.shape != guide.shape:  # computed on the subsampled grid: bilinear back to the guide's size
         size = (guide.shape[1], guide.shape[0])
         mean_a = cv2.resize(mean_a, size, interpolation=cv2.INTER_LINEAR)
         mean_b = cv2.resize(mean_b, size, interpolation=cv2.INTER_LINEAR)
-    return mean_a * guide + mean_b
+    q = cv2.multiply(mean_a, guide, dtype=cv2.CV_32F)
+    return cv2.add(q, mean_b, dst=q)
 
 
 def _shrink(x: np.ndarray, subsample: int, interpolation: int | None = None) -> np.ndarray:
@@ -226,7 +237,10 @@ def transmission(visible: np.ndarray, airlight: np.ndarray, params: DehazeParams
         return np.full(visible.shape[:2], min(max(t_global, params.t0), 1.0), dtype=np.float32)
     if subsample is None:
         subsample = GUIDED_SUBSAMPLE if min(visible.shape[:2]) >= SUBSAMPLE_MIN_SIDE else 1
-    guide = cv2.cvtColor(visible, cv2.COLOR_BGR2GRAY).astype(np.float32) * np.float32(1.0 / white)
+    # The grey guide is needed as floats in [0, 1] only where the coefficients are computed (the coarse grid);
+    # at full size it is used once, in q = a * guide + b, so it stays integer there and 1 / white goes into a.
+    grey = cv2.cvtColor(visible, cv2.COLOR_BGR2GRAY)
+    to_unit = np.float32(1.0 / white)
     if subsample > 1:
         # The coarse grid needs only the coarse raw transmission: shrink the eroded chip instead of computing
         # the ratio at full size and shrinking that. The eroded chip is piecewise constant over patch-sized
@@ -234,11 +248,14 @@ def transmission(visible: np.ndarray, airlight: np.ndarray, params: DehazeParams
         # chips' worst case) at a fifth of the cost.
         raw = _raw_transmission(_shrink(eroded, subsample, cv2.INTER_LINEAR), airlight, params.omega)
         radius = max(1, int(round(params.guided_radius / subsample)))
-        coefficients = _guided_coefficients(_shrink(guide, subsample), raw, radius, params.guided_eps)
+        mean_a, mean_b = _guided_coefficients(_shrink(grey, subsample).astype(np.float32) * to_unit, raw, radius,
+                                              params.guided_eps)
     else:
         raw = _raw_transmission(eroded, airlight, params.omega)
-        coefficients = _guided_coefficients(guide, raw, params.guided_radius, params.guided_eps)
-    refined = _apply_coefficients(guide, *coefficients)
+        mean_a, mean_b = _guided_coefficients(grey.astype(np.float32) * to_unit, raw, params.guided_radius,
+                                              params.guided_eps)
+    mean_a *= to_unit
+    refined = _apply_coefficients(grey, mean_a, mean_b)
     np.clip(refined, np.float32(params.t0), np.float32(1.0), out=refined)
     return refined
 
@@ -441,7 +458,7 @@ def _process_chunk(jobs: list[_Job], params: DehazeParams, expected_size: int) -
             message = str(exc)
             out.append(("error", job.key, message.removeprefix(f"{job.src}: ")))
             continue
-        out.append(("ok", job.key, result.airlight, result.t_mean))
+        out.append(("ok", job.key, tuple(result.airlight.tolist()), result.t_mean))
     return out
 
 
@@ -454,7 +471,7 @@ def _resolve_workers(workers: int | None, cfg) -> int:
 
 def _chunks(jobs: list[_Job], workers: int) -> list[list[_Job]]:
     # Several chunks per worker balance the load; a few dozen chips per chunk amortise the pickling.
-    size = max(1, min(64, len(jobs) // (workers * 8) or 1))
+    size = max(1, min(64, len(jobs) // (workers * 32) or 1))
     return [jobs[i:i + size] for i in range(0, len(jobs), size)]
 
 

@@ -33,13 +33,20 @@ def atomic_path(path: str | Path, suffix: str | None = None) -> Iterator[Path]:
 
 
 def write_bytes_atomic(path: str | Path, data: bytes) -> None:
-    """Bytes to ``path`` via a temp file and rename. The hot path of dehaze: one open, one rename."""
-    path = Path(path)
+    """Bytes to ``path`` via a temp file and rename. The hot path of dehaze: one open, one write, one rename."""
+    path = os.fspath(path)
+    folder, name = os.path.split(path)
+    stem, suffix = os.path.splitext(name)
+    # A per-process name needs no random draws and no retry loop; O_EXCL still refuses a leftover of a killed
+    # process that had the same pid, or another thread writing the same file: those fall back to mkstemp.
+    tmp = os.path.join(folder, f".{stem}.{os.getpid()}.tmp{suffix}")
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
     except FileNotFoundError:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent)
+        os.makedirs(folder or ".", exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{stem}.", suffix=f".tmp{suffix}", dir=folder or ".")
+    except FileExistsError:
+        fd, tmp = tempfile.mkstemp(prefix=f".{stem}.", suffix=f".tmp{suffix}", dir=folder or ".")
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)

@@ -114,6 +114,18 @@ def prepare_chips(args, work: Path) -> tuple[Path, str]:
     return src, note
 
 
+def replicate(src: Path, dst: Path, copies: int) -> Path:
+    """``copies`` copies of every chip under new names: a folder big enough that the stage's fixed start-up
+    (worker processes, folder scans, the stats file) weighs on the ratio as little as on a real 40k-chip run."""
+    if copies <= 1:
+        return src
+    dst.mkdir()
+    for path in sorted(src.iterdir()):
+        for j in range(copies):
+            shutil.copyfile(path, dst / f"{path.stem}_copy{j}{path.suffix}")
+    return dst
+
+
 # --- 1. the math ---------------------------------------------------------------------------------------------
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
@@ -218,6 +230,8 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=256, help="synthetic chip side (default 256)")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes (default: all cores)")
     parser.add_argument("--repeat", type=int, default=3, help="timed passes; the best counts (default 3)")
+    parser.add_argument("--copies", type=int, default=4,
+                        help="the stage comparison runs over this many copies of each chip (default 4)")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="bench_dehaze_") as tmp:
@@ -226,7 +240,7 @@ def main() -> None:
         print(f"input: {note}")
         speedup, worst, pooled = bench_math(src, args.repeat)
         breakdown(src, work)
-        ratio = bench_stage(src, work, args.workers, args.repeat)
+        ratio = bench_stage(replicate(src, work / "src_copies", args.copies), work, args.workers, args.repeat)
     print(f"(1) math speed-up vs float64 reference: {speedup:.1f}x (target >= 5); "
           f"PSNR vs reference: worst chip {worst:.1f} dB, pooled {pooled:.1f} dB (target >= 35)")
     print(f"(2) stage throughput / bare decode+encode loop: {ratio:.2f} (target >= 0.5)")
