@@ -102,8 +102,12 @@ def parse_args(argv=None):
     parser.add_argument("--ablate", action="store_true",
                         help="Also measure TTA views x tuned thresholds x weather decoding on the OOF chips.")
     parser.add_argument("--ablate-train", action="store_true",
-                        help="Also train fold 0 without oversampling and with dehazing (two more trainings); "
-                             "implies --ablate.")
+                        help="Also train the first trained fold without oversampling and with dehazing (two more "
+                             "trainings, each in its own run folder); implies --ablate.")
+    parser.add_argument("--ablate-set", dest="ablate_sets", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="Override for every training-ablation run, e.g. a smaller budget (--ablate-set "
+                             "train.epochs=5 --ablate-set train.image_size=32). With it, the baseline is trained "
+                             "again under the same overrides, so each comparison is like for like.")
     parser.add_argument("--json", dest="json_out", type=Path, default=None,
                         help="Also write the table's numbers to this JSON file.")
     args = parser.parse_args(argv)
@@ -530,6 +534,9 @@ def check_submission(cfg, run_dir: Path) -> dict:
 
 # --- ablation: TTA views x thresholds x weather decoding ---------------------------------------------------
 
+RARE_LABELS = ("artisinal_mine", "blooming", "blow_down", "conventional_mine", "selective_logging", "slash_burn")
+
+
 def _fit_and_score(y, p, tc, weather: bool, seed: int) -> dict:
     import numpy as np
 
@@ -545,8 +552,13 @@ def _fit_and_score(y, p, tc, weather: bool, seed: int) -> dict:
     for fit_on, score_on in ((a, b), (b, a)):
         t = fit_thresholds(y[fit_on], p[fit_on], tc.start, tc.passes, tc.grid, weather_decoding=weather)
         cross.append(mean_f2(y[score_on], decode(p[score_on], t, weather)))
+    decided = decode(p, fitted, weather).astype(bool)
+    truth = y.astype(bool)
+    # Recall at the tuned thresholds of the labels oversampling is for (each under 1% of the chips).
+    rare_recall = {name: float((decided[:, j] & truth[:, j]).sum() / max(1, truth[:, j].sum()))
+                   for j, name in enumerate(LABELS) if name in RARE_LABELS}
     return {"flat": mean_f2(y, decode(p, flat, weather)), "tuned": mean_f2(y, decode(p, fitted, weather)),
-            "tuned_crossfit": float(np.mean(cross))}
+            "tuned_crossfit": float(np.mean(cross)), "rare_recall": rare_recall}
 
 
 def view_probabilities(cfg, folds: list[int]):
@@ -669,24 +681,30 @@ def oof_scores(cfg, run_dir: Path, fold: int) -> dict | None:
                                                   cfg.run.seed)}
 
 
-def ablate_training(bench: Bench, cfg) -> list[dict]:
-    """Fold 0 without oversampling and with dehazing, each in its own run folder, against the main run's fold 0."""
+def ablate_training(bench: Bench, cfg, fold: int, budget: list[str]) -> list[dict]:
+    """One fold without oversampling and with dehazing, each in its own run folder, against a baseline: the main
+    run's own fold, or, when ``budget`` overrides are given, the baseline retrained under the same overrides."""
     base = cfg.run_dir
-    rows = [{"run": "baseline (this run)", "run_dir": str(base), **(oof_scores(cfg, base, 0) or {})}]
+    tag = "_abl" if budget else ""
     variants = [
-        ("no oversampling", Path(f"{base}_no_oversample"), ["split.rare_target=0"], False),
-        ("dehaze on", Path(f"{base}_dehaze"), ["dehaze.enabled=true"], True),
+        ("no oversampling", Path(f"{base}{tag}_no_oversample"), ["split.rare_target=0"], False),
+        ("dehaze on", Path(f"{base}{tag}_dehaze"), ["dehaze.enabled=true"], True),
     ]
+    if budget:
+        variants.insert(0, ("baseline", Path(f"{base}{tag}_baseline"), [], False))
+        rows = []
+    else:
+        rows = [{"run": "baseline (this run)", "run_dir": str(base), **(oof_scores(cfg, base, fold) or {})}]
     for title, run_dir, extra, dehaze in variants:
-        extra = [*extra, f"run.dir={run_dir}", "train.folds=[0]"]
+        extra = [*extra, *budget, f"run.dir={run_dir}", f"train.folds=[{fold}]"]
         vcfg = bench.config(extra)
         label = f"[{title}] "
         if dehaze:
             bench.stage(f"{label}dehaze", "dehaze", vcfg.run_dir, extra)
-        figures = split_and_train(bench, vcfg, [0], extra, label)
+        figures = split_and_train(bench, vcfg, [fold], extra, label)
         bench.stage(f"{label}tune", "tune", vcfg.run_dir, extra)
-        rows.append({"run": title, "run_dir": str(run_dir), "train": figures[0],
-                     **(oof_scores(vcfg, vcfg.run_dir, 0) or {})})
+        rows.append({"run": title, "run_dir": str(run_dir), "train": figures[fold],
+                     **(oof_scores(vcfg, vcfg.run_dir, fold) or {})})
     return rows
 
 
@@ -801,16 +819,26 @@ def render(report: dict) -> str:
         tr_rows = a.get("training")
         if tr_rows:
             lines.append("")
-            lines.append("Training ablations, fold 0 only (OOF mean F2 with each run's own TTA, weather decoding as "
-                         "configured)")
-            rows = [["run", "chips", "flat", "tuned", "tuned cross-fit", "run dir"]]
+            overrides = a.get("training_overrides") or []
+            lines.append(f"Training ablations, fold {a.get('training_fold', 0)} only (OOF mean F2 with each run's own "
+                         "TTA, weather decoding as configured; recall at the tuned thresholds)"
+                         + (f"; every run here trained with {' '.join(overrides)}" if overrides else ""))
+            rows = [["run", "chips", "flat", "tuned", "tuned cross-fit", "artisinal rec", "conv. rec",
+                     "rare-label rec", "train", "run dir"]]
             for r in tr_rows:
                 if "flat" not in r:
-                    rows.append([r["run"], "-", "-", "-", "-", r["run_dir"]])
+                    rows.append([r["run"], "-", "-", "-", "-", "-", "-", "-", "-", r["run_dir"]])
                     continue
+                rec = r.get("rare_recall") or {}
+                train = r.get("train") or {}
                 rows.append([r["run"], r["chips"], f"{r['flat']:.4f}", f"{r['tuned']:.4f}",
-                             f"{r['tuned_crossfit']:.4f}", r["run_dir"]])
-            lines += _grid(rows, "lrrrrl")
+                             f"{r['tuned_crossfit']:.4f}", f"{rec.get('artisinal_mine', float('nan')):.3f}",
+                             f"{rec.get('conventional_mine', float('nan')):.3f}",
+                             f"{sum(rec.values()) / max(1, len(rec)):.3f}",
+                             hms(train.get("train_seconds_this_session")), r["run_dir"]])
+            lines += _grid(rows, "lrrrrrrrrl")
+            lines.append("  rare-label rec: mean recall over artisinal_mine, blooming, blow_down, conventional_mine, "
+                         "selective_logging, slash_burn.")
         else:
             lines.append("oversampling on/off and dehaze on/off: not measured by this run (each needs its own "
                          "training; add --ablate-train)")
@@ -890,7 +918,9 @@ def main(argv=None) -> int:
                                          note=f"{report['ablation']['chips']} chips x 8 views"
                                          + (" (reused)" if report["ablation"]["reused_views"] else "")))
             if args.ablate_train:
-                report["ablation"]["training"] = ablate_training(bench, cfg)
+                report["ablation"]["training"] = ablate_training(bench, cfg, folds[0], args.ablate_sets)
+                report["ablation"]["training_fold"] = folds[0]
+                report["ablation"]["training_overrides"] = args.ablate_sets
         completed = True
         if report.get("submission") and report["submission"]["problems"]:
             exit_code = 1
