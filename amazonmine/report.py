@@ -248,39 +248,58 @@ def _read_chip(folders: list[Path], name: str) -> np.ndarray:
     raise DataError(f"{name}.jpg not found in {' or '.join(map(str, folders))}")
 
 
-def _gallery(out: Path, cfg, oof: OofSet) -> tuple[str, bool]:
+def _figure(out: Path, folders: list[Path], name: str, rel: str, caption: str, good: bool,
+            size: int) -> tuple[str, bool]:
+    """One thumbnail with its caption, in a green box if ``good`` else red; (html, whether the chip was read)."""
+    try:
+        chip = _read_chip(folders, name)
+    except DataError as exc:
+        return f'<figure style="width:{size}px">{_missing(str(exc))}<figcaption>{caption}</figcaption></figure>', False
+    _write_jpeg(out / rel, _thumbnail(chip, size))
+    return (f'<figure class="{"hit" if good else "miss"}">{_img(rel, name, width=size)}'
+            f"<figcaption>{caption}</figcaption></figure>"), True
+
+
+def _gallery(out: Path, cfg, oof: OofSet, pred: np.ndarray) -> tuple[str, bool]:
     folders = _chip_folders(cfg)
     size, n = cfg.evaluate.thumbnail, cfg.evaluate.gallery_size
-    parts = ['<h2 id="gallery">Most confident mine chips</h2>',
-             f"<p>The {n} out-of-fold chips with the highest probability of each mine label, read from "
-             f"{_e(' or '.join(map(str, folders)))}. Green: the chip truly carries the label; red: a false alarm. "
-             "Imagery by Planet, CC BY-SA 4.0.</p>"]
+    parts = ['<h2 id="gallery">Mine chips</h2>',
+             f"<p>Read from {_e(' or '.join(map(str, folders)))}. Imagery by Planet, CC BY-SA 4.0.</p>"]
     unreadable = 0
+
+    def tags_of(i: int) -> str:
+        return " ".join(t for t, on in zip(LABELS, oof.y_true[i]) if on)
+
     for label in MINE_LABELS:
         j = LABEL_INDEX[label]
+        # What the model is surest of: false alarms stand out (red).
         order = np.argsort(-oof.probs[:, j], kind="stable")[:n]
         figures = []
         for rank, i in enumerate(order):
-            name = oof.names[i]
-            tags = " ".join(t for t, on in zip(LABELS, oof.y_true[i]) if on)
-            hit = bool(oof.y_true[i, j])
-            caption = f"{_e(name)}<br>p={oof.probs[i, j]:.3f}<br>{_e(tags)}"
-            try:
-                chip = _read_chip(folders, name)
-            except DataError as exc:
-                unreadable += 1
-                figures.append(f'<figure style="width:{size}px">{_missing(str(exc))}<figcaption>{caption}'
-                               "</figcaption></figure>")
-                continue
-            rel = f"gallery/{label}_{rank:02d}_{name}.jpg"
-            _write_jpeg(out / rel, _thumbnail(chip, size))
-            figures.append(f'<figure class="{"hit" if hit else "miss"}">{_img(rel, name, width=size)}'
-                           f"<figcaption>{caption}</figcaption></figure>")
-        true_count = int(oof.y_true[:, j].sum())
+            caption = f"{_e(oof.names[i])}<br>p={oof.probs[i, j]:.3f}<br>{_e(tags_of(i))}"
+            figures.append(_figure(out, folders, oof.names[i], f"gallery/{label}_{rank:02d}_{oof.names[i]}.jpg",
+                                   caption, bool(oof.y_true[i, j]), size))
         found = int(oof.y_true[order, j].sum())
-        parts.append(f"<h3>{label}: {found} of the top {len(order)} are true ({true_count} true in all OOF "
-                     f"chips)</h3>")
-        parts.append('<div class="grid">' + "".join(figures) + "</div>")
+        parts.append(f"<h3>{label}: the {len(order)} most confident, {found} truly {label} "
+                     f"(green; red: false alarm)</h3>")
+        parts.append('<div class="grid">' + "".join(html for html, _ in figures) + "</div>")
+        unreadable += sum(1 for _, read in figures if not read)
+        # Every true chip of the label, least confident first: the misses a recall-weighted score cares about.
+        all_true = np.flatnonzero(oof.y_true[:, j])
+        true_rows = all_true[np.argsort(oof.probs[all_true, j], kind="stable")][:n]
+        caught = int(pred[all_true, j].sum())
+        figures = []
+        for rank, i in enumerate(true_rows):
+            verdict = "found" if pred[i, j] else "missed"
+            caption = f"{_e(oof.names[i])}<br>p={oof.probs[i, j]:.3f}: {verdict}<br>{_e(tags_of(i))}"
+            figures.append(_figure(out, folders, oof.names[i], f"gallery/{label}_true_{rank:02d}_{oof.names[i]}.jpg",
+                                   caption, bool(pred[i, j]), size))
+        shown = f", the {len(true_rows)} least confident shown" if len(true_rows) < len(all_true) else ""
+        parts.append(f"<h3>{label}: every true chip, {caught} of {len(all_true)} found at the decision rule "
+                     f"(green: found; red: missed){shown}</h3>")
+        parts.append('<div class="grid">' + ("".join(html for html, _ in figures) or "<p>none in these chips</p>")
+                     + "</div>")
+        unreadable += sum(1 for _, read in figures if not read)
     if unreadable:
         parts.insert(2, _missing(f"{unreadable} gallery chips could not be read (see their boxes)."))
     return "".join(parts), unreadable == 0
@@ -363,7 +382,7 @@ def run_evaluate(cfg) -> EvaluateResult:
     f2_flat = mean_f2(oof.y_true, oof.probs >= cfg.tune.start)
 
     missing = []
-    gallery, ok = _gallery(out, cfg, oof)
+    gallery, ok = _gallery(out, cfg, oof, pred)
     if not ok:
         missing.append("some gallery chips")
     dehaze, ok = _dehaze_pairs(out, cfg, frame, matrix)

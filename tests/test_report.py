@@ -86,12 +86,25 @@ def test_report_on_synthetic_run(synth_cfg):
     assert_valid_image(index.parent / "curves.png", min_side=500)
     assert (index.parent / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
+    frame = PlanetLayout.from_config(synth_cfg.data).load_train(check_files=False)[0]
+    names = frame["image_name"].to_numpy()
     gallery = [s for s in sources if s.parent.name == "gallery"]
-    assert len(gallery) == 2 * 6
+    n_true = [min(6, int(y[:, LABELS.index(label)].sum())) for label in ("artisinal_mine", "conventional_mine")]
+    assert sum(n_true) > 0
+    assert len(gallery) == 2 * 6 + sum(n_true)
     top = re.findall(r"gallery/artisinal_mine_\d\d_(train_\d+)\.jpg", text)
     order = np.argsort(-p[:, MINE], kind="stable")[:6]
-    frame = PlanetLayout.from_config(synth_cfg.data).load_train(check_files=False)[0]
-    assert top == frame["image_name"].to_numpy()[order].tolist()
+    assert top == names[order].tolist()
+    # Every true mine chip, least confident first, each marked found or missed by the decision rule.
+    pred = decode(p, np.full(17, 0.2), synth_cfg.tune.weather_decoding)
+    true_rows = np.flatnonzero(y[:, MINE])
+    true_rows = true_rows[np.argsort(p[true_rows, MINE], kind="stable")][:6]
+    shown = re.findall(r"gallery/artisinal_mine_true_\d\d_(train_\d+)\.jpg", text)
+    assert shown == names[true_rows].tolist()
+    for i in true_rows:
+        verdict = "found" if pred[i, MINE] else "missed"
+        assert f"{names[i]}<br>p={p[i, MINE]:.3f}: {verdict}" in text
+    assert f"{int(pred[y[:, MINE].astype(bool), MINE].sum())} of {int(y[:, MINE].sum())} found" in text
 
     # Sections whose inputs do not exist say so.
     assert "no dehazed chips at" in text
@@ -128,7 +141,7 @@ def test_gallery_thumbnails_keep_colours(synth_cfg, synth_root):
     index = run_evaluate(synth_cfg).path
     checked = 0
     for thumb_path in (index.parent / "gallery").glob("*.jpg"):
-        name = re.match(r".*_mine_\d\d_(.+)\.jpg$", thumb_path.name).group(1)
+        name = re.match(r".*_mine_(?:true_)?\d\d_(.+)\.jpg$", thumb_path.name).group(1)
         chip = read_image(synth_root / "train-jpg" / f"{name}.jpg")
         if np.abs(chip[..., 0].astype(int) - chip[..., 2]).mean() > 8:  # only then can a swap show
             same, swapped = colour_error(cv2.imread(str(thumb_path)), chip)
@@ -140,10 +153,12 @@ def test_gallery_thumbnails_keep_colours(synth_cfg, synth_root):
 def test_unreadable_gallery_chips_are_reported_not_fatal(synth_root, make_cfg):
     cfg = make_cfg(synth_root, **{"dehaze.enabled": "false", "data.train_dir": "no-such-jpg",
                                   "evaluate.gallery_size": 3})
-    write_oof(cfg)
+    _, y, _ = write_oof(cfg)
     result = run_evaluate(cfg)
     text = result.path.read_text()
-    assert "6 gallery chips could not be read" in text
+    # The 3 most confident of each mine label, and up to 3 true chips of each.
+    n_true = sum(min(3, int(y[:, LABELS.index(label)].sum())) for label in ("artisinal_mine", "conventional_mine"))
+    assert f"{6 + n_true} gallery chips could not be read" in text
     assert "no-such-jpg" in text and "some gallery chips" in result.headline()
 
 
@@ -184,12 +199,14 @@ def test_report_on_real_chips(real256, tmp_path, make_cfg):
         assert "gallery chips could not be read" in text and "some gallery chips" in result.headline()
         pytest.xfail(f"data.read_image rejects the real chips: {exc}")
     for name in mines:
-        thumbs = list((report / "gallery").glob(f"artisinal_mine_*_{name}.jpg"))
+        assert len(list((report / "gallery").glob(f"artisinal_mine_true_??_{name}.jpg"))) == 1, name
+        thumbs = list((report / "gallery").glob(f"artisinal_mine_??_{name}.jpg"))
         assert len(thumbs) == 1, name
         assert f"gallery/{thumbs[0].name}" in text
         same, swapped = colour_error(assert_valid_image(thumbs[0]), read_image(real256 / "train-jpg" / f"{name}.jpg"))
         assert same < 6 and same < swapped, (name, same, swapped)
-    assert "artisinal_mine: 3 of the top 8 are true" in text
+    assert "artisinal_mine: the 8 most confident, 3 truly artisinal_mine" in text
+    assert "artisinal_mine: every true chip, 3 of 3 found" in text
     for name in hazy:
         pair = assert_valid_image(report / "dehaze" / f"{name}.jpg")
         assert pair.shape[1] > 2 * pair.shape[0]  # raw and dehazed side by side
