@@ -243,12 +243,12 @@ def transmission(visible: np.ndarray, airlight: np.ndarray, params: DehazeParams
     to_unit = np.float32(1.0 / white)
     if subsample > 1:
         # The coarse grid needs only the coarse raw transmission: shrink the eroded chip instead of computing
-        # the ratio at full size and shrinking that. The eroded chip is piecewise constant over patch-sized
-        # blocks, so a bilinear sample does as well as an area mean here (48.6 vs 48.9 dB on the real
-        # chips' worst case) at a fifth of the cost.
+        # the ratio at full size and shrinking that. Both shrinks are bilinear (a 2x2 mean per 4x4 block), a
+        # quarter of an area mean's cost; on the 533 real chips the worst chip is 49.0 dB from the float64
+        # exact-filter reference with them (48.6 dB with an area mean for the grey guide).
         raw = _raw_transmission(_shrink(eroded, subsample, cv2.INTER_LINEAR), airlight, params.omega)
         radius = max(1, int(round(params.guided_radius / subsample)))
-        mean_a, mean_b = _guided_coefficients(_shrink(grey, subsample).astype(np.float32) * to_unit, raw, radius,
+        mean_a, mean_b = _guided_coefficients(_shrink(grey, subsample, cv2.INTER_LINEAR).astype(np.float32) * to_unit, raw, radius,
                                               params.guided_eps)
     else:
         raw = _raw_transmission(eroded, airlight, params.omega)
