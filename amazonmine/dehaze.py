@@ -138,7 +138,8 @@ def atmospheric_light(img: np.ndarray, dark: np.ndarray, top_fraction: float) ->
 
     flat = dark.reshape(-1)
     k = max(1, int(round(top_fraction * flat.size)))
-    if flat.dtype in (np.uint8, np.uint16):
+    # (calcHist counts in float32, exact up to 2**24 pixels per level: beyond that, whole scenes, partition.)
+    if flat.dtype in (np.uint8, np.uint16) and flat.size < 2 ** 24:
         # The k-th largest value from a histogram: one pass over the pixels, where a partition of all 65k
         # values was a fifth of the whole dehaze math. It is the highest level with >= k pixels at or above.
         levels = 256 if flat.dtype == np.uint8 else 65536
@@ -366,8 +367,8 @@ def _folder_pairs(cfg, src: Path, dst: Path) -> list[tuple[str, Path, Path]]:
 
 
 def _remove_stale_temporaries(folder: Path) -> None:
-    # A killed run (SIGKILL, power loss) leaves the temporary file of the write in flight (io.atomic_path's
-    # ".<stem>.<random>.tmp<ext>"): never a finished chip, so safe to delete before starting again.
+    # A killed run (SIGKILL, power loss) leaves the temporary file of the write in flight (io's
+    # ".<stem>.<pid or random>.tmp<ext>"): never a finished chip, so safe to delete before starting again.
     if folder.is_dir():
         for entry in os.scandir(folder):
             if entry.name.startswith(".") and ".tmp." in entry.name and entry.is_file():

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import secrets
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
@@ -37,16 +38,7 @@ def write_bytes_atomic(path: str | Path, data: bytes) -> None:
     path = os.fspath(path)
     folder, name = os.path.split(path)
     stem, suffix = os.path.splitext(name)
-    # A per-process name needs no random draws and no retry loop; O_EXCL still refuses a leftover of a killed
-    # process that had the same pid, or another thread writing the same file: those fall back to mkstemp.
-    tmp = os.path.join(folder, f".{stem}.{os.getpid()}.tmp{suffix}")
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
-    except FileNotFoundError:
-        os.makedirs(folder or ".", exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{stem}.", suffix=f".tmp{suffix}", dir=folder or ".")
-    except FileExistsError:
-        fd, tmp = tempfile.mkstemp(prefix=f".{stem}.", suffix=f".tmp{suffix}", dir=folder or ".")
+    fd, tmp = _open_temporary(folder, stem, suffix)
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
@@ -55,6 +47,30 @@ def write_bytes_atomic(path: str | Path, data: bytes) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def _open_temporary(folder: str, stem: str, suffix: str) -> tuple[int, str]:
+    """A new file ".<stem>.<tag>.tmp<suffix>" in ``folder`` (created if missing), opened for writing.
+
+    The tag is the pid first: no random draws on the hot path. O_EXCL refuses a leftover of a killed process
+    that had the same pid, or another thread writing the same file; those get a random tag. Permissions are
+    the umask's, as for any file the user writes (mkstemp would make them owner-only).
+    """
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    tags = [str(os.getpid())] + [secrets.token_hex(4) for _ in range(20)]
+    for attempt, tag in enumerate(tags):
+        tmp = os.path.join(folder, f".{stem}.{tag}.tmp{suffix}")
+        try:
+            return os.open(tmp, flags, 0o666), tmp
+        except FileNotFoundError:
+            if attempt:
+                raise
+            os.makedirs(folder or ".", exist_ok=True)
+            with contextlib.suppress(FileExistsError):
+                return os.open(tmp, flags, 0o666), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"{folder}: no free temporary name for {stem}{suffix}")
 
 
 def write_text_atomic(path: str | Path, text: str) -> None:

@@ -265,7 +265,7 @@ def _gallery(out: Path, cfg, oof: OofSet, pred: np.ndarray) -> tuple[str, bool]:
     size, n = cfg.evaluate.thumbnail, cfg.evaluate.gallery_size
     parts = ['<h2 id="gallery">Mine chips</h2>',
              f"<p>Read from {_e(' or '.join(map(str, folders)))}. Imagery by Planet, CC BY-SA 4.0.</p>"]
-    unreadable = 0
+    unreadable: set[str] = set()
 
     def tags_of(i: int) -> str:
         return " ".join(t for t, on in zip(LABELS, oof.y_true[i]) if on)
@@ -283,7 +283,7 @@ def _gallery(out: Path, cfg, oof: OofSet, pred: np.ndarray) -> tuple[str, bool]:
         parts.append(f"<h3>{label}: the {len(order)} most confident, {found} truly {label} "
                      f"(green; red: false alarm)</h3>")
         parts.append('<div class="grid">' + "".join(html for html, _ in figures) + "</div>")
-        unreadable += sum(1 for _, read in figures if not read)
+        unreadable.update(oof.names[i] for i, (_, read) in zip(order, figures) if not read)
         # Every true chip of the label, least confident first: the misses a recall-weighted score cares about.
         all_true = np.flatnonzero(oof.y_true[:, j])
         true_rows = all_true[np.argsort(oof.probs[all_true, j], kind="stable")][:n]
@@ -299,10 +299,10 @@ def _gallery(out: Path, cfg, oof: OofSet, pred: np.ndarray) -> tuple[str, bool]:
                      f"(green: found; red: missed){shown}</h3>")
         parts.append('<div class="grid">' + ("".join(html for html, _ in figures) or "<p>none in these chips</p>")
                      + "</div>")
-        unreadable += sum(1 for _, read in figures if not read)
+        unreadable.update(oof.names[i] for i, (_, read) in zip(true_rows, figures) if not read)
     if unreadable:
-        parts.insert(2, _missing(f"{unreadable} gallery chips could not be read (see their boxes)."))
-    return "".join(parts), unreadable == 0
+        parts.insert(2, _missing(f"{len(unreadable)} gallery chips could not be read (see their boxes)."))
+    return "".join(parts), not unreadable
 
 
 def _dehaze_pairs(out: Path, cfg, frame, matrix) -> tuple[str, bool]:

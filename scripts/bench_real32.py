@@ -555,8 +555,8 @@ def _fit_and_score(y, p, tc, weather: bool, seed: int) -> dict:
     decided = decode(p, fitted, weather).astype(bool)
     truth = y.astype(bool)
     # Recall at the tuned thresholds of the labels oversampling is for (each under 1% of the chips).
-    rare_recall = {name: float((decided[:, j] & truth[:, j]).sum() / max(1, truth[:, j].sum()))
-                   for j, name in enumerate(LABELS) if name in RARE_LABELS}
+    rare_recall = {name: float((decided[:, j] & truth[:, j]).sum() / truth[:, j].sum()) if truth[:, j].any()
+                   else float("nan") for j, name in enumerate(LABELS) if name in RARE_LABELS}
     return {"flat": mean_f2(y, decode(p, flat, weather)), "tuned": mean_f2(y, decode(p, fitted, weather)),
             "tuned_crossfit": float(np.mean(cross)), "rare_recall": rare_recall}
 
@@ -685,7 +685,8 @@ def ablate_training(bench: Bench, cfg, fold: int, budget: list[str]) -> list[dic
     """One fold without oversampling and with dehazing, each in its own run folder, against a baseline: the main
     run's own fold, or, when ``budget`` overrides are given, the baseline retrained under the same overrides."""
     base = cfg.run_dir
-    tag = "_abl" if budget else ""
+    # The overrides are in the folder names, so a run with another budget never reuses these models.
+    tag = "_abl_" + "_".join(re.sub(r"[^A-Za-z0-9]+", "", item.split(".")[-1]) for item in budget) if budget else ""
     variants = [
         ("no oversampling", Path(f"{base}{tag}_no_oversample"), ["split.rare_target=0"], False),
         ("dehaze on", Path(f"{base}{tag}_dehaze"), ["dehaze.enabled=true"], True),
@@ -694,9 +695,13 @@ def ablate_training(bench: Bench, cfg, fold: int, budget: list[str]) -> list[dic
         variants.insert(0, ("baseline", Path(f"{base}{tag}_baseline"), [], False))
         rows = []
     else:
-        rows = [{"run": "baseline (this run)", "run_dir": str(base), **(oof_scores(cfg, base, fold) or {})}]
+        summary = base / f"fold{fold}" / "summary.json"
+        train = json.loads(summary.read_text()) if summary.is_file() else {}
+        rows = [{"run": "baseline (this run)", "run_dir": str(base), "train": train,
+                 **(oof_scores(cfg, base, fold) or {})}]
     for title, run_dir, extra, dehaze in variants:
-        extra = [*extra, *budget, f"run.dir={run_dir}", f"train.folds=[{fold}]"]
+        # The arm's own setting last, so no budget override can undo what the arm is about.
+        extra = [*budget, *extra, f"run.dir={run_dir}", f"train.folds=[{fold}]"]
         vcfg = bench.config(extra)
         label = f"[{title}] "
         if dehaze:
@@ -831,14 +836,19 @@ def render(report: dict) -> str:
                     continue
                 rec = r.get("rare_recall") or {}
                 train = r.get("train") or {}
+                known = [v for v in rec.values() if v == v]  # labels with true chips in this fold
+
+                def recall(name):
+                    value = rec.get(name, float("nan"))
+                    return "-" if value != value else f"{value:.3f}"
+
                 rows.append([r["run"], r["chips"], f"{r['flat']:.4f}", f"{r['tuned']:.4f}",
-                             f"{r['tuned_crossfit']:.4f}", f"{rec.get('artisinal_mine', float('nan')):.3f}",
-                             f"{rec.get('conventional_mine', float('nan')):.3f}",
-                             f"{sum(rec.values()) / max(1, len(rec)):.3f}",
+                             f"{r['tuned_crossfit']:.4f}", recall("artisinal_mine"), recall("conventional_mine"),
+                             f"{sum(known) / len(known):.3f}" if known else "-",
                              hms(train.get("train_seconds_this_session")), r["run_dir"]])
             lines += _grid(rows, "lrrrrrrrrl")
             lines.append("  rare-label rec: mean recall over artisinal_mine, blooming, blow_down, conventional_mine, "
-                         "selective_logging, slash_burn.")
+                         "selective_logging, slash_burn (those with true chips in the fold).")
         else:
             lines.append("oversampling on/off and dehaze on/off: not measured by this run (each needs its own "
                          "training; add --ablate-train)")

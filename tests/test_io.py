@@ -35,3 +35,18 @@ def test_failed_write_keeps_the_old_file_and_removes_the_temporary(tmp_path):
         write_bytes_atomic(target, object())  # not bytes: the write itself fails
     assert target.read_bytes() == b"old"
     assert _entries(tmp_path) == ["chip.jpg"]
+
+
+def test_permissions_follow_the_umask_on_every_path(tmp_path):
+    umask = os.umask(0)
+    os.umask(umask)
+    expected = 0o666 & ~umask
+    fresh = tmp_path / "new" / "chip.jpg"  # folder created on the way
+    write_bytes_atomic(fresh, b"x")
+    (tmp_path / f".taken.{os.getpid()}.tmp.jpg").write_bytes(b"")  # the pid's name is taken
+    taken = tmp_path / "taken.jpg"
+    write_bytes_atomic(taken, b"y")
+    plain = tmp_path / "plain.jpg"
+    write_bytes_atomic(plain, b"z")
+    for path in (fresh, taken, plain):
+        assert path.stat().st_mode & 0o777 == expected, path
