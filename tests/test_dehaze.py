@@ -111,6 +111,25 @@ def test_airlight_is_brightest_pixel_among_top_dark_channel_with_ties():
     np.testing.assert_array_equal(a, [210, 220, 230])
 
 
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.float32])
+@pytest.mark.parametrize("kind", ["spread", "near_top", "flat", "zeros"])
+def test_airlight_matches_a_full_sort(dtype, kind):
+    # Every branch of the k-th value search (window + partition, histogram for flat chips, plain partition
+    # for floats) against the rule itself: sort, take the k-th largest, the brightest pixel at or above it.
+    rng = np.random.default_rng(0)
+    top = 1.0 if dtype == np.float32 else float(np.iinfo(dtype).max)
+    n = 64 * 64
+    dark = {"spread": rng.random(n) * top, "near_top": top - rng.integers(0, 6, n) * (top / 255),
+            "flat": np.full(n, 0.7 * top), "zeros": np.zeros(n)}[kind].astype(dtype).reshape(64, 64)
+    img = (rng.random((64, 64, 3)) * top).astype(dtype)
+    for fraction in (0.001, 0.02, 1.0):
+        k = max(1, round(fraction * n))
+        kth = np.sort(dark.ravel())[::-1][k - 1]
+        colours = img.reshape(-1, 3)[dark.ravel() >= kth].astype(np.float64)
+        expected = colours[np.argmax(colours.sum(axis=1))]
+        np.testing.assert_array_equal(dh.atmospheric_light(img, dark, fraction), expected)
+
+
 def test_guided_filter_keeps_constants_and_edges_of_its_guide():
     flat = np.full((40, 40), 0.3, dtype=np.float32)
     guide = np.zeros((40, 40), dtype=np.float32)
