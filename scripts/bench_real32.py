@@ -614,7 +614,8 @@ def view_probabilities(cfg, folds: list[int]):
         chips = preflight([folder / f"{names[i]}{layout.ext}" for i in rows], size, cache=True,
                           expected_size=cfg.data.chip_size, desc=f"ablation fold {k}: reading chips")
 
-        @tf.function(reduce_retracing=True)
+        # No Python control flow inside: AutoGraph has nothing to convert (and warned about the closure).
+        @tf.function(reduce_retracing=True, autograph=False)
         def infer(x, view):
             return tf.cast(model(dihedral_tf(x, view), training=False), tf.float32)
 
