@@ -263,13 +263,12 @@ def transmission(visible: np.ndarray, airlight: np.ndarray, params: DehazeParams
         # quarter of an area mean's cost; on the 533 real chips the worst chip is 49.0 dB from the float64
         # exact-filter reference with them (48.6 dB with an area mean for the grey guide).
         raw = _raw_transmission(_shrink(eroded, subsample, cv2.INTER_LINEAR), airlight, params.omega)
+        coarse_grey = _shrink(grey, subsample, cv2.INTER_LINEAR)
         radius = max(1, int(round(params.guided_radius / subsample)))
-        mean_a, mean_b = _guided_coefficients(_shrink(grey, subsample, cv2.INTER_LINEAR).astype(np.float32) * to_unit, raw, radius,
-                                              params.guided_eps)
     else:
         raw = _raw_transmission(eroded, airlight, params.omega)
-        mean_a, mean_b = _guided_coefficients(grey.astype(np.float32) * to_unit, raw, params.guided_radius,
-                                              params.guided_eps)
+        coarse_grey, radius = grey, params.guided_radius
+    mean_a, mean_b = _guided_coefficients(coarse_grey.astype(np.float32) * to_unit, raw, radius, params.guided_eps)
     mean_a *= to_unit
     refined = _apply_coefficients(grey, mean_a, mean_b)
     np.clip(refined, np.float32(params.t0), np.float32(1.0), out=refined)

@@ -10,7 +10,6 @@ import contextlib
 import json
 import os
 import secrets
-import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -19,10 +18,9 @@ from typing import Any, Iterator
 def atomic_path(path: str | Path, suffix: str | None = None) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     # Keep the real extension last: some writers (OpenCV, Keras, matplotlib) choose the format by it.
     suffix = path.suffix if suffix is None else suffix
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{suffix}", dir=path.parent)
+    fd, tmp = _open_temporary(str(path.parent), path.stem, suffix)
     os.close(fd)
     tmp_path = Path(tmp)
     try:
