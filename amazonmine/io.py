@@ -1,7 +1,9 @@
 """Atomic writes and the run folder.
 
-Every artifact is written to a temporary name in the same folder and renamed into place, so a run killed
-at any moment leaves either the old file or the new one, never half of one.
+Every artifact is written to a temporary file in the same folder and only then given its name, so a run killed
+at any moment leaves either the old file or the new one, never half of one. On Linux the temporary has no name
+at all (O_TMPFILE) and is linked in when whole; elsewhere, and to replace an existing file, it is a hidden
+".<stem>.<tag>.tmp<ext>" renamed into place.
 """
 
 from __future__ import annotations
@@ -32,9 +34,11 @@ def atomic_path(path: str | Path, suffix: str | None = None) -> Iterator[Path]:
 
 
 def write_bytes_atomic(path: str | Path, data: bytes) -> None:
-    """Bytes to ``path`` via a temp file and rename. The hot path of dehaze: one open, one write, one rename."""
+    """Bytes to ``path``, whole or not at all. The hot path of dehaze (one call per chip)."""
     path = os.fspath(path)
     folder, name = os.path.split(path)
+    if _write_unnamed(folder, path, data):
+        return
     stem, suffix = os.path.splitext(name)
     fd, tmp = _open_temporary(folder, stem, suffix)
     try:
@@ -45,6 +49,49 @@ def write_bytes_atomic(path: str | Path, data: bytes) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+# Folders where an unnamed temporary file is not available (filesystem without O_TMPFILE, e.g. some network
+# mounts): asked once each, then written through a named temporary.
+_NO_UNNAMED: set[str] = set()
+
+
+def _write_unnamed(folder: str, path: str, data: bytes) -> bool:
+    """Linux: write into an unnamed file in ``folder`` (O_TMPFILE) and give it its name once it is whole.
+
+    Nothing is ever visible under a temporary name, so a killed process leaves nothing behind, and there is no
+    rename. On this project's ext4 test machine, with two dehaze workers writing into one folder, this costs
+    about half the kernel time of creating a named file (scripts/bench_dehaze.py shows the write costs).
+    Returns False, having written nothing, where the caller must use a named temporary instead: no O_TMPFILE
+    (other systems, some filesystems), a folder still to be created, no /proc, or ``path`` already exists (a
+    new link cannot replace a file; the rename can).
+    """
+    flag = getattr(os, "O_TMPFILE", 0)
+    folder = folder or "."
+    if not flag or folder in _NO_UNNAMED:
+        return False
+    try:
+        fd = os.open(folder, flag | os.O_WRONLY, 0o666)  # permissions: the umask's, as for any new file
+    except FileNotFoundError:
+        return False
+    except OSError:  # EOPNOTSUPP, EISDIR (kernels before 3.11), EINVAL: not available here
+        _NO_UNNAMED.add(folder)
+        return False
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        try:
+            # linkat(AT_SYMLINK_FOLLOW) through /proc names the open file. os.link only calls linkat when given
+            # a directory fd; the source path is absolute, so the kernel ignores which one.
+            os.link(f"/proc/self/fd/{fd}", path, src_dir_fd=fd, follow_symlinks=True)
+        except OSError:
+            # Exists already, no /proc, ...: the unnamed file vanishes when closed, and the named-temporary
+            # path writes again (and raises the real error if there is one).
+            return False
+        return True
+    finally:
+        os.close(fd)
 
 
 def _open_temporary(folder: str, stem: str, suffix: str) -> tuple[int, str]:

@@ -6,7 +6,22 @@ import os
 
 import pytest
 
+from amazonmine import io as amio
 from amazonmine.io import write_bytes_atomic
+
+UNNAMED = bool(getattr(os, "O_TMPFILE", 0)) and os.path.isdir("/proc/self/fd")
+
+
+@pytest.fixture(params=["unnamed", "named"], autouse=True)
+def temporary_kind(request, monkeypatch):
+    """Every test runs twice: with Linux's unnamed temporary (O_TMPFILE + link) and with the named-temporary
+    path that other systems, and replacing an existing file, take."""
+    if request.param == "named":
+        monkeypatch.setattr(os, "O_TMPFILE", 0, raising=False)
+    elif not UNNAMED:
+        pytest.skip("no O_TMPFILE or /proc here")
+    return request.param
+
 
 def _entries(folder):
     return sorted(os.listdir(folder))
@@ -50,3 +65,45 @@ def test_permissions_follow_the_umask_on_every_path(tmp_path):
     write_bytes_atomic(plain, b"z")
     for path in (fresh, taken, plain):
         assert path.stat().st_mode & 0o777 == expected, path
+
+
+def test_new_file_on_linux_is_never_renamed_into_place(tmp_path, monkeypatch, temporary_kind):
+    renames = []
+    real_replace = os.replace
+    monkeypatch.setattr(os, "replace", lambda a, b: (renames.append(b), real_replace(a, b)))
+    write_bytes_atomic(tmp_path / "chip.jpg", b"new")
+    write_bytes_atomic(tmp_path / "chip.jpg", b"newer")  # a link cannot replace: the rename does
+    assert (tmp_path / "chip.jpg").read_bytes() == b"newer"
+    assert _entries(tmp_path) == ["chip.jpg"]
+    expected = [str(tmp_path / "chip.jpg")] * (1 if temporary_kind == "unnamed" else 2)
+    assert [os.fspath(r) for r in renames] == expected
+
+
+def test_write_interrupted_part_way_leaves_nothing(tmp_path, monkeypatch):
+    real_write = os.write
+
+    def write_half_then_fail(fd, data):
+        real_write(fd, bytes(data[: len(data) // 2]))
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "write", write_half_then_fail)
+    monkeypatch.setattr(amio.os, "fdopen", lambda fd, mode: _FailingFile(fd))
+    with pytest.raises(OSError, match="No space"):
+        write_bytes_atomic(tmp_path / "chip.jpg", b"0123456789" * 100)
+    assert _entries(tmp_path) == []
+
+
+class _FailingFile:
+    """What os.fdopen returns, failing after half the bytes as a full disk would."""
+
+    def __init__(self, fd):
+        self.fd = fd
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        os.close(self.fd)
+
+    def write(self, data):
+        os.write(self.fd, data)
