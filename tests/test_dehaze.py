@@ -390,3 +390,15 @@ def test_dehaze_never_imports_tensorflow():
     code = "import sys, amazonmine.dehaze, amazonmine.cli; print('tensorflow' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.float32])
+def test_min_filter_is_the_minimum_over_the_part_of_the_patch_inside_the_chip(dtype):
+    rng = np.random.default_rng(3)
+    img = (rng.random((37, 29, 3)) * (250 if dtype == np.uint8 else 60000)).astype(dtype)
+    patch = 7
+    out = dh.min_filter(img, patch)
+    half = patch // 2
+    for y, x in [(0, 0), (0, 28), (36, 0), (36, 28), (18, 14), (2, 27)]:
+        window = img[max(0, y - half):y + half + 1, max(0, x - half):x + half + 1]
+        np.testing.assert_array_equal(out[y, x], window.reshape(-1, 3).min(axis=0))
