@@ -9,6 +9,7 @@ at all (O_TMPFILE) and is linked in when whole; elsewhere, and to replace an exi
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import secrets
@@ -52,8 +53,10 @@ def write_bytes_atomic(path: str | Path, data: bytes) -> None:
 
 
 # Folders where an unnamed temporary file is not available (filesystem without O_TMPFILE, e.g. some network
-# mounts): asked once each, then written through a named temporary.
+# mounts; no /proc): asked once each, then written through a named temporary.
 _NO_UNNAMED: set[str] = set()
+# open(O_TMPFILE) errors that mean "not supported here" (EISDIR: kernels before 3.11), not a passing problem.
+_UNSUPPORTED = {errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL}
 
 
 def _write_unnamed(folder: str, path: str, data: bytes) -> bool:
@@ -63,20 +66,19 @@ def _write_unnamed(folder: str, path: str, data: bytes) -> bool:
     rename. Measured on this project's ext4 VM with two processes writing real chips into one folder: never
     slower than a plain open() and write, and in a period when that disk's writes were slow, half the kernel
     time (0.62 vs 1.2 ms per file).
-    Returns False, having written nothing, where the caller must use a named temporary instead: no O_TMPFILE
+    Returns False, leaving nothing visible, where the caller must use a named temporary instead: no O_TMPFILE
     (other systems, some filesystems), a folder still to be created, no /proc, or ``path`` already exists (a
-    new link cannot replace a file; the rename can).
+    new link cannot replace a file; the rename can). Any other error is left for the named path to report.
     """
     flag = getattr(os, "O_TMPFILE", 0)
     folder = folder or "."
-    if not flag or folder in _NO_UNNAMED or os.link not in os.supports_dir_fd:
+    if not flag or folder in _NO_UNNAMED or os.link not in os.supports_dir_fd or os.path.lexists(path):
         return False
     try:
         fd = os.open(folder, flag | os.O_WRONLY, 0o666)  # permissions: the umask's, as for any new file
-    except FileNotFoundError:
-        return False
-    except OSError:  # EOPNOTSUPP, EISDIR (kernels before 3.11), EINVAL: not available here
-        _NO_UNNAMED.add(folder)
+    except OSError as exc:
+        if exc.errno in _UNSUPPORTED:
+            _NO_UNNAMED.add(folder)
         return False
     try:
         view = memoryview(data)
@@ -86,9 +88,11 @@ def _write_unnamed(folder: str, path: str, data: bytes) -> bool:
             # linkat(AT_SYMLINK_FOLLOW) through /proc names the open file. os.link only calls linkat when given
             # a directory fd; the source path is absolute, so the kernel ignores which one.
             os.link(f"/proc/self/fd/{fd}", path, src_dir_fd=fd, follow_symlinks=True)
-        except OSError:
-            # Exists already, no /proc, ...: the unnamed file vanishes when closed, and the named-temporary
+        except OSError as exc:
+            # Created meanwhile, no /proc, ...: the unnamed file vanishes when closed, and the named-temporary
             # path writes again (and raises the real error if there is one).
+            if exc.errno in (errno.ENOENT, errno.EPERM):  # no /proc, or linking not allowed: not worth a retry
+                _NO_UNNAMED.add(folder)
             return False
         return True
     finally:

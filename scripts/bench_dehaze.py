@@ -7,8 +7,9 @@
 2. The whole stage: ``run_dehaze`` (what ``amazonmine dehaze SRC DST`` runs, minus interpreter start-up) over a
    folder of JPEGs against a bare loop over the same files with the same number of processes: read bytes,
    cv2.imdecode, cv2.imencode (quality 95), write. A second bare loop writes with the stage's own atomic
-   writer (amazonmine.io.write_bytes_atomic), so its ratio counts only the dehaze math and the stage's
-   bookkeeping, whatever the disk's writes cost that minute (on this project's VM they swing tenfold). The folder holds ``--copies`` copies of each chip (2,132
+   writer (amazonmine.io.write_bytes_atomic), so its ratio leaves the writer out, whatever the disk's writes
+   cost that minute (on this project's VM they swing tenfold): what remains is the dehaze math, encoding the
+   (larger) dehazed JPEG, and the stage's bookkeeping (folder scans, worker start, the stats CSV). The folder holds ``--copies`` copies of each chip (2,132
    files from the 533 real chips by default), so the stage's fixed start-up weighs on the ratio about as
    little as on a real folder; the three loops take turns going first, each pass after the previous output is
    deleted and flushed to disk. Target: >= 0.5 of the bare loop's chips per second.

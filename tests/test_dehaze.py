@@ -402,3 +402,23 @@ def test_min_filter_is_the_minimum_over_the_part_of_the_patch_inside_the_chip(dt
     for y, x in [(0, 0), (0, 28), (36, 0), (36, 28), (18, 14), (2, 27)]:
         window = img[max(0, y - half):y + half + 1, max(0, x - half):x + half + 1]
         np.testing.assert_array_equal(out[y, x], window.reshape(-1, 3).min(axis=0))
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (4, 1), (1, 4), (3, 5)])
+def test_tiny_chips_dehaze_without_error(shape):
+    # OpenCV's wrapper can take a 1x1 or 4x1 array for a scalar: the math must not depend on that.
+    rng = np.random.default_rng(0)
+    img = rng.integers(40, 220, size=(*shape, 3), dtype=np.uint8)
+    out = dh.dehaze_image(img, dh.DehazeParams())
+    assert out.image.shape == img.shape and out.image.dtype == np.uint8
+    assert 0.0 < out.t_mean <= 1.0
+
+
+@pytest.mark.parametrize("n_jobs, workers", [(0, 2), (1, 2), (2, 2), (3, 2), (8, 8), (16, 8), (2132, 2)])
+def test_chunks_cover_every_job_once_and_keep_every_worker_busy(n_jobs, workers):
+    chunks = dh._chunks(list(range(n_jobs)), workers)
+    assert [j for chunk in chunks for j in chunk] == list(range(n_jobs))
+    assert len(chunks) >= min(workers, n_jobs)
+    assert all(1 <= len(c) <= 64 for c in chunks)
+    if n_jobs > 100:  # the tail shrinks: the last chunk is far smaller than the first
+        assert len(chunks[-1]) * 8 <= len(chunks[0])

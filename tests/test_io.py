@@ -79,8 +79,11 @@ def test_new_file_on_linux_is_never_renamed_into_place(tmp_path, monkeypatch, te
     assert [os.fspath(r) for r in renames] == expected
 
 
-def test_write_interrupted_part_way_leaves_nothing(tmp_path, monkeypatch):
+def test_write_interrupted_part_way_leaves_nothing(tmp_path, monkeypatch, temporary_kind):
     real_write = os.write
+    named = []
+    real_open_temporary = amio._open_temporary
+    monkeypatch.setattr(amio, "_open_temporary", lambda *a: named.append(a) or real_open_temporary(*a))
 
     def write_half_then_fail(fd, data):
         real_write(fd, bytes(data[: len(data) // 2]))
@@ -91,6 +94,19 @@ def test_write_interrupted_part_way_leaves_nothing(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="No space"):
         write_bytes_atomic(tmp_path / "chip.jpg", b"0123456789" * 100)
     assert _entries(tmp_path) == []
+    # The unnamed write raised itself, rather than falling back to a named temporary that failed the same way.
+    assert len(named) == (0 if temporary_kind == "unnamed" else 1)
+
+
+def test_replacing_writes_once_through_the_named_temporary(tmp_path, monkeypatch):
+    target = tmp_path / "chip.jpg"
+    target.write_bytes(b"old")
+    writes = []
+    real_write = os.write
+    monkeypatch.setattr(os, "write", lambda fd, data: writes.append(len(data)) or real_write(fd, data))
+    write_bytes_atomic(target, b"new")
+    assert target.read_bytes() == b"new"
+    assert writes == []  # the unnamed path, which writes with os.write, was not tried for an existing file
 
 
 class _FailingFile:
