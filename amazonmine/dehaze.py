@@ -60,6 +60,11 @@ ERRORS_NAME = "dehaze_errors.csv"
 STATS_COLUMNS = ("file", "A_b", "A_g", "A_r", "t_mean", "method")
 CHIP_SUFFIXES = {".jpg": "jpg", ".jpeg": "jpg", ".tif": "tif", ".tiff": "tif"}
 JPEG_QUALITY = 95
+# Dehazed JPEGs keep colour at full resolution, as Kaggle's chips store it (no chroma subsampling). OpenCV's
+# default 4:2:0 halves it: on the 533 real 256 px chips the written chip was then 39.4 dB mean (33.9 dB worst)
+# PSNR from the dehazed pixels, against 46.7 (41.7) dB at 4:4:4, and a mine is a few pixels of odd colour.
+# The price: 26 instead of 17 KB per chip, and 0.30 instead of 0.18 ms to encode.
+JPEG_FULL_CHROMA = True
 # The guided filter's output is smooth at the scale of its radius, so its coefficients can be computed on a
 # grid subsampled by this factor and interpolated back (He & Sun, "Fast Guided Filter", 2015): 16x fewer box
 # filter pixels. On the 533 real 256 px chips the dehazed output stays above 48 dB PSNR from a float64
@@ -335,7 +340,7 @@ def dehaze_image(img: np.ndarray, params: DehazeParams) -> DehazeResult:
 
 def _encode(img: np.ndarray, fmt: str, name: str) -> bytes:
     try:
-        return encode_tif(img) if fmt == "tif" else encode_jpeg(img, JPEG_QUALITY)
+        return encode_tif(img) if fmt == "tif" else encode_jpeg(img, JPEG_QUALITY, JPEG_FULL_CHROMA)
     except DataError as exc:
         raise DataError(f"{name}: {exc}") from None
 

@@ -358,10 +358,14 @@ def to_tif_pixels(bands: np.ndarray) -> np.ndarray:
     return np.clip(bands * 10000.0 + 1500.0, 0, 65535).astype(np.uint16)
 
 
-def encode_jpeg(bgr: np.ndarray, quality: int = 95) -> bytes:
+def encode_jpeg(bgr: np.ndarray, quality: int = 95, full_chroma: bool = False) -> bytes:
+    """JPEG bytes; ``full_chroma`` keeps colour at full resolution (4:4:4) instead of OpenCV's default 4:2:0."""
     import cv2
 
-    ok, buf = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, quality])
+    params = [cv2.IMWRITE_JPEG_QUALITY, quality]
+    if full_chroma:
+        params += [cv2.IMWRITE_JPEG_SAMPLING_FACTOR, cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444]
+    ok, buf = cv2.imencode(".jpg", bgr, params)
     if not ok:  # pragma: no cover
         raise DataError("JPEG encoding failed")
     return buf.tobytes()

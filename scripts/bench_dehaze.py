@@ -6,13 +6,15 @@
    Target: >= 5x faster, outputs within >= 35 dB PSNR of the reference on every chip.
 2. The whole stage: ``run_dehaze`` (what ``amazonmine dehaze SRC DST`` runs, minus interpreter start-up) over a
    folder of JPEGs against a bare loop over the same files with the same number of processes: read bytes,
-   cv2.imdecode, cv2.imencode (quality 95), write. A second bare loop writes with the stage's own atomic
-   writer (amazonmine.io.write_bytes_atomic), so its ratio leaves the writer out, whatever the disk's writes
-   cost that minute (on this project's VM they swing tenfold): what remains is the dehaze math, encoding the
-   (larger) dehazed JPEG, and the stage's bookkeeping (folder scans, worker start, the stats CSV). The folder holds ``--copies`` copies of each chip (2,132
-   files from the 533 real chips by default), so the stage's fixed start-up weighs on the ratio about as
-   little as on a real folder; the three loops take turns going first, each pass after the previous output is
-   deleted and flushed to disk. Target: >= 0.5 of the bare loop's chips per second.
+   cv2.imdecode, JPEG encode with the stage's own settings (quality 95, full-resolution chroma like Kaggle's
+   chips), write. A second bare loop writes with the stage's own atomic writer
+   (amazonmine.io.write_bytes_atomic), so its ratio leaves the writer out, whatever the disk's writes cost that
+   minute (on this project's VM they swing tenfold): what remains is the dehaze math, encoding the (larger)
+   dehazed JPEG, and the stage's bookkeeping (folder scans, worker start, the stats CSV). The folder holds
+   ``--copies`` copies of each chip (2,132 files from the 533 real chips by default), so the stage's fixed
+   start-up weighs on the ratio about as little as on a real folder; the three loops take turns going first,
+   each pass after the previous output is deleted and flushed to disk. Target: >= 0.5 of the bare loop's
+   chips per second.
 
 Input: the real 256 px Kaggle chips in ../shared/data/planet_real_256/train-jpg when present (real pixels beat
 synthetic ones), else ``--synthetic`` chips from ``amazonmine.synth.make_dataset``; or any ``--chips DIR``.
@@ -40,7 +42,8 @@ import numpy as np
 
 from amazonmine.config import load_config
 from amazonmine.data import DataError, read_image
-from amazonmine.dehaze import DehazeParams, dehaze_image, init_worker, run_dehaze
+from amazonmine.dehaze import (JPEG_FULL_CHROMA, JPEG_QUALITY, DehazeParams, dehaze_image, init_worker,
+                               run_dehaze)
 from amazonmine.io import write_bytes_atomic
 from amazonmine.synth import encode_jpeg
 
@@ -171,7 +174,7 @@ def breakdown(src: Path, work: Path) -> None:
     out.mkdir()
     params = DehazeParams()
     images = [read_image(p) for p in files]
-    encoded = [encode_jpeg(img) for img in images]
+    encoded = [encode_jpeg(img, JPEG_QUALITY, JPEG_FULL_CHROMA) for img in images]
 
     def per_chip(fn) -> float:
         start = time.perf_counter()
@@ -183,7 +186,7 @@ def breakdown(src: Path, work: Path) -> None:
         "cv2.imdecode": per_chip(lambda i, p: cv2.imdecode(np.fromfile(p, np.uint8), cv2.IMREAD_UNCHANGED)),
         "read_image": per_chip(lambda i, p: read_image(p)),
         "dehaze math": per_chip(lambda i, p: dehaze_image(images[i], params)),
-        "encode": per_chip(lambda i, p: encode_jpeg(images[i])),
+        "encode": per_chip(lambda i, p: encode_jpeg(images[i], JPEG_QUALITY, JPEG_FULL_CHROMA)),
         "plain write": per_chip(lambda i, p: (out / f"plain_{p.name}").write_bytes(encoded[i])),
         "atomic write": per_chip(lambda i, p: write_bytes_atomic(out / p.name, encoded[i])),
     }
@@ -195,11 +198,12 @@ def breakdown(src: Path, work: Path) -> None:
 def _bare_one(job: tuple[str, str, bool]) -> None:
     src, dst, atomic = job
     img = cv2.imdecode(np.fromfile(src, np.uint8), cv2.IMREAD_UNCHANGED)
-    ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 95])
+    # Encoded as the stage encodes its output (quality, chroma sampling): the same JPEG I/O on both sides.
+    data = encode_jpeg(img, JPEG_QUALITY, JPEG_FULL_CHROMA)
     if atomic:
-        write_bytes_atomic(dst, buf.tobytes())
+        write_bytes_atomic(dst, data)
     else:
-        Path(dst).write_bytes(buf.tobytes())
+        Path(dst).write_bytes(data)
 
 
 def bare_loop(src: Path, dst: Path, workers: int, atomic: bool = False) -> float:

@@ -422,3 +422,33 @@ def test_chunks_cover_every_job_once_and_keep_every_worker_busy(n_jobs, workers)
     assert all(1 <= len(c) <= 64 for c in chunks)
     if n_jobs > 100:  # the tail shrinks: the last chunk is far smaller than the first
         assert len(chunks[-1]) * 8 <= len(chunks[0])
+
+
+def _jpeg_sampling_factors(data: bytes) -> list[tuple[int, int]]:
+    """(horizontal, vertical) sampling factor of each component, from the JPEG's start-of-frame marker."""
+    i = 2
+    while i + 4 <= len(data):
+        marker = data[i + 1]
+        length = int.from_bytes(data[i + 2:i + 4], "big")
+        if marker in (0xC0, 0xC1, 0xC2):
+            n = data[i + 9]
+            return [(data[i + 11 + 3 * k] >> 4, data[i + 11 + 3 * k] & 15) for k in range(n)]
+        i += 2 + length
+    raise AssertionError("no start-of-frame marker")
+
+
+def test_dehazed_jpeg_keeps_colour_at_full_resolution(tmp_path):
+    # Kaggle's chips store colour unsubsampled; OpenCV's default 4:2:0 would halve a mine's colour detail.
+    chip = paint_chip(["haze", "primary", "artisinal_mine", "water"], 64, np.random.default_rng(5))
+    src = tmp_path / "chip.jpg"
+    src.write_bytes(encode_jpeg(to_jpeg_pixels(chip.bands), full_chroma=True))
+    result = dh.dehaze_file(src, tmp_path / "out" / "chip.jpg", dh.DehazeParams(patch=7, guided_radius=8))
+    written = (tmp_path / "out" / "chip.jpg").read_bytes()
+    assert _jpeg_sampling_factors(written) == [(1, 1)] * 3
+    assert _jpeg_sampling_factors(encode_jpeg(result.image)) == [(2, 2), (1, 1), (1, 1)]  # the parser can tell
+
+    def decode(data: bytes) -> np.ndarray:
+        return cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+
+    # Closer to the dehazed pixels than OpenCV's default encoding would be.
+    assert psnr(decode(written), result.image, 255) > psnr(decode(encode_jpeg(result.image)), result.image, 255)
