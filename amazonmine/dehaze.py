@@ -151,13 +151,15 @@ def atmospheric_light(img: np.ndarray, dark: np.ndarray, top_fraction: float) ->
     kth = candidates = None
     if flat.dtype.kind in "ui":
         # The k-th largest value. The 0.1% sought usually lie within a few levels of the maximum: widen a
-        # window below it (1, 4, 16, ... levels; one counting pass each) until it holds k pixels, then
-        # partition those few hundred values. Partitioning all 65k pixels cost a fifth of the dehaze math.
-        top = int(flat.max())
-        low, width = top, 1
-        while low > 0 and _count_at_least(flat, low) < k:
-            low, width = max(0, top - width), width * 4
-        near = np.flatnonzero(flat >= low)
+        # window below it (4, 16, 64, ... levels; one pass each) until it holds k pixels, then partition those
+        # few hundred values. Partitioning all 65k pixels cost a fifth of the dehaze math.
+        top, width = int(flat.max()), 4
+        while True:
+            low = max(0, top - width + 1)
+            near = np.flatnonzero(flat >= low)
+            if near.size >= k or low == 0:
+                break
+            width *= 4
         if near.size <= _AIRLIGHT_PARTITION_MAX:
             values = flat[near]
             kth = values[np.argpartition(values, values.size - k)[values.size - k]]
@@ -176,14 +178,6 @@ def atmospheric_light(img: np.ndarray, dark: np.ndarray, top_fraction: float) ->
     # Intensity as an exact integer sum for integer chips (a matrix product: row sums of 3 are slow in NumPy).
     colours = colours.astype(np.float64 if colours.dtype.kind == "f" else np.int64)
     return colours[np.argmax(colours @ np.ones(3, colours.dtype))].astype(np.float64)
-
-
-def _count_at_least(flat: np.ndarray, low: int) -> int:
-    import cv2
-
-    if flat.dtype in (np.uint8, np.uint16):  # OpenCV's vectorised threshold and count: 3x NumPy's
-        return cv2.countNonZero(cv2.threshold(flat.reshape(1, -1), low - 1, 1, cv2.THRESH_BINARY)[1])
-    return int(np.count_nonzero(flat >= low))
 
 
 def _guided_coefficients(g: np.ndarray, p: np.ndarray, radius: int, eps: float) -> tuple[np.ndarray, np.ndarray]:
@@ -548,8 +542,6 @@ def run_dehaze(cfg, src: str | Path | None = None, dst: str | Path | None = None
     Chips already in ``dst`` are skipped unless ``overwrite``. Unreadable chips are listed in
     ``dst/dehaze_errors.csv`` and in ``summary.failed``; the others are still processed.
     """
-    from tqdm import tqdm
-
     start = time.perf_counter()
     params = DehazeParams.from_config(cfg.dehaze)
     src = Path(cfg.data.root if src is None else src)
@@ -562,6 +554,18 @@ def run_dehaze(cfg, src: str | Path | None = None, dst: str | Path | None = None
             raise AmazonmineError(f"{out_dir}: output folder is the source folder; choose another DST")
         if out_dir.exists() and not out_dir.is_dir():
             raise AmazonmineError(f"{out_dir}: output path exists and is not a folder")
+
+    n_workers = _resolve_workers(workers, cfg)
+    # The worker processes boot while the folders are scanned below (each takes ~25 ms to start).
+    with _worker_pool(n_workers) as pool:
+        summary = _dehaze_folders(cfg, params, src, dst, pairs, pool, n_workers, overwrite)
+    summary.seconds = time.perf_counter() - start
+    return summary
+
+
+def _dehaze_folders(cfg, params: DehazeParams, src: Path, dst: Path, pairs: list[tuple[str, Path, Path]], pool,
+                    n_workers: int, overwrite: bool) -> DehazeSummary:
+    from tqdm import tqdm
 
     stats_path, errors_path = dst / STATS_NAME, dst / ERRORS_NAME
     for folder in {dst, *(out_dir for _, _, out_dir in pairs)}:
@@ -585,7 +589,7 @@ def run_dehaze(cfg, src: str | Path | None = None, dst: str | Path | None = None
     dst.mkdir(parents=True, exist_ok=True)
 
     rows = dict(previous)
-    n_workers = min(_resolve_workers(workers, cfg), max(1, len(jobs)))
+    n_workers = min(n_workers, max(1, len(jobs)))
     last_save = time.perf_counter()
 
     def save_stats() -> None:
@@ -611,13 +615,13 @@ def run_dehaze(cfg, src: str | Path | None = None, dst: str | Path | None = None
 
     try:
         with tqdm(total=len(jobs), desc="dehaze", unit="chip", disable=None) as bar:
-            if n_workers == 1:
+            if pool is None or n_workers == 1:
                 with _as_worker():
                     for job in jobs:
                         collect(_process_chunk([job], params, cfg.data.chip_size))
                         bar.update(1)
             else:
-                _run_pool(jobs, n_workers, params, cfg.data.chip_size, collect, bar)
+                _run_chunks(pool, jobs, n_workers, params, cfg.data.chip_size, collect, bar)
     except OSError as exc:
         raise AmazonmineError(f"{exc.filename or dst}: cannot write dehazed chip ({exc.strerror or exc})") from None
     finally:
@@ -634,7 +638,6 @@ def run_dehaze(cfg, src: str | Path | None = None, dst: str | Path | None = None
         errors_path.unlink()  # a stale list from an earlier run would name chips that are now fine
     if not cfg.dehaze.enabled:
         summary.note = "dehaze.enabled is false, so later stages read the original chips, not these"
-    summary.seconds = time.perf_counter() - start
     return summary
 
 
@@ -651,9 +654,14 @@ def _drop_vanished(rows: dict[str, dict[str, str]], pairs: list[tuple[str, Path,
             del rows[key]
 
 
-def _run_pool(jobs: list[_Job], n_workers: int, params: DehazeParams, expected_size: int, collect, bar) -> None:
+@contextlib.contextmanager
+def _worker_pool(n_workers: int):
+    """A started process pool of ``n_workers`` dehaze workers (None for 1: the caller works in-process)."""
+    if n_workers <= 1:
+        yield None
+        return
     import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from concurrent.futures import ProcessPoolExecutor
 
     # forkserver, not fork: workers start clean even if the parent has TensorFlow (or an OpenCV thread pool)
     # loaded. The server imports these once and each worker is a cheap fork of it; "__main__" (the default
@@ -664,12 +672,21 @@ def _run_pool(jobs: list[_Job], n_workers: int, params: DehazeParams, expected_s
     pool = ProcessPoolExecutor(max_workers=n_workers, mp_context=ctx, initializer=_pool_worker_init,
                                initargs=(parent_alive,))
     try:
-        futures = {pool.submit(_process_chunk, chunk, params, expected_size): len(chunk)
-                   for chunk in _chunks(jobs, n_workers)}
-        for fut in as_completed(futures):
-            collect(fut.result())
-            bar.update(futures[fut])
+        for _ in range(n_workers):  # each submission starts a process while none is idle: start them all now
+            pool.submit(int)
+        yield pool
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
         keep_alive.close()
         parent_alive.close()
+
+
+def _run_chunks(pool, jobs: list[_Job], n_workers: int, params: DehazeParams, expected_size: int, collect,
+                bar) -> None:
+    from concurrent.futures import as_completed
+
+    futures = {pool.submit(_process_chunk, chunk, params, expected_size): len(chunk)
+               for chunk in _chunks(jobs, n_workers)}
+    for fut in as_completed(futures):
+        collect(fut.result())
+        bar.update(futures[fut])
