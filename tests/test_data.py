@@ -200,3 +200,22 @@ def test_real_256_labels_and_chips_load(real256, make_cfg):
     frame, matrix = PlanetLayout.from_config(cfg.data).load_train()
     assert len(frame) == 533
     assert matrix[:, LABELS.index("artisinal_mine")].sum() == 3
+
+
+def test_read_bytes_returns_the_whole_file_even_if_it_grew_since_fstat(tmp_path, monkeypatch):
+    import os
+
+    from amazonmine import data as data_module
+
+    payload = np.random.default_rng(0).integers(0, 256, 3_000_000, dtype=np.uint8).tobytes()
+    path = tmp_path / "big.bin"
+    path.write_bytes(payload)
+    assert data_module._read_bytes(path) == payload
+    real_fstat = os.fstat
+
+    class Smaller:  # what fstat said before the file grew
+        def __init__(self, st):
+            self.st_size = st.st_size // 3
+
+    monkeypatch.setattr(os, "fstat", lambda fd: Smaller(real_fstat(fd)))
+    assert data_module._read_bytes(path) == payload
