@@ -194,16 +194,21 @@ def tta_predict_fn(model, tta: int):
 
     Calling a tf.function per batch keeps memory flat, unlike ``model.predict`` in a Python loop.
     """
+    import functools
+
     import tensorflow as tf
 
-    views = TTA_VIEWS[tta]
+    # A partial, not a closure: TensorFlow counts traces per Python code object, so the closures of several
+    # models (folds, before/after BatchNorm recalibration) added up to its "frequent retracing" warning,
+    # although each traces only once or twice (full batches, then the last, shorter one).
+    return tf.function(functools.partial(_tta_mean, model, TTA_VIEWS[tta]), reduce_retracing=True)
 
-    @tf.function(reduce_retracing=True)
-    def infer(x):
-        outs = [tf.cast(model(dihedral_tf(x, k), training=False), tf.float32) for k in views]
-        return tf.add_n(outs) / float(len(outs))
 
-    return infer
+def _tta_mean(model, views, x):
+    import tensorflow as tf
+
+    outs = [tf.cast(model(dihedral_tf(x, k), training=False), tf.float32) for k in views]
+    return tf.add_n(outs) / float(len(outs))
 
 
 def predict_dataset(infer, dataset, total: int, progress: bool = True, desc: str = "predict") -> np.ndarray:
