@@ -102,6 +102,32 @@ def test_tta_is_invariant_to_the_chip_orientation():
                   - single(tf.constant(x)).numpy()).max() > 1e-4
 
 
+def test_inference_functions_of_several_models_do_not_warn_of_retracing():
+    # Train and predict build one TTA function per model (folds, before/after BatchNorm recalibration); each
+    # traces once or twice, which must not add up to TensorFlow's "frequent retracing" warning.
+    import logging
+
+    import tensorflow as tf
+
+    from amazonmine.config import load_config
+    from amazonmine.model import build_model
+    from amazonmine.pipeline import tta_predict_fn
+
+    cfg = load_config(None, ["train.backbone=densenet_mini", "train.mini_blocks=[1]", "train.image_size=32"])
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    tf.get_logger().addHandler(handler)
+    try:
+        for _ in range(6):
+            infer = tta_predict_fn(build_model(cfg.train), 1)
+            for n in (4, 3):  # full batches, then the shorter last one
+                infer(tf.zeros((n, 32, 32, 3)))
+    finally:
+        tf.get_logger().removeHandler(handler)
+    assert not [r for r in records if "retracing" in r.getMessage()]
+
+
 def test_validate_submission_catches_the_classic_mistakes(tmp_path):
     sample = tmp_path / "sample.csv"
     pd.DataFrame({"image_name": ["test_0", "test_1", "file_0"], "tags": "clear"}).to_csv(sample, index=False)
