@@ -328,9 +328,14 @@ def dehaze_image(img: np.ndarray, params: DehazeParams) -> DehazeResult:
 
 # --- one file ------------------------------------------------------------------------------------------------
 
+def encode_output_jpeg(img: np.ndarray) -> bytes:
+    """A dehazed chip as the stage writes it: JPEG quality JPEG_QUALITY, colour at full resolution."""
+    return encode_jpeg(img, JPEG_QUALITY, JPEG_FULL_CHROMA)
+
+
 def _encode(img: np.ndarray, fmt: str, name: str) -> bytes:
     try:
-        return encode_tif(img) if fmt == "tif" else encode_jpeg(img, JPEG_QUALITY, JPEG_FULL_CHROMA)
+        return encode_tif(img) if fmt == "tif" else encode_output_jpeg(img)
     except DataError as exc:
         raise DataError(f"{name}: {exc}") from None
 

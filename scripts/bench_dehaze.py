@@ -42,10 +42,8 @@ import numpy as np
 
 from amazonmine.config import load_config
 from amazonmine.data import DataError, read_image
-from amazonmine.dehaze import (JPEG_FULL_CHROMA, JPEG_QUALITY, DehazeParams, dehaze_image, init_worker,
-                               run_dehaze)
+from amazonmine.dehaze import DehazeParams, dehaze_image, encode_output_jpeg, init_worker, run_dehaze
 from amazonmine.io import write_bytes_atomic
-from amazonmine.synth import encode_jpeg
 
 REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "planet_real_256" / "train-jpg"
 
@@ -174,7 +172,7 @@ def breakdown(src: Path, work: Path) -> None:
     out.mkdir()
     params = DehazeParams()
     images = [read_image(p) for p in files]
-    encoded = [encode_jpeg(img, JPEG_QUALITY, JPEG_FULL_CHROMA) for img in images]
+    encoded = [encode_output_jpeg(img) for img in images]
 
     def per_chip(fn) -> float:
         start = time.perf_counter()
@@ -186,7 +184,7 @@ def breakdown(src: Path, work: Path) -> None:
         "cv2.imdecode": per_chip(lambda i, p: cv2.imdecode(np.fromfile(p, np.uint8), cv2.IMREAD_UNCHANGED)),
         "read_image": per_chip(lambda i, p: read_image(p)),
         "dehaze math": per_chip(lambda i, p: dehaze_image(images[i], params)),
-        "encode": per_chip(lambda i, p: encode_jpeg(images[i], JPEG_QUALITY, JPEG_FULL_CHROMA)),
+        "encode": per_chip(lambda i, p: encode_output_jpeg(images[i])),
         "plain write": per_chip(lambda i, p: (out / f"plain_{p.name}").write_bytes(encoded[i])),
         "atomic write": per_chip(lambda i, p: write_bytes_atomic(out / p.name, encoded[i])),
     }
@@ -199,7 +197,7 @@ def _bare_one(job: tuple[str, str, bool]) -> None:
     src, dst, atomic = job
     img = cv2.imdecode(np.fromfile(src, np.uint8), cv2.IMREAD_UNCHANGED)
     # Encoded as the stage encodes its output (quality, chroma sampling): the same JPEG I/O on both sides.
-    data = encode_jpeg(img, JPEG_QUALITY, JPEG_FULL_CHROMA)
+    data = encode_output_jpeg(img)
     if atomic:
         write_bytes_atomic(dst, data)
     else:
