@@ -42,7 +42,8 @@ import numpy as np
 
 from amazonmine.config import load_config
 from amazonmine.data import DataError, read_image
-from amazonmine.dehaze import DehazeParams, dehaze_image, encode_output_jpeg, init_worker, run_dehaze
+from amazonmine.dehaze import (DehazeParams, dehaze_file, dehaze_image, encode_output_jpeg, init_worker,
+                               run_dehaze)
 from amazonmine.io import write_bytes_atomic
 
 REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "planet_real_256" / "train-jpg"
@@ -189,6 +190,43 @@ def breakdown(src: Path, work: Path) -> None:
         "atomic write": per_chip(lambda i, p: write_bytes_atomic(out / p.name, encoded[i])),
     }
     print("per chip, 1 process: " + ", ".join(f"{k} {v:.2f} ms" for k, v in steps.items()))
+    loop_gap(files, out, params, steps["dehaze math"])
+
+
+def loop_gap(files: list[Path], out: Path, params: DehazeParams, math_alone: float, rounds: int = 3) -> None:
+    """Where the stage's time per chip goes beyond the bare loop's, in one process, whole loops over the files:
+    the bare loop (read, decode, encode, write through the stage's writer), the same with the dehaze math
+    between decode and encode, and the stage's own per-chip function (its reader's checks on top). The math
+    in a loop between I/O calls costs more than the math alone over decoded chips, and the gap is printed."""
+    expected = read_image(files[0]).shape[0]
+
+    def bare(dst: Path, with_math: bool) -> None:
+        for path in files:
+            img = cv2.imdecode(np.fromfile(path, np.uint8), cv2.IMREAD_UNCHANGED)
+            if with_math:
+                img = dehaze_image(img, params).image
+            write_bytes_atomic(dst / path.name, encode_output_jpeg(img))
+
+    loops = {
+        "bare": lambda dst: bare(dst, False),
+        "bare + math": lambda dst: bare(dst, True),
+        "dehaze_file": lambda dst: [dehaze_file(p, dst / p.name, params, expected) for p in files],
+    }
+    best = {name: float("inf") for name in loops}
+    for rep in range(rounds):
+        for name, loop in loops.items():
+            dst = out / f"gap_{rep}_{name.replace(' + ', '_')}"
+            dst.mkdir()  # a fresh folder each pass: writing over existing files would cost differently
+            start = time.perf_counter()
+            loop(dst)
+            best[name] = min(best[name], (time.perf_counter() - start) / len(files) * 1e3)
+            shutil.rmtree(dst)
+    in_loop = best["bare + math"] - best["bare"]
+    print(f"whole loops, 1 process, best of {rounds}: bare {best['bare']:.2f} ms/chip; with the math "
+          f"{best['bare + math']:.2f} (the math costs {in_loop:.2f} ms there, {math_alone:.2f} alone: "
+          f"{in_loop - math_alone:+.2f} from running between I/O calls and encoding/writing the larger dehazed "
+          f"JPEG); dehaze_file {best['dehaze_file']:.2f} ({best['dehaze_file'] - best['bare + math']:+.2f} for "
+          f"the stage's reader checks); ratio bare / dehaze_file {best['bare'] / best['dehaze_file']:.2f}")
 
 
 # --- 2. the whole stage --------------------------------------------------------------------------------------
