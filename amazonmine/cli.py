@@ -20,16 +20,18 @@ from amazonmine import __version__  # noqa: E402
 from amazonmine.errors import AmazonmineError  # noqa: E402
 
 
-def _config_options(fn):
+def _config_options(fn=None, *, default: str = "built-in defaults"):
+    if fn is None:  # used as @_config_options(default=...)
+        return functools.partial(_config_options, default=default)
     fn = click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE",
                       help="Override one config value (repeatable), e.g. --set train.epochs=5.")(fn)
     fn = click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
-                      default=None, help="YAML config file (default: built-in defaults).")(fn)
+                      default=None, help=f"YAML config file (default: {default}).")(fn)
     return fn
 
 
 def _friendly(fn):
-    """Turn the package's own errors (and Ctrl-C) into one line and a non-zero exit, no traceback."""
+    """Turn the package's own errors, file-system errors and Ctrl-C into one line and a non-zero exit."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -41,6 +43,12 @@ def _friendly(fn):
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             sys.exit(130)
+        except OSError as exc:
+            # The disk or the file system refused (read-only folder, disk full, permissions): the file and
+            # the reason are what the user needs, not a traceback. Atomic writes left nothing half-written.
+            where = exc.filename if exc.filename2 is None else f"{exc.filename} -> {exc.filename2}"
+            click.echo(f"error: {where or 'file system'}: {exc.strerror or exc}", err=True)
+            sys.exit(2)
 
     return wrapper
 
@@ -130,14 +138,20 @@ def split(config_path, overrides):
 @click.option("--fold", "folds", type=int, multiple=True, help="Fold to train (repeatable).")
 @click.option("--all-folds", is_flag=True, help="Train every fold of the split.")
 @click.option("--gpu", is_flag=True, help="Require a GPU; mixed precision, several GPUs mirrored.")
-@click.option("--resume", is_flag=True, help="Continue an interrupted run from its last epoch checkpoint.")
+@click.option("--resume", is_flag=True,
+              help="Continue interrupted folds from their last epoch; finished folds are kept, new ones start.")
+@click.option("--retrain", is_flag=True, help="Train the folds again from scratch, replacing finished models.")
 @_friendly
-def train(config_path, overrides, folds, all_folds, gpu, resume):
-    """Train the DenseNet121 multi-label classifier; writes b01_dense121.h5 and out-of-fold predictions."""
+def train(config_path, overrides, folds, all_folds, gpu, resume, retrain):
+    """Train the DenseNet121 multi-label classifier; writes b01_dense121.h5 and out-of-fold predictions.
+
+    A fold already trained on the current split is kept, not retrained, unless --retrain.
+    """
     from amazonmine.train import resolve_folds, run_train
 
     cfg = _load(config_path, overrides)
-    for result in run_train(cfg, folds=resolve_folds(cfg, folds, all_folds), gpu=gpu, resume=resume):
+    for result in run_train(cfg, folds=resolve_folds(cfg, folds, all_folds), gpu=gpu, resume=resume,
+                            retrain=retrain):
         click.echo(result.headline())
 
 
@@ -183,7 +197,7 @@ def evaluate(config_path, overrides):
 @main.command(short_help="Run the whole pipeline on synthetic data (CPU, minutes).")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("runs/demo"),
               show_default=True, help="Folder for the generated data and the run.")
-@_config_options
+@_config_options(default="the packaged demo config, amazonmine/resources/demo.yaml")
 @_friendly
 def demo(out, config_path, overrides):
     """The whole pipeline on a freshly generated synthetic set, on the CPU, in a few minutes."""

@@ -301,14 +301,16 @@ class PlanetLayout:
         return frame, tags_to_matrix(frame["tags"], str(self.labels_csv))
 
     def list_test(self) -> list[tuple[str, Path]]:
-        """(image_name, path) of every test chip in the test folders that exist, sorted by name per folder."""
+        """(image_name, path) of every chip in the layout's format (.jpg or .tif) in the test folders that exist,
+        sorted by name per folder."""
         found: list[tuple[str, Path]] = []
+        ext = self.ext
         for folder in self.test_dirs:
             if not folder.is_dir():
                 continue
             for entry in sorted(os.scandir(folder), key=lambda e: e.name):
-                if entry.name.lower().endswith(".jpg") and not entry.name.startswith("."):
-                    found.append((entry.name[:-4], Path(entry.path)))
+                if entry.name.lower().endswith(ext) and not entry.name.startswith("."):
+                    found.append((entry.name[:-len(ext)], Path(entry.path)))
         names = [n for n, _ in found]
         if len(set(names)) != len(names):
             seen: set[str] = set()
@@ -324,11 +326,14 @@ def load_matrix_csv(path: str | Path, id_column: str = "image_name"):
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: file not found")
-    frame = pd.read_csv(path)
+    # Names as written: pandas would read "0001" as 1 and "NA" as missing. So every cell is read as text and
+    # only the label columns are made numbers; an empty or non-numeric one becomes NaN, for callers to report.
+    frame = pd.read_csv(path, dtype=str, keep_default_na=False)
     missing = [c for c in (id_column, *LABELS) if c not in frame.columns]
     if missing:
         raise DataError(f"{path}: missing column(s) {_offenders(missing)}")
-    return frame[id_column].astype(str).tolist(), frame[list(LABELS)].to_numpy(dtype=np.float32)
+    values = frame[list(LABELS)].apply(pd.to_numeric, errors="coerce")
+    return frame[id_column].tolist(), values.to_numpy(dtype=np.float32)
 
 
 # --- the dihedral group of the square ----------------------------------------------------------------------

@@ -6,11 +6,17 @@ come, so memory stays flat however many chips there are. Then ``submission.csv``
 format (``image_name,tags``, no file extension, rows in ``sample_submission_v2.csv`` order when that file is
 present, every chip once) and checked against the sample before the stage reports success: a public Planet
 solution lost places to a malformed submission file, so the file is validated, not just the model.
+
+Explicit inputs (folders or CSV lists) are not the competition's test set: their labels go to
+``predictions/labels.csv`` (same format and checks) and ``predictions/probabilities.csv`` in the run folder,
+leaving the run's Kaggle files alone, and with dehazing on each chip is dehazed in memory as it is read,
+since only the configured test folders have dehazed copies on disk.
 """
 
 from __future__ import annotations
 
 import csv
+import functools
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -24,6 +30,7 @@ from amazonmine.errors import AmazonmineError
 from amazonmine.io import atomic_path, write_csv_atomic
 
 CHUNK = 1024
+CHIP_SUFFIXES = (".jpg", ".jpeg", ".tif", ".tiff", ".png")
 # A chip that cannot be read still needs a row for Kaggle; it gets the training set's most common tag set.
 FALLBACK_TAGS = "clear primary"
 
@@ -78,8 +85,11 @@ def list_inputs(cfg, inputs: list[Path] | None) -> list[tuple[str, Path]]:
     for item in inputs:
         item = Path(item)
         if item.is_dir():
-            found += [(e.name.rsplit(".", 1)[0], Path(e.path)) for e in sorted(os.scandir(item), key=lambda e: e.name)
-                      if e.name.lower().endswith((".jpg", ".jpeg", ".tif", ".tiff", ".png")) and not e.name.startswith(".")]
+            chips = [(e.name.rsplit(".", 1)[0], Path(e.path)) for e in sorted(os.scandir(item), key=lambda e: e.name)
+                     if e.name.lower().endswith(CHIP_SUFFIXES) and not e.name.startswith(".")]
+            if not chips:
+                raise DataError(f"{item}: no chip files ({', '.join(CHIP_SUFFIXES)}) in this folder")
+            found += chips
         elif item.suffix.lower() == ".csv":
             found += _list_from_csv(item)
         else:
@@ -94,9 +104,18 @@ def _list_from_csv(path: Path) -> list[tuple[str, Path]]:
     """A CSV with image_name (and optionally path) columns; names resolve next to the CSV."""
     import pandas as pd
 
-    frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    if not path.is_file():
+        raise DataError(f"{path}: chip list not found")
+    try:
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except pd.errors.EmptyDataError:
+        raise DataError(f"{path}: empty file, no chips listed (expected an 'image_name' column)") from None
+    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path}: not a readable CSV ({str(exc).splitlines()[0]})") from None
     if "image_name" not in frame.columns:
         raise DataError(f"{path}: expected an 'image_name' column")
+    if frame.empty:
+        raise DataError(f"{path}: no chips listed (header only)")
     bad = [n for n in frame["image_name"] if not is_safe_name(n)]
     if bad:
         raise DataError(f"{path}: image names that would escape their folder: {bad[:5]}")
@@ -115,9 +134,14 @@ def find_models(cfg) -> list[Path]:
 
 # --- streaming inference -----------------------------------------------------------------------------------
 
-def _read_chunk(items, image_size: int, channels: int):
+def _read_chunk(items, image_size: int, channels: int, expected_size: int = 0, dehaze=None):
     """Pixels of a chunk at the model's input size, kept in the chips' own dtype (uint8 JPEG, uint16 TIF)
-    so a chunk of 256 px chips stays ~200 MB; cast to float32 one batch at a time."""
+    so a chunk of 256 px chips stays ~200 MB; cast to float32 one batch at a time.
+
+    ``expected_size`` refuses chips of another side (0 = any); ``dehaze`` (DehazeParams) dehazes each chip as
+    the dehaze stage would have, for inputs that have no dehazed copy on disk.
+    """
+    from amazonmine.dehaze import dehaze_image
     from amazonmine.pipeline import _resize, to_model_channels
 
     pixels = None
@@ -125,7 +149,10 @@ def _read_chunk(items, image_size: int, channels: int):
     errors: list[tuple[str, str]] = []
     for i, (name, path) in enumerate(items):
         try:
-            img = to_model_channels(read_image(path))
+            img = read_image(path, expected_size)
+            if dehaze is not None:
+                img = dehaze_image(img, dehaze).image
+            img = to_model_channels(img)
             if img.shape[2] != channels:
                 raise DataError(f"{path}: {img.shape[2]} bands, the model expects {channels}")
             if pixels is None:
@@ -134,16 +161,17 @@ def _read_chunk(items, image_size: int, channels: int):
             ok[i] = True
         except DataError as exc:
             errors.append((name, str(exc)))
-    if pixels is None:
-        pixels = np.zeros((0, image_size, image_size, channels), np.uint8)
+    if pixels is None:  # no chip of the chunk could be read
+        return np.zeros((0, image_size, image_size, channels), np.uint8), ok, errors
     return (pixels if ok.all() else pixels[ok]), ok, errors
 
 
 def stream_probabilities(models, chips: list[tuple[str, Path]], tta: int, batch_size: int, out_csv: Path,
-                         progress: bool = True) -> list[tuple[str, str]]:
+                         progress: bool = True, expected_size: int = 0, dehaze=None) -> list[tuple[str, str]]:
     """Write image_name + 17 mean probabilities per readable chip to out_csv (atomically).
 
-    Returns (image_name, problem) for every chip that could not be read.
+    Returns (image_name, problem) for every chip that could not be read. ``expected_size`` and ``dehaze`` are
+    passed to :func:`_read_chunk`.
     """
     import tensorflow as tf
     from tqdm import tqdm
@@ -163,11 +191,13 @@ def stream_probabilities(models, chips: list[tuple[str, Path]], tta: int, batch_
             tqdm(total=len(chips), desc="predict", unit="chip", disable=not progress, mininterval=1.0) as bar:
         writer = csv.writer(fh)
         writer.writerow(["image_name", *LABELS])
-        pending = pool.submit(_read_chunk, chunks[0], image_size, channels) if chunks else None
+        read = functools.partial(_read_chunk, image_size=image_size, channels=channels,
+                                 expected_size=expected_size, dehaze=dehaze)
+        pending = pool.submit(read, chunks[0]) if chunks else None
         for index, chunk in enumerate(chunks):
             good, ok, errors = pending.result()
             # Read the next chunk while the model works on this one.
-            pending = pool.submit(_read_chunk, chunks[index + 1], image_size, channels) if index + 1 < len(chunks) else None
+            pending = pool.submit(read, chunks[index + 1]) if index + 1 < len(chunks) else None
             failures += errors
             total = np.zeros((len(good), len(LABELS)), np.float64)
             for start in range(0, len(good), batch_size):
@@ -226,9 +256,10 @@ def write_submission(probs_csv: Path, out: Path, thresholds, weather_decoding: b
 
     from amazonmine.tune import decode
 
-    frame = pd.read_csv(probs_csv)
+    # Names as written: pandas would read "0001" as 1 and "NA" as missing, and no row would find its chip.
+    frame = pd.read_csv(probs_csv, dtype={"image_name": str}, keep_default_na=False)
     decided = decode(frame[list(LABELS)].to_numpy(np.float32), thresholds, weather_decoding)
-    tags = dict(zip(frame["image_name"].astype(str), matrix_to_tags(decided)))
+    tags = dict(zip(frame["image_name"], matrix_to_tags(decided)))
     not_in_sample = 0
     if sample is not None and sample.is_file():
         order = pd.read_csv(sample, dtype=str, keep_default_na=False)["image_name"].tolist()
@@ -244,24 +275,34 @@ def write_submission(probs_csv: Path, out: Path, thresholds, weather_decoding: b
 
 def run_predict(cfg, inputs: list[Path] | None = None, allow_missing: bool = False, gpu: bool = False,
                 progress: bool = True) -> PredictSummary:
+    from amazonmine.dehaze import DehazeParams
     from amazonmine.model import load_trained
     from amazonmine.train import setup_device
     from amazonmine.tune import load_thresholds
 
     thresholds, weather_decoding = load_thresholds(cfg.run_dir)
+    explicit = bool(inputs or cfg.predict.inputs)
     chips = list_inputs(cfg, inputs)
     model_paths = find_models(cfg)
     setup_device(gpu)
     models = [load_trained(p) for p in model_paths]
-    probs_csv = cfg.run_dir / "test_probabilities.csv"
+    if explicit:
+        # Not the competition's test set: keep the Kaggle files of the run as they are.
+        out_dir = cfg.run_dir / "predictions"
+        probs_csv, submission = out_dir / "probabilities.csv", out_dir / "labels.csv"
+    else:
+        out_dir = cfg.run_dir
+        probs_csv, submission = out_dir / "test_probabilities.csv", out_dir / "submission.csv"
+    # The models learnt from dehazed chips; the default test folders are read from their dehazed copies.
+    dehaze = DehazeParams.from_config(cfg.dehaze) if explicit and cfg.dehaze.enabled else None
     started = time.perf_counter()
-    failures = stream_probabilities(models, chips, cfg.predict.tta, cfg.predict.batch_size, probs_csv, progress)
+    failures = stream_probabilities(models, chips, cfg.predict.tta, cfg.predict.batch_size, probs_csv, progress,
+                                    expected_size=cfg.data.chip_size, dehaze=dehaze)
     seconds = time.perf_counter() - started
     layout = PlanetLayout.from_config(cfg.data)
     # The sample's order applies when labelling the competition's own test folders.
-    sample = layout.sample_submission if not inputs and not cfg.predict.inputs else None
+    sample = None if explicit else layout.sample_submission
     read_names = {n for n, _ in chips}
-    submission = cfg.run_dir / "submission.csv"
     counts, not_in_sample, missing = write_submission(probs_csv, submission, thresholds, weather_decoding,
                                                       sample, [name for name, _ in chips])
     # Unreadable chips are in `failures`; a sample row with no chip file at all is added here.
@@ -271,9 +312,12 @@ def run_predict(cfg, inputs: list[Path] | None = None, allow_missing: bool = Fal
     problems = validate_submission(submission, sample)
     if problems:
         raise AmazonmineError(f"{submission}: invalid submission: " + "; ".join(problems))
+    failures_csv = out_dir / "predict_failures.csv"
     if failed:
         import pandas as pd
 
-        write_csv_atomic(cfg.run_dir / "predict_failures.csv", pd.DataFrame({"problem": failed}))
+        write_csv_atomic(failures_csv, pd.DataFrame({"problem": failed}))
+    elif failures_csv.exists():
+        failures_csv.unlink()  # a stale list from an earlier run would name chips that are now fine
     return PredictSummary(submission, probs_csv, len(chips), len(models), cfg.predict.tta, seconds, failed,
                           counts, not_in_sample)

@@ -43,9 +43,10 @@ class TrainResult:
     def headline(self) -> str:
         s = self.summary
         if s.get("skipped"):
-            return f"fold {self.fold}: already trained ({self.model_path}); use --resume or a new run.dir to retrain"
-        return (f"fold {self.fold}: best epoch {s['best_epoch']} val F2@0.2 {s['best_val_f2']:.4f} "
+            return f"fold {self.fold}: already trained ({self.model_path}), kept; --retrain trains it again"
+        line = (f"fold {self.fold}: best epoch {s['best_epoch']} val F2@0.2 {s['best_val_f2']:.4f} "
                 f"(OOF with TTA {s['oof_f2_flat']:.4f}), {s['train_images_per_s']:.0f} img/s -> {self.model_path}")
+        return line + (f"\n  note: {s['note']}" if s.get("note") else "")
 
 
 def resolve_folds(cfg, folds=(), all_folds: bool = False) -> list[int]:
@@ -248,6 +249,12 @@ class ResumeState:
             model.save_weights(tmp)
         write_json_atomic(self.meta, {"epoch": epoch, "best_val_f2": self.best})
 
+    def saved_epoch(self) -> int | str:
+        try:
+            return int(_read_json(self.meta)["epoch"])
+        except (AmazonmineError, KeyError, TypeError, ValueError):
+            return "?"
+
     def restore(self, model) -> int:
         meta = json.loads(self.meta.read_text())
         if not model.optimizer.built:
@@ -263,6 +270,44 @@ class ResumeState:
                 p.unlink()
         if self.folder.is_dir() and not any(self.folder.iterdir()):
             self.folder.rmdir()
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise AmazonmineError(f"{path}: cannot read ({exc})") from None
+    if not isinstance(data, dict):
+        raise AmazonmineError(f"{path}: expected a JSON object")
+    return data
+
+
+def model_settings(cfg) -> dict:
+    """The settings a fold's model depends on (train.*, except those that only change speed or output, and
+    which chips it reads), recorded in its summary: a re-run with other settings is refused, not skipped."""
+    import dataclasses
+
+    ignored = {"verbose", "folds", "cache"}
+    settings = {f"train.{k}": v for k, v in dataclasses.asdict(cfg.train).items() if k not in ignored}
+    settings.update({"dehaze.enabled": cfg.dehaze.enabled, "data.image_format": cfg.data.image_format,
+                     "data.chip_size": cfg.data.chip_size})
+    return json.loads(json.dumps(settings, default=str))  # as it reads back from summary.json
+
+
+def split_fingerprint(run_dir: Path) -> str:
+    """SHA-256 of the split's files (folds.csv, train_manifest.csv): which split a fold was trained on. The
+    split is byte-for-byte reproducible, so re-running it with the same inputs keeps the fingerprint."""
+    import hashlib
+
+    from amazonmine.split import FOLDS_CSV, MANIFEST_CSV
+
+    digest = hashlib.sha256()
+    for name in (FOLDS_CSV, MANIFEST_CSV):
+        path = run_dir / name
+        if not path.is_file():
+            raise DataError(f"{path}: not found; run 'amazonmine split' first")
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
 
 
 # --- data for one fold -------------------------------------------------------------------------------------
@@ -300,7 +345,8 @@ def load_fold_plan(cfg, fold: int):
 
 # --- the stage ---------------------------------------------------------------------------------------------
 
-def train_fold(cfg, fold: int, strategy, gpu: bool = False, resume: bool = False) -> TrainResult:
+def train_fold(cfg, fold: int, strategy, gpu: bool = False, resume: bool = False,
+               retrain: bool = False) -> TrainResult:
     import keras
 
     from amazonmine.model import build_model, check_backbone, pixel_scale
@@ -311,11 +357,29 @@ def train_fold(cfg, fold: int, strategy, gpu: bool = False, resume: bool = False
     model_path = fold_dir / tc.artifact_name
     summary_path = fold_dir / "summary.json"
     state = ResumeState(fold_dir / "resume")
-    if summary_path.is_file() and model_path.is_file() and not state.exists() and resume:
-        return TrainResult(fold, model_path, {"skipped": True})
-    if resume and not state.exists():
-        raise AmazonmineError(f"{fold_dir}: nothing to resume (no resume/ state); run without --resume")
-    fold_dir.mkdir(parents=True, exist_ok=True)
+    split_id = split_fingerprint(cfg.run_dir)
+    note = None
+    # A finished fold is never retrained by accident (its model may have cost hours), nor an interrupted one
+    # restarted from scratch: both need --retrain. --resume continues whatever there is, so it can be given
+    # to a whole run: finished folds are kept, interrupted ones continue, the others start.
+    if state.exists() and not (resume or retrain):
+        raise AmazonmineError(f"{fold_dir}: an interrupted run is saved in resume/ (after epoch "
+                              f"{state.saved_epoch()}); continue it with --resume, or start the fold over "
+                              f"with --retrain")
+    settings = model_settings(cfg)
+    if not retrain and not state.exists() and summary_path.is_file() and model_path.is_file():
+        finished = _read_json(summary_path)
+        trained_on = finished.get("split_sha256")
+        if trained_on in (None, split_id):  # None: a summary from before the fingerprint was recorded
+            changed = [f"{k} {finished['settings'][k]!r} -> {v!r}" for k, v in settings.items()
+                       if "settings" in finished and finished["settings"].get(k, v) != v]
+            if changed:
+                raise AmazonmineError(f"{fold_dir}: fold {fold} was trained with other settings "
+                                      f"({'; '.join(changed[:4])}); --retrain trains it with these, or use a "
+                                      f"new run.dir")
+            return TrainResult(fold, model_path, {"skipped": True})
+        note = "the split changed since this fold was trained: trained again on the new split"
+    resume = resume and not retrain and state.exists()
     check_backbone(tc)
 
     frame, matrix, train_rows, transforms, val_rows, layout = load_fold_plan(cfg, fold)
@@ -343,6 +407,7 @@ def train_fold(cfg, fold: int, strategy, gpu: bool = False, resume: bool = False
     if tc.steps_per_epoch:
         train_ds = train_ds.repeat()
 
+    fold_dir.mkdir(parents=True, exist_ok=True)  # only now: a run refused above leaves no empty folder
     MeanF2 = _keras_parts()
     with strategy.scope():
         model = build_model(tc, channels=chips.channels, image_format=cfg.data.image_format)
@@ -363,6 +428,11 @@ def train_fold(cfg, fold: int, strategy, gpu: bool = False, resume: bool = False
     except KeyboardInterrupt:
         # The interrupted epoch's progress is kept in the weights; it is counted as not done.
         done = _epochs_done(fold_dir / "history.csv")
+        if done == 0 or not model.optimizer.built:
+            # Nothing finished, and an optimizer that never stepped saves empty slots that cannot be loaded.
+            state.clear()
+            raise AmazonmineError(f"interrupted during the first epoch of fold {fold}: nothing to resume; "
+                                  f"run 'amazonmine train --fold {fold}' again") from None
         state.save(model, done)
         raise AmazonmineError(f"interrupted: resume state saved in {state.folder} after epoch {done}; "
                               f"continue with 'amazonmine train --fold {fold} --resume'") from None
@@ -388,10 +458,16 @@ def train_fold(cfg, fold: int, strategy, gpu: bool = False, resume: bool = False
         layers_done = recalibrate_batchnorm(best_model, calib, tc.bn_recalibration_batches)
         after = mean_f2(y_val, predict_dataset(tta_predict_fn(best_model, 1), val_eval, len(val_rows),
                                                progress=False) >= FLAT_THRESHOLD)
-        with atomic_path(model_path) as tmp:
-            best_model.save(tmp, include_optimizer=False)
+        # Kept only if it does not lower validation F2: the same rule, on the same chips, that chose the
+        # checkpoint. On small folds the batch statistics can be noisier than the moving averages.
+        kept = after >= before
+        if kept:
+            with atomic_path(model_path) as tmp:
+                best_model.save(tmp, include_optimizer=False)
+        else:
+            best_model = load_trained(model_path)
         recalibration = {"batches": tc.bn_recalibration_batches, "layers": layers_done,
-                         "val_f2_before": before, "val_f2_after": after}
+                         "val_f2_before": before, "val_f2_after": after, "kept": kept}
     infer = tta_predict_fn(best_model, cfg.predict.tta)
     oof = predict_dataset(infer, val_eval, len(val_rows), progress=tc.verbose > 0, desc=f"OOF fold {fold}")
     import pandas as pd
@@ -420,6 +496,9 @@ def train_fold(cfg, fold: int, strategy, gpu: bool = False, resume: bool = False
         "replicas": replicas,
         "mixed_precision": bool(gpu),
         "bn_recalibration": recalibration,
+        "split_sha256": split_id,
+        "settings": settings,
+        "note": note,
     }
     write_json_atomic(summary_path, summary)
     state.clear()
@@ -479,8 +558,15 @@ def _epochs_done(history_csv: Path) -> int:
         return 0
 
 
-def run_train(cfg, folds: list[int] | None = None, gpu: bool = False, resume: bool = False):
-    """Train each requested fold in turn (yielding a TrainResult per fold as it finishes)."""
+def run_train(cfg, folds: list[int] | None = None, gpu: bool = False, resume: bool = False,
+              retrain: bool = False):
+    """Train each requested fold in turn (yielding a TrainResult per fold as it finishes).
+
+    A fold already trained on the current split is kept (its result says skipped) unless ``retrain``; one
+    with an interrupted run saved needs ``resume`` (continue) or ``retrain`` (start over).
+    """
+    if resume and retrain:
+        raise AmazonmineError("--resume and --retrain exclude each other: continue a fold, or start it over")
     strategy = setup_device(gpu)
     if not gpu and cfg.train.deterministic:
         import tensorflow as tf
@@ -490,7 +576,7 @@ def run_train(cfg, folds: list[int] | None = None, gpu: bool = False, resume: bo
     prepare_run_dir(cfg)
     with _terminate_as_interrupt():
         for fold in folds if folds is not None else resolve_folds(cfg):
-            yield train_fold(cfg, fold, strategy, gpu=gpu, resume=resume)
+            yield train_fold(cfg, fold, strategy, gpu=gpu, resume=resume, retrain=retrain)
 
 
 @contextlib.contextmanager

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-from amazonmine.data import LABELS, apply_dihedral
+from amazonmine.data import LABELS, apply_dihedral, matrix_to_tags, read_image
 from amazonmine.errors import AmazonmineError
 from amazonmine.predict import validate_submission
 
@@ -171,3 +171,104 @@ def test_explicit_folder_keeps_every_chip_in_input_order(run, tmp_path):
     assert sub["image_name"].tolist() == names  # the unreadable chip keeps its row, in place
     assert sub.loc[sub["image_name"] == names[3], "tags"].item() == FALLBACK_TAGS
     assert len(summary.failed) == 1 and f"{names[3]}.jpg: truncated or corrupt" in summary.failed[0]
+
+
+def _copy_run(run, tmp_path, *extra):
+    """A private copy of the trained run (tests write into it) and its config."""
+    from amazonmine.config import load_config
+
+    base, sets = run
+    shutil.copytree(base / "run", tmp_path / "run")
+    return load_config(None, sets + [f"run.dir={tmp_path / 'run'}", *extra])
+
+
+def test_a_folder_of_only_corrupt_chips_gets_fallback_rows(run, tmp_path):
+    from amazonmine.cli import main
+    from amazonmine.predict import FALLBACK_TAGS
+
+    base, sets = run
+    folder = tmp_path / "chips"
+    folder.mkdir()
+    for name in ("x", "y"):
+        (folder / f"{name}.jpg").write_bytes(b"garbage")
+    shutil.copytree(base / "run", tmp_path / "run")
+    args = ["predict", str(folder), "--allow-missing"] + [a for s in sets for a in ("--set", s)] \
+        + ["--set", f"run.dir={tmp_path / 'run'}"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert "2 chip(s) missing or unreadable" in result.output
+    out = tmp_path / "run" / "predictions"
+    labels = pd.read_csv(out / "labels.csv", dtype=str, keep_default_na=False)
+    assert labels.values.tolist() == [["x", FALLBACK_TAGS], ["y", FALLBACK_TAGS]]
+    assert len(pd.read_csv(out / "predict_failures.csv")) == 2
+
+
+def test_chips_of_the_wrong_size_are_refused(run, tmp_path):
+    import cv2
+
+    from amazonmine.predict import FALLBACK_TAGS, run_predict
+
+    base, _ = run
+    folder = tmp_path / "chips"
+    shutil.copytree(base / "data" / "test-jpg", folder)
+    small = sorted(folder.glob("*.jpg"))[0]
+    cv2.imwrite(str(small), cv2.resize(cv2.imread(str(small)), (20, 20)))
+    cfg = _copy_run(run, tmp_path, "data.chip_size=32")  # the synthetic chips are 32 px
+    summary = run_predict(cfg, inputs=[folder], progress=False)
+    assert len(summary.failed) == 1 and f"{small}: chip is 20x20, expected 32x32" in summary.failed[0]
+    labels = pd.read_csv(summary.submission, dtype=str, keep_default_na=False).set_index("image_name")
+    assert labels.loc[small.stem, "tags"] == FALLBACK_TAGS
+
+
+def test_a_clean_rerun_removes_the_stale_failure_list(run, tmp_path):
+    from amazonmine.predict import run_predict
+
+    cfg = _copy_run(run, tmp_path)
+    stale = tmp_path / "run" / "predict_failures.csv"
+    stale.write_text("problem\ntest_1: listed in sample_submission_v2.csv but no chip file found\n")
+    summary = run_predict(cfg, progress=False)
+    assert not summary.failed and not stale.exists()
+
+
+def test_explicit_inputs_are_dehazed_in_memory_and_kept_apart_from_the_submission(run, tmp_path):
+    import cv2
+
+    from amazonmine.dehaze import DehazeParams, dehaze_image
+    from amazonmine.predict import run_predict
+    from amazonmine.tune import decode, load_thresholds
+
+    base, _ = run
+    raw, clean = tmp_path / "raw", tmp_path / "clean"
+    raw.mkdir()
+    clean.mkdir()
+    # Names pandas would read as numbers or as missing must come through as written.
+    for name, src in zip(["0001", "NA", "7", "test_a"], sorted((base / "data" / "test-jpg").glob("*.jpg"))):
+        shutil.copy(src, raw / f"{name}.jpg")
+        # The reference: each chip dehazed by the dehaze module, stored losslessly.
+        cv2.imwrite(str(clean / f"{name}.png"), dehaze_image(read_image(src), DehazeParams()).image)
+    kaggle = {f: (tmp_path / "run" / f) for f in ("submission.csv", "test_probabilities.csv")}
+    cfg = _copy_run(run, tmp_path, "dehaze.enabled=true")
+    for path in kaggle.values():
+        path.write_text("left alone\n")
+
+    def predict(folder, dehaze: bool):
+        cfg.dehaze.enabled = dehaze
+        summary = run_predict(cfg, inputs=[folder], progress=False)
+        assert not summary.failed
+        return summary, pd.read_csv(summary.probabilities, dtype={"image_name": str}, keep_default_na=False)
+
+    summary, dehazed = predict(raw, True)
+    out = tmp_path / "run" / "predictions"
+    assert (summary.submission, summary.probabilities) == (out / "labels.csv", out / "probabilities.csv")
+    assert all(path.read_text() == "left alone\n" for path in kaggle.values())
+    assert validate_submission(summary.submission) == []
+    labels = pd.read_csv(summary.submission, dtype=str, keep_default_na=False)
+    assert labels["image_name"].tolist() == dehazed["image_name"].tolist() == ["0001", "7", "NA", "test_a"]
+    thresholds, weather_decoding = load_thresholds(cfg.run_dir)
+    expected = matrix_to_tags(decode(dehazed[list(LABELS)].to_numpy(), thresholds, weather_decoding))
+    assert labels["tags"].tolist() == expected
+
+    _, reference = predict(clean, False)
+    _, untouched = predict(raw, False)
+    np.testing.assert_allclose(dehazed[list(LABELS)], reference[list(LABELS)], atol=1e-5)
+    assert np.abs(dehazed[list(LABELS)].to_numpy() - untouched[list(LABELS)].to_numpy()).max() > 1e-3

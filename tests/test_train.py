@@ -197,7 +197,7 @@ def test_corrupt_training_chip_stops_before_training(learn_root, make_cfg, tmp_p
     cfg = tiny_cfg(make_cfg, root, **{"train.epochs": 1})
     with pytest.raises(DataError, match=r"train_7\.jpg: truncated or corrupt JPEG"):
         list(run_train(cfg, folds=[0]))
-    assert not (cfg.run_dir / "fold0" / "b01_dense121.h5").exists()
+    assert not (cfg.run_dir / "fold0").exists()  # no model, and no empty fold folder either
 
 
 def test_missing_dehazed_folder_says_what_to_do(learn_root, make_cfg):
@@ -264,5 +264,117 @@ def test_init_from_starts_at_the_saved_weights(trained, learn_root, make_cfg):
     conv = [i for i, w in enumerate(before) if w.ndim == 4]
     assert all(np.allclose(before[i], after[i], atol=1e-5) for i in conv)
     bad = tiny_cfg(make_cfg, learn_root, **{"train.mini_blocks": "[3]", "train.init_from": result.model_path})
+    with pytest.raises(AmazonmineError, match=r"fold 0 was trained with other settings \(.*train.mini_blocks "
+                                              r"\[2, 2\] -> \[3\].*\); --retrain"):
+        list(run_train(bad, folds=[0]))  # a finished fold is neither kept nor replaced silently
     with pytest.raises(AmazonmineError, match="not the same architecture"):
-        list(run_train(bad, folds=[0]))
+        list(run_train(bad, folds=[0], retrain=True))
+
+
+# --- re-running train on a run folder: nothing finished is lost ---------------------------------------------
+
+def _md5(path):
+    import hashlib
+
+    return hashlib.md5(path.read_bytes()).hexdigest()
+
+
+def test_a_finished_fold_is_kept_unless_retrain(learn_root, make_cfg):
+    from amazonmine.train import run_train
+
+    cfg = tiny_cfg(make_cfg, learn_root, **{"train.epochs": 1, "train.steps_per_epoch": 2,
+                                             "train.bn_recalibration_batches": 0})
+    (first,) = run_train(cfg, folds=[0])
+    model = cfg.run_dir / "fold0" / "b01_dense121.h5"
+    before = _md5(model)
+    (again,) = run_train(cfg, folds=[0])  # a plain re-run: kept, not retrained
+    assert again.summary == {"skipped": True} and "--retrain" in again.headline()
+    assert _md5(model) == before
+    # --resume over a whole run: the finished fold is kept and the fold never started is trained.
+    kept, started = run_train(cfg, folds=[0, 1], resume=True)
+    assert kept.summary == {"skipped": True} and _md5(model) == before
+    assert not started.summary.get("skipped") and (cfg.run_dir / "fold1" / "b01_dense121.h5").is_file()
+    (retrained,) = run_train(cfg, folds=[0], retrain=True)
+    assert not retrained.summary.get("skipped") and _md5(model) != before
+    with pytest.raises(AmazonmineError, match="exclude each other"):
+        list(run_train(cfg, folds=[0], resume=True, retrain=True))
+
+
+def test_a_fold_trained_on_another_split_is_trained_again(learn_root, make_cfg):
+    from amazonmine.train import run_train
+
+    cfg = tiny_cfg(make_cfg, learn_root, **{"train.epochs": 1, "train.steps_per_epoch": 2,
+                                             "train.bn_recalibration_batches": 0})
+    (first,) = run_train(cfg, folds=[0])
+    summary_path = cfg.run_dir / "fold0" / "summary.json"
+    summary = json.loads(summary_path.read_text())
+    assert len(summary["split_sha256"]) == 64
+    summary_path.write_text(json.dumps({**summary, "split_sha256": "0" * 64}))  # as if split had changed
+    (again,) = run_train(cfg, folds=[0])
+    assert not again.summary.get("skipped") and "split changed" in again.headline()
+    assert json.loads(summary_path.read_text())["split_sha256"] == summary["split_sha256"]
+
+
+def test_an_interrupted_fold_is_not_restarted_by_accident(learn_root, make_cfg):
+    from amazonmine.train import run_train
+
+    cfg = tiny_cfg(make_cfg, learn_root)
+    resume = cfg.run_dir / "fold0" / "resume"
+    resume.mkdir(parents=True)
+    (resume / "state.weights.h5").write_bytes(b"weights of an interrupted run")
+    (resume / "state.json").write_text('{"epoch": 2, "best_val_f2": 0.5}')
+    with pytest.raises(AmazonmineError, match=r"interrupted run is saved in resume/ \(after epoch 2\).*--resume"):
+        list(run_train(cfg, folds=[0]))
+    assert (resume / "state.weights.h5").read_bytes() == b"weights of an interrupted run"
+
+
+def test_ctrl_c_before_the_first_epoch_ends_leaves_nothing_unloadable(learn_root, make_cfg, monkeypatch):
+    import keras
+
+    import amazonmine.train as train
+
+    cfg = tiny_cfg(make_cfg, learn_root, **{"train.epochs": 1, "train.steps_per_epoch": 2,
+                                             "train.bn_recalibration_batches": 0})
+
+    class CtrlCAtStart(keras.callbacks.Callback):
+        def on_train_batch_begin(self, batch, logs=None):
+            raise KeyboardInterrupt  # before the optimizer's first step: its slots are not even built
+
+    original_callbacks = train._callbacks
+    monkeypatch.setattr(train, "_callbacks",
+                        lambda *a: (lambda cbs: ([CtrlCAtStart()] + cbs[0], *cbs[1:]))(original_callbacks(*a)))
+    with pytest.raises(AmazonmineError, match="interrupted during the first epoch of fold 0: nothing to resume"):
+        list(train.run_train(cfg, folds=[0]))
+    assert not (cfg.run_dir / "fold0" / "resume").exists()
+    monkeypatch.setattr(train, "_callbacks", original_callbacks)
+    (result,) = train.run_train(cfg, folds=[0], resume=True)  # nothing to resume: the fold simply trains
+    assert result.model_path.is_file()
+
+
+def test_batchnorm_recalibration_that_lowers_val_f2_is_not_kept(learn_root, make_cfg, monkeypatch):
+    import keras
+
+    import amazonmine.train as train
+    from amazonmine.model import load_trained
+
+    def sabotage(model, dataset, batches):
+        bns = train._batchnorm_layers(model)
+        for bn in bns:
+            bn.moving_mean.assign(bn.moving_mean.numpy() + 50.0)  # statistics that wreck every prediction
+        return len(bns)
+
+    monkeypatch.setattr(train, "recalibrate_batchnorm", sabotage)
+    # A tiny model's F2 may not move at all, so the two validation scores (before, after) are set here; the
+    # weights really are wrecked, and the saved model must be the checkpoint as trained.
+    scores = iter([0.8, 0.5])
+    real_f2 = train.mean_f2
+    monkeypatch.setattr(train, "mean_f2", lambda y, p: next(scores, None) or real_f2(y, p))
+    cfg = tiny_cfg(make_cfg, learn_root, **{"train.epochs": 1, "train.steps_per_epoch": 6,
+                                             "train.bn_recalibration_batches": 2})
+    (result,) = train.run_train(cfg, folds=[0])
+    recal = result.summary["bn_recalibration"]
+    assert recal["kept"] is False and recal["val_f2_after"] < recal["val_f2_before"]
+    saved = load_trained(result.model_path)
+    means = [bn.moving_mean.numpy() for bn in train._batchnorm_layers(saved)]
+    assert means and max(float(np.abs(m).max()) for m in means) < 50.0  # the checkpoint as trained
+    assert isinstance(saved, keras.Model)
