@@ -173,7 +173,11 @@ def tune(config_path, overrides):
 @click.option("--gpu", is_flag=True, help="Require a GPU.")
 @_friendly
 def predict(config_path, overrides, inputs, allow_missing, gpu):
-    """Label the test chips with the fold models and tuned thresholds; writes submission.csv."""
+    """Label the test chips with the fold models and tuned thresholds; writes submission.csv.
+
+    INPUTS (folders of chips, or CSV lists with an image_name column) label your own chips instead: the labels
+    go to predictions/labels.csv in the run folder, and the Kaggle submission is left alone.
+    """
     from amazonmine.predict import run_predict
 
     cfg = _load(config_path, overrides)

@@ -573,6 +573,7 @@ def _dehaze_folders(cfg, params: DehazeParams, src: Path, dst: Path, pairs: list
         _remove_stale_temporaries(folder)
     previous = _read_stats(stats_path)
     jobs: list[_Job] = []
+    other_method = 0  # skipped chips an earlier run made with another dehaze.method
     summary = DehazeSummary(src=src, dst=dst, method=params.method, stats_csv=stats_path)
     for prefix, in_dir, out_dir in pairs:
         done = set(_chip_files(out_dir)) if out_dir.is_dir() else set()
@@ -580,6 +581,7 @@ def _dehaze_folders(cfg, params: DehazeParams, src: Path, dst: Path, pairs: list
             key = prefix + name
             if name in done and not overwrite:
                 summary.skipped += 1
+                other_method += key in previous and previous[key].get("method") != params.method
                 if key not in previous:  # done by a run killed before it saved its stats: recompute them
                     jobs.append(_Job(key, str(in_dir / name), None))
                 continue
@@ -637,8 +639,13 @@ def _dehaze_folders(cfg, params: DehazeParams, src: Path, dst: Path, pairs: list
         summary.errors_csv = errors_path
     elif errors_path.exists():
         errors_path.unlink()  # a stale list from an earlier run would name chips that are now fine
+    notes = []
+    if other_method:
+        notes.append(f"{other_method} of the skipped chips were made with another method (see {STATS_NAME}); "
+                     f"--overwrite redoes them with {params.method}")
     if not cfg.dehaze.enabled:
-        summary.note = "dehaze.enabled is false, so later stages read the original chips, not these"
+        notes.append("dehaze.enabled is false, so later stages read the original chips, not these")
+    summary.note = "; ".join(notes)
     return summary
 
 

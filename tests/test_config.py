@@ -92,3 +92,24 @@ def test_cli_import_does_not_load_tensorflow():
     code = "import sys, amazonmine.cli; print('tensorflow' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+def test_cli_reports_a_read_only_disk_in_one_line(tmp_path, monkeypatch):
+    import errno
+
+    import amazonmine.split
+
+    target = tmp_path / "run" / ".config.123.tmp.yaml"
+
+    def refused(cfg):
+        raise OSError(errno.EROFS, "Read-only file system", str(target))
+
+    monkeypatch.setattr(amazonmine.split, "run_split", refused)
+    result = CliRunner().invoke(main, ["split", "--set", f"run.dir={tmp_path / 'run'}"])
+    assert result.exit_code == 2
+    assert result.output.strip() == f"error: {target}: Read-only file system"
+
+
+def test_demo_help_names_its_own_default_config():
+    result = CliRunner().invoke(main, ["demo", "--help"])
+    assert result.exit_code == 0 and "demo.yaml" in " ".join(result.output.split())

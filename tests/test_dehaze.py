@@ -452,3 +452,15 @@ def test_dehazed_jpeg_keeps_colour_at_full_resolution(tmp_path):
 
     # Closer to the dehazed pixels than OpenCV's default encoding would be.
     assert psnr(decode(written), result.image, 255) > psnr(decode(encode_jpeg(result.image)), result.image, 255)
+
+
+def test_skipped_chips_of_another_method_are_pointed_out(synth_root, make_cfg, tmp_path):
+    cfg = make_cfg(synth_root, **SMALL)
+    src, dst = synth_root / "train-jpg", tmp_path / "out"
+    first = dh.run_dehaze(cfg, src=src, dst=dst, workers=1)
+    assert first.processed > 0 and "another method" not in first.headline()
+    other = make_cfg(synth_root, **{**SMALL, "dehaze.method": "airlight_subtract"})
+    again = dh.run_dehaze(other, src=src, dst=dst, workers=1)
+    assert again.processed == 0 and again.skipped == first.processed
+    assert f"{first.processed} of the skipped chips were made with another method" in again.headline()
+    assert "another method" not in dh.run_dehaze(cfg, src=src, dst=dst, workers=1).headline()
