@@ -221,7 +221,7 @@ def decode_image(data: bytes, name: str, fmt: str = "jpg", expected_size: int = 
     return np.ascontiguousarray(img)
 
 
-def _read_bytes(path: Path) -> bytes:
+def _read_bytes(path: str | Path) -> bytes:
     """The whole file, in 4 system calls where pathlib's read_bytes makes 9 (the dehaze stage reads every chip
     of a dataset). Measured over the 533 real 256 px chips: the read itself 0.02 ms faster per chip, and a whole
     read, dehaze, encode and write loop 0.06 ms (4%) faster, as the math then runs faster too."""
@@ -239,19 +239,25 @@ def _read_bytes(path: Path) -> bytes:
         os.close(fd)
 
 
-def read_image(path: str | Path, expected_size: int = 0) -> np.ndarray:
-    """Read one chip file (format from its extension) with the checks of :func:`decode_image`."""
-    path = Path(path)
+def read_chip_bytes(path: str | Path) -> bytes:
+    """The bytes of one chip file; a missing or unreadable file is a DataError naming it."""
     try:
-        data = _read_bytes(path)
+        return _read_bytes(path)
     except FileNotFoundError:
         raise DataError(f"{path}: image file not found") from None
     except OSError as exc:
         raise DataError(f"{path}: cannot read ({exc.strerror or exc})") from None
-    fmt = "tif" if path.suffix.lower() in (".tif", ".tiff") else "jpg"
-    if path.suffix.lower() == ".png":
-        fmt = "png"
-    return decode_image(data, str(path), fmt, expected_size)
+
+
+def chip_format(path: str | Path) -> str:
+    """'tif', 'png' or 'jpg' (anything else is decoded as JPEG), from the file's extension."""
+    suffix = os.path.splitext(os.fspath(path))[1].lower()
+    return {".tif": "tif", ".tiff": "tif", ".png": "png"}.get(suffix, "jpg")
+
+
+def read_image(path: str | Path, expected_size: int = 0) -> np.ndarray:
+    """Read one chip file (format from its extension) with the checks of :func:`decode_image`."""
+    return decode_image(read_chip_bytes(path), str(path), chip_format(path), expected_size)
 
 
 # --- the Kaggle layout -------------------------------------------------------------------------------------

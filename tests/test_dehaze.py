@@ -464,3 +464,31 @@ def test_skipped_chips_of_another_method_are_pointed_out(synth_root, make_cfg, t
     assert again.processed == 0 and again.skipped == first.processed
     assert f"{first.processed} of the skipped chips were made with another method" in again.headline()
     assert "another method" not in dh.run_dehaze(cfg, src=src, dst=dst, workers=1).headline()
+
+
+@pytest.mark.parametrize("group_bytes", [8 << 20, 1])  # groups of 3 chips; or one chip each (the byte cap)
+def test_worker_reads_a_group_then_writes_it_keeping_job_order(synth_root, tmp_path, monkeypatch, group_bytes):
+    monkeypatch.setattr(dh, "_IO_GROUP_CHIPS", 3)
+    monkeypatch.setattr(dh, "_IO_GROUP_BYTES", group_bytes)
+    chips = sorted((synth_root / "train-jpg").glob("*.jpg"))[:5]
+    src = tmp_path / "src"
+    src.mkdir()
+    for chip in chips:
+        shutil.copyfile(chip, src / chip.name)
+    (src / "broken.jpg").write_bytes(chips[0].read_bytes()[:300])
+    names = [chips[0].name, "broken.jpg", chips[1].name, "gone.jpg", *(c.name for c in chips[2:])]
+    jobs = [dh._Job(n, str(src / n), str(tmp_path / "out" / n)) for n in names]
+    (tmp_path / "out").mkdir()
+    events = []
+    read, write = dh.read_chip_bytes, dh.write_bytes_atomic
+    monkeypatch.setattr(dh, "read_chip_bytes", lambda p: events.append("r") or read(p))
+    monkeypatch.setattr(dh, "write_bytes_atomic", lambda p, d: events.append("w") or write(p, d))
+    results = dh._process_chunk(jobs, dh.DehazeParams(patch=7, guided_radius=8), 0)
+    assert [r[1] for r in results] == names  # in job order, errors included
+    assert [r[0] for r in results] == ["ok", "error", "ok", "error", "ok", "ok", "ok"]
+    assert "truncated" in results[1][2] and "not found" in results[3][2]
+    for name in names:
+        assert (tmp_path / "out" / name).exists() == (name not in ("broken.jpg", "gone.jpg"))
+    # Groups of 3 jobs; with the byte cap, a group ends at the first chip read (an unreadable one adds no bytes).
+    expected = "rrr ww rrr ww r w" if group_bytes > 1 else "rw r rw rr w rw rw"
+    assert "".join(events) == expected.replace(" ", ""), "".join(events)
