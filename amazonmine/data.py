@@ -117,23 +117,29 @@ def matrix_to_tags(matrix: np.ndarray) -> list[str]:
 
 # --- label files -------------------------------------------------------------------------------------------
 
+def read_text_csv(path: Path, what: str, expected: str):
+    """Every cell as text (names like "0001" or "NA" stay as written); a missing, empty or unparsable file is
+    a one-line DataError naming it. ``what`` names the file's role, ``expected`` says what it should hold."""
+    import pandas as pd
+
+    if not path.is_file():
+        raise DataError(f"{path}: {what} not found")
+    try:
+        return pd.read_csv(path, dtype=str, keep_default_na=False)
+    except pd.errors.EmptyDataError:
+        raise DataError(f"{path}: empty CSV ({expected})") from None
+    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path}: not a readable CSV ({str(exc).splitlines()[0]})") from None
+
+
 def read_labels(csv_path: str | Path, require_weather: bool = True):
     """Read and validate a ``train_v2.csv``-style file. Returns a DataFrame with image_name, tags.
 
     Checks: readable, the two columns, at least one row, safe unique names, known labels, and (Planet's own
     rule) at least one weather label per row.
     """
-    import pandas as pd
-
     csv_path = Path(csv_path)
-    if not csv_path.is_file():
-        raise DataError(f"{csv_path}: labels file not found")
-    try:
-        frame = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
-    except pd.errors.EmptyDataError:
-        raise DataError(f"{csv_path}: empty CSV (expected a header 'image_name,tags' and one row per chip)") from None
-    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
-        raise DataError(f"{csv_path}: not a readable CSV ({str(exc).splitlines()[0]})") from None
+    frame = read_text_csv(csv_path, "labels file", "expected a header 'image_name,tags' and one row per chip")
     missing = [c for c in ("image_name", "tags") if c not in frame.columns]
     if missing:
         raise DataError(f"{csv_path}: missing column(s) {', '.join(missing)}; found {', '.join(frame.columns)}")

@@ -25,7 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
-from amazonmine.data import LABELS, DataError, PlanetLayout, chip_dir, is_safe_name, matrix_to_tags, read_image
+from amazonmine.data import (LABELS, DataError, PlanetLayout, chip_dir, is_safe_name, matrix_to_tags, read_image,
+                             read_text_csv)
 from amazonmine.errors import AmazonmineError
 from amazonmine.io import atomic_path, write_csv_atomic
 
@@ -102,16 +103,7 @@ def list_inputs(cfg, inputs: list[Path] | None) -> list[tuple[str, Path]]:
 
 def _list_from_csv(path: Path) -> list[tuple[str, Path]]:
     """A CSV with image_name (and optionally path) columns; names resolve next to the CSV."""
-    import pandas as pd
-
-    if not path.is_file():
-        raise DataError(f"{path}: chip list not found")
-    try:
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except pd.errors.EmptyDataError:
-        raise DataError(f"{path}: empty file, no chips listed (expected an 'image_name' column)") from None
-    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
-        raise DataError(f"{path}: not a readable CSV ({str(exc).splitlines()[0]})") from None
+    frame = read_text_csv(path, "chip list", "no chips listed; expected an 'image_name' column")
     if "image_name" not in frame.columns:
         raise DataError(f"{path}: expected an 'image_name' column")
     if frame.empty:
