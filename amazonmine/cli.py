@@ -47,7 +47,7 @@ def _friendly(fn):
             # The disk or the file system refused (read-only folder, disk full, permissions): the file and
             # the reason are what the user needs, not a traceback. Atomic writes left nothing half-written.
             where = exc.filename if exc.filename2 is None else f"{exc.filename} -> {exc.filename2}"
-            click.echo(f"error: {where or 'file system'}: {exc.strerror or exc}", err=True)
+            click.echo(f"error: {where}: {exc.strerror or exc}" if where else f"error: {exc}", err=True)
             sys.exit(2)
 
     return wrapper

@@ -536,7 +536,9 @@ def _process_chunk(jobs: list[_Job], params: DehazeParams, expected_size: int) -
         for job, data in group:
             if not isinstance(data, DataError):
                 try:
-                    data = _dehaze_bytes(data, job.src, params, expected_size, job.dst is not None)
+                    encoded, result = _dehaze_bytes(data, job.src, params, expected_size, job.dst is not None)
+                    # Only what is written and reported is kept until the group's writes, not the pixels.
+                    data = (encoded, tuple(result.airlight.tolist()), result.t_mean)
                 except DataError as exc:
                     data = exc
             processed.append((job, data))
@@ -544,10 +546,10 @@ def _process_chunk(jobs: list[_Job], params: DehazeParams, expected_size: int) -
             if isinstance(item, DataError):
                 out.append(("error", job.key, str(item).removeprefix(f"{job.src}: ")))
                 continue
-            encoded, result = item
+            encoded, airlight, t_mean = item
             if job.dst is not None:
                 write_bytes_atomic(job.dst, encoded)
-            out.append(("ok", job.key, tuple(result.airlight.tolist()), result.t_mean))
+            out.append(("ok", job.key, airlight, t_mean))
     return out
 
 

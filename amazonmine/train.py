@@ -43,7 +43,8 @@ class TrainResult:
     def headline(self) -> str:
         s = self.summary
         if s.get("skipped"):
-            return f"fold {self.fold}: already trained ({self.model_path}), kept; --retrain trains it again"
+            line = f"fold {self.fold}: already trained ({self.model_path}), kept; --retrain trains it again"
+            return line + (f"\n  note: {s['note']}" if s.get("note") else "")
         line = (f"fold {self.fold}: best epoch {s['best_epoch']} val F2@0.2 {s['best_val_f2']:.4f} "
                 f"(OOF with TTA {s['oof_f2_flat']:.4f}), {s['train_images_per_s']:.0f} img/s -> {self.model_path}")
         return line + (f"\n  note: {s['note']}" if s.get("note") else "")
@@ -231,14 +232,16 @@ def _callbacks(fold_dir: Path, train_cfg, initial_best: float, resume_state):
 
 
 class ResumeState:
-    """Last finished epoch's weights (with optimizer state) and progress, written atomically each epoch."""
+    """Last finished epoch's weights (with optimizer state) and progress, written atomically each epoch, with
+    the split and settings they were trained with (so a resume on other ones is refused)."""
 
-    def __init__(self, folder: Path):
+    def __init__(self, folder: Path, split_id: str = "", settings: dict | None = None):
         self.folder = folder
         self.weights = folder / "state.weights.h5"
         self.meta = folder / "state.json"
         self.best = -1.0
         self.resuming = False
+        self.split_id, self.settings = split_id, settings or {}
 
     def exists(self) -> bool:
         return self.weights.is_file() and self.meta.is_file()
@@ -247,19 +250,25 @@ class ResumeState:
         self.folder.mkdir(parents=True, exist_ok=True)
         with atomic_path(self.weights, suffix=".weights.h5") as tmp:
             model.save_weights(tmp)
-        write_json_atomic(self.meta, {"epoch": epoch, "best_val_f2": self.best})
+        self.save_progress(epoch)
 
-    def saved_epoch(self) -> int | str:
-        try:
-            return int(_read_json(self.meta)["epoch"])
-        except (AmazonmineError, KeyError, TypeError, ValueError):
-            return "?"
+    def save_progress(self, epoch: int) -> None:
+        write_json_atomic(self.meta, {"epoch": epoch, "best_val_f2": self.best, "split_sha256": self.split_id,
+                                      "settings": self.settings})
+
+    def read_meta(self) -> dict:
+        return _read_json(self.meta)
 
     def restore(self, model) -> int:
-        meta = json.loads(self.meta.read_text())
+        meta = self.read_meta()
         if not model.optimizer.built:
             model.optimizer.build(model.trainable_variables)  # so optimizer slots load too
-        model.load_weights(self.weights)
+        try:
+            model.load_weights(self.weights)
+        except (OSError, ValueError) as exc:
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise AmazonmineError(f"{self.weights}: cannot load the interrupted run's state ({reason}); "
+                                  f"--retrain starts the fold over") from None
         self.best = float(meta.get("best_val_f2", -1.0))
         self.resuming = True
         return int(meta["epoch"])
@@ -291,6 +300,9 @@ def model_settings(cfg) -> dict:
     settings = {f"train.{k}": v for k, v in dataclasses.asdict(cfg.train).items() if k not in ignored}
     settings.update({"dehaze.enabled": cfg.dehaze.enabled, "data.image_format": cfg.data.image_format,
                      "data.chip_size": cfg.data.chip_size})
+    if cfg.dehaze.enabled:  # the chips it learnt from were made with these
+        settings.update({f"dehaze.{k}": v for k, v in dataclasses.asdict(cfg.dehaze).items()
+                         if k not in ("enabled", "workers", "out_dir")})
     return json.loads(json.dumps(settings, default=str))  # as it reads back from summary.json
 
 
@@ -345,41 +357,68 @@ def load_fold_plan(cfg, fold: int):
 
 # --- the stage ---------------------------------------------------------------------------------------------
 
-def train_fold(cfg, fold: int, strategy, gpu: bool = False, resume: bool = False,
-               retrain: bool = False) -> TrainResult:
+def fold_action(cfg, fold: int, resume: bool = False, retrain: bool = False) -> tuple[str, str | None]:
+    """What to do with one fold: ("skip" | "resume" | "train", note). Refusals raise, before anything is
+    written. A finished fold is never retrained by accident (its model may have cost hours), nor an interrupted
+    one restarted from scratch, nor either continued on another split or other settings: those need --retrain.
+    --resume continues whatever there is, so it can be given to a whole run.
+    """
+    fold_dir = cfg.run_dir / f"fold{fold}"
+    state = ResumeState(fold_dir / "resume")
+    summary_path, model_path = fold_dir / "summary.json", fold_dir / cfg.train.artifact_name
+    split_id, settings = split_fingerprint(cfg.run_dir), model_settings(cfg)
+    if retrain:
+        return "train", None
+    if state.exists():
+        if not resume:
+            epoch = state.read_meta().get("epoch", "?")
+            raise AmazonmineError(f"{fold_dir}: an interrupted run is saved in resume/ (after epoch {epoch}); "
+                                  f"continue it with --resume, or start the fold over with --retrain")
+        meta = state.read_meta()
+        if meta.get("split_sha256") not in (None, split_id):
+            raise AmazonmineError(f"{fold_dir}: the split changed since this fold's interrupted run; --retrain "
+                                  f"starts it over on the new split")
+        _refuse_changed_settings(fold_dir, meta, settings, "this fold's interrupted run used")
+        return "resume", None
+    if summary_path.is_file() and model_path.is_file():
+        finished = _read_json(summary_path)
+        trained_on = finished.get("split_sha256")
+        if trained_on is not None and trained_on != split_id:
+            return "train", "the split changed since this fold was trained: trained again on the new split"
+        _refuse_changed_settings(fold_dir, finished, settings, "this fold was trained with")
+        if trained_on is None or "settings" not in finished:
+            return "skip", ("trained by an earlier version, which did not record its split and settings: kept "
+                            "as it is (--retrain if they changed)")
+        return "skip", None
+    return "train", None
+
+
+def _refuse_changed_settings(fold_dir: Path, recorded: dict, settings: dict, who: str) -> None:
+    before = recorded.get("settings") or {}
+    changed = [f"{k} {before[k]!r} -> {v!r}" for k, v in settings.items() if k in before and before[k] != v]
+    if changed:
+        raise AmazonmineError(f"{fold_dir}: {who} other settings ({'; '.join(changed[:4])}"
+                              f"{'; ...' if len(changed) > 4 else ''}); --retrain trains it with these, or use a "
+                              f"new run.dir")
+
+
+def train_fold(cfg, fold: int, strategy, gpu: bool = False, action: str = "train",
+               note: str | None = None) -> TrainResult:
+    """Train one fold (``action`` "train" or "resume" from :func:`fold_action`; "skip" returns at once)."""
     import keras
 
     from amazonmine.model import build_model, check_backbone, pixel_scale
-    from amazonmine.pipeline import make_dataset, predict_dataset, preflight, tta_predict_fn
+    from amazonmine.pipeline import make_dataset, preflight
 
     tc = cfg.train
     fold_dir = cfg.run_dir / f"fold{fold}"
     model_path = fold_dir / tc.artifact_name
     summary_path = fold_dir / "summary.json"
-    state = ResumeState(fold_dir / "resume")
-    split_id = split_fingerprint(cfg.run_dir)
-    note = None
-    # A finished fold is never retrained by accident (its model may have cost hours), nor an interrupted one
-    # restarted from scratch: both need --retrain. --resume continues whatever there is, so it can be given
-    # to a whole run: finished folds are kept, interrupted ones continue, the others start.
-    if state.exists() and not (resume or retrain):
-        raise AmazonmineError(f"{fold_dir}: an interrupted run is saved in resume/ (after epoch "
-                              f"{state.saved_epoch()}); continue it with --resume, or start the fold over "
-                              f"with --retrain")
-    settings = model_settings(cfg)
-    if not retrain and not state.exists() and summary_path.is_file() and model_path.is_file():
-        finished = _read_json(summary_path)
-        trained_on = finished.get("split_sha256")
-        if trained_on in (None, split_id):  # None: a summary from before the fingerprint was recorded
-            changed = [f"{k} {finished['settings'][k]!r} -> {v!r}" for k, v in settings.items()
-                       if "settings" in finished and finished["settings"].get(k, v) != v]
-            if changed:
-                raise AmazonmineError(f"{fold_dir}: fold {fold} was trained with other settings "
-                                      f"({'; '.join(changed[:4])}); --retrain trains it with these, or use a "
-                                      f"new run.dir")
-            return TrainResult(fold, model_path, {"skipped": True})
-        note = "the split changed since this fold was trained: trained again on the new split"
-    resume = resume and not retrain and state.exists()
+    if action == "skip":
+        return TrainResult(fold, model_path, {"skipped": True, "note": note})
+    split_id, settings = split_fingerprint(cfg.run_dir), model_settings(cfg)
+    state = ResumeState(fold_dir / "resume", split_id, settings)
+    resume = action == "resume"
     check_backbone(tc)
 
     frame, matrix, train_rows, transforms, val_rows, layout = load_fold_plan(cfg, fold)
@@ -408,6 +447,10 @@ def train_fold(cfg, fold: int, strategy, gpu: bool = False, resume: bool = False
         train_ds = train_ds.repeat()
 
     fold_dir.mkdir(parents=True, exist_ok=True)  # only now: a run refused above leaves no empty folder
+    if not resume and summary_path.is_file():
+        # The fold is trained again: its old summary no longer describes the model being made, and a run
+        # interrupted from here on must not leave the fold looking finished.
+        summary_path.unlink()
     MeanF2 = _keras_parts()
     with strategy.scope():
         model = build_model(tc, channels=chips.channels, image_format=cfg.data.image_format)
@@ -439,10 +482,29 @@ def train_fold(cfg, fold: int, strategy, gpu: bool = False, resume: bool = False
     wall = time.perf_counter() - started
     if not model_path.is_file():
         raise AmazonmineError(f"fold {fold}: no epoch produced a validation F2 (is the validation fold empty?)")
+    if state.exists():
+        # Training is over (early stopping included): a resume from here only finishes what follows.
+        state.save_progress(tc.epochs)
+    try:
+        return _finish_fold(cfg, fold, tc, chips, remap, train_rows, val_rows, matrix, names, scale, model_path,
+                            summary_path, state, meter, wall, replicas, gpu, split_id, settings, note)
+    except KeyboardInterrupt:
+        raise AmazonmineError(f"interrupted after training fold {fold}, before its out-of-fold predictions: "
+                              f"'amazonmine train --fold {fold} --resume' finishes them without training "
+                              f"further") from None
+
+
+def _finish_fold(cfg, fold, tc, chips, remap, train_rows, val_rows, matrix, names, scale, model_path,
+                 summary_path, state, meter, wall, replicas, gpu, split_id, settings, note) -> TrainResult:
+    """BatchNorm recalibration, out-of-fold predictions and the summary of a trained fold."""
+    import keras
+
+    from amazonmine.model import load_trained
+    from amazonmine.pipeline import make_dataset, predict_dataset, tta_predict_fn
+
+    fold_dir = model_path.parent
 
     # Out-of-fold predictions from the best checkpoint, with the same TTA as predict uses.
-    from amazonmine.model import load_trained
-
     best_model = load_trained(model_path)
     val_eval = make_dataset(chips, remap[val_rows], None, None, tc.image_size, cfg.predict.batch_size,
                             training=False, pixel_scale=scale)
@@ -567,6 +629,8 @@ def run_train(cfg, folds: list[int] | None = None, gpu: bool = False, resume: bo
     """
     if resume and retrain:
         raise AmazonmineError("--resume and --retrain exclude each other: continue a fold, or start it over")
+    chosen = folds if folds is not None else resolve_folds(cfg)
+    actions = {fold: fold_action(cfg, fold, resume, retrain) for fold in chosen}  # refusals before any write
     strategy = setup_device(gpu)
     if not gpu and cfg.train.deterministic:
         import tensorflow as tf
@@ -575,8 +639,8 @@ def run_train(cfg, folds: list[int] | None = None, gpu: bool = False, resume: bo
         tf.config.experimental.enable_op_determinism()
     prepare_run_dir(cfg)
     with _terminate_as_interrupt():
-        for fold in folds if folds is not None else resolve_folds(cfg):
-            yield train_fold(cfg, fold, strategy, gpu=gpu, resume=resume, retrain=retrain)
+        for fold in chosen:
+            yield train_fold(cfg, fold, strategy, gpu=gpu, action=actions[fold][0], note=actions[fold][1])
 
 
 @contextlib.contextmanager
