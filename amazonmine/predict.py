@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import csv
 import functools
+import json
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -47,6 +48,7 @@ class PredictSummary:
     failed: list[str] = field(default_factory=list)
     label_counts: dict = field(default_factory=dict)
     not_in_sample: int = 0
+    note: str = ""
 
     def headline(self) -> str:
         rate = self.n_chips / self.seconds if self.seconds else 0.0
@@ -55,6 +57,8 @@ class PredictSummary:
         mines = {k: v for k, v in self.label_counts.items() if "mine" in k}
         if mines:
             lines.append("mines flagged: " + ", ".join(f"{k} {v}" for k, v in mines.items()))
+        if self.note:
+            lines.append(f"note: {self.note}")
         if self.not_in_sample:
             lines.append(f"note: {self.not_in_sample} chips are not in the sample submission and were left out of it")
         if self.failed:
@@ -117,11 +121,39 @@ def _list_from_csv(path: Path) -> list[tuple[str, Path]]:
     return [(n, base / f"{n}.jpg") for n in frame["image_name"]]
 
 
-def find_models(cfg) -> list[Path]:
+def find_models(cfg) -> tuple[list[Path], list[str]]:
+    """The fold models to average, and the folds left out because they have not finished (a model file but no
+    summary.json: a fold interrupted or still training holds its best epoch so far). A finished fold trained on
+    another split than the run's current one is refused: its thresholds and out-of-fold rows belong elsewhere.
+    """
+    from amazonmine.split import FOLDS_CSV
+    from amazonmine.train import split_fingerprint
+
     models = sorted(cfg.run_dir.glob(f"fold*/{cfg.train.artifact_name}"))
     if not models:
         raise AmazonmineError(f"{cfg.run_dir}: no fold*/{cfg.train.artifact_name}: run 'amazonmine train' first")
-    return models
+    current = split_fingerprint(cfg.run_dir) if (cfg.run_dir / FOLDS_CSV).is_file() else None
+    finished, unfinished, stale = [], [], []
+    for model in models:
+        summary = model.parent / "summary.json"
+        if not summary.is_file():
+            unfinished.append(model.parent.name)
+            continue
+        try:
+            recorded = json.loads(summary.read_text()).get("split_sha256")
+        except (OSError, ValueError, AttributeError):
+            raise AmazonmineError(f"{summary}: cannot read (a finished fold's summary)") from None
+        if current and recorded and recorded != current:
+            stale.append(model.parent.name)
+        finished.append(model)
+    if stale:
+        raise AmazonmineError(f"{cfg.run_dir}: {', '.join(stale)} trained on another split than the run's "
+                              f"{FOLDS_CSV}: train them again ('amazonmine train --retrain --fold K') or move them "
+                              f"out of the run folder")
+    if not finished:
+        raise AmazonmineError(f"{cfg.run_dir}: no finished fold ({', '.join(unfinished)} have no summary.json); "
+                              f"finish training with 'amazonmine train --resume'")
+    return finished, unfinished
 
 
 # --- streaming inference -----------------------------------------------------------------------------------
@@ -275,7 +307,7 @@ def run_predict(cfg, inputs: list[Path] | None = None, allow_missing: bool = Fal
     thresholds, weather_decoding = load_thresholds(cfg.run_dir)
     explicit = bool(inputs or cfg.predict.inputs)
     chips = list_inputs(cfg, inputs)
-    model_paths = find_models(cfg)
+    model_paths, unfinished = find_models(cfg)
     setup_device(gpu)
     models = [load_trained(p) for p in model_paths]
     if explicit:
@@ -311,5 +343,7 @@ def run_predict(cfg, inputs: list[Path] | None = None, allow_missing: bool = Fal
         write_csv_atomic(failures_csv, pd.DataFrame({"problem": failed}))
     elif failures_csv.exists():
         failures_csv.unlink()  # a stale list from an earlier run would name chips that are now fine
+    note = (f"left out {', '.join(unfinished)}: not finished (no summary.json); 'amazonmine train --resume' "
+            f"finishes them" if unfinished else "")
     return PredictSummary(submission, probs_csv, len(chips), len(models), cfg.predict.tta, seconds, failed,
-                          counts, not_in_sample)
+                          counts, not_in_sample, note)

@@ -62,7 +62,7 @@ def child(args) -> int:
 
 
 def build_run(run: Path, size: int, seed: int) -> None:
-    """fold0/<artifact> (densenet_mini, saved as train.py saves it) and thresholds.json."""
+    """fold0/<artifact> (densenet_mini, saved as train.py saves it), its summary.json and thresholds.json."""
     import keras
     import numpy as np
 
@@ -77,6 +77,8 @@ def build_run(run: Path, size: int, seed: int) -> None:
     model = build_model(cfg.train, channels=3, image_format="jpg")
     (run / "fold0").mkdir(parents=True, exist_ok=True)
     model.save(run / "fold0" / ARTIFACT, include_optimizer=False)
+    # predict averages finished folds only (a summary.json beside the model); this stand-in has no split.
+    write_json_atomic(run / "fold0" / "summary.json", {"fold": 0, "note": "bench_predict_memory.py: untrained"})
     rng = np.random.default_rng(seed)
     thresholds = {name: round(float(rng.uniform(0.1, 0.3)), 6) for name in LABELS}
     write_json_atomic(run / THRESHOLDS_FILE, {"thresholds": thresholds, "weather_decoding": True,

@@ -272,3 +272,25 @@ def test_explicit_inputs_are_dehazed_in_memory_and_kept_apart_from_the_submissio
     _, untouched = predict(raw, False)
     np.testing.assert_allclose(dehazed[list(LABELS)], reference[list(LABELS)], atol=1e-5)
     assert np.abs(dehazed[list(LABELS)].to_numpy() - untouched[list(LABELS)].to_numpy()).max() > 1e-3
+
+
+def test_unfinished_folds_are_left_out_and_other_splits_refused(run, tmp_path):
+    from amazonmine.config import load_config
+    from amazonmine.predict import run_predict
+
+    base, sets = run
+    copy = tmp_path / "run"
+    shutil.copytree(base / "run", copy)
+    cfg = load_config(None, [*sets, f"run.dir={copy}"])
+    # fold3: a model file but no summary.json, as a fold interrupted (or still training) leaves it
+    (copy / "fold3").mkdir()
+    shutil.copyfile(copy / "fold0" / "b01_dense121.h5", copy / "fold3" / "b01_dense121.h5")
+    summary = run_predict(cfg, progress=False)
+    assert summary.n_models == 2 and "left out fold3: not finished" in summary.headline()
+    # fold1 as if trained on another split: refused, naming it
+    import json
+
+    path = copy / "fold1" / "summary.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "split_sha256": "0" * 64}))
+    with pytest.raises(AmazonmineError, match=r"fold1 trained on another split than the run's folds.csv"):
+        run_predict(cfg, progress=False)
