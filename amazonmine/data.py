@@ -51,6 +51,8 @@ WEATHER_INDEX = np.array([LABEL_INDEX[w] for w in WEATHER_LABELS])
 LAND_INDEX = np.array([i for i, name in enumerate(LABELS) if name not in WEATHER_LABELS])
 
 IMAGE_EXTENSIONS = {"jpg": ".jpg", "tif": ".tif"}
+# Chip file suffixes and the format each is decoded as.
+CHIP_FORMATS = {".jpg": "jpg", ".jpeg": "jpg", ".tif": "tif", ".tiff": "tif", ".png": "png"}
 _SHOW = 5  # offenders quoted in an error message
 
 
@@ -257,8 +259,7 @@ def read_chip_bytes(path: str | Path) -> bytes:
 
 def chip_format(path: str | Path) -> str:
     """'tif', 'png' or 'jpg' (anything else is decoded as JPEG), from the file's extension."""
-    suffix = os.path.splitext(os.fspath(path))[1].lower()
-    return {".tif": "tif", ".tiff": "tif", ".png": "png"}.get(suffix, "jpg")
+    return CHIP_FORMATS.get(os.path.splitext(os.fspath(path))[1].lower(), "jpg")
 
 
 def read_image(path: str | Path, expected_size: int = 0) -> np.ndarray:
@@ -336,11 +337,9 @@ def load_matrix_csv(path: str | Path, id_column: str = "image_name"):
     import pandas as pd
 
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: file not found")
     # Names as written: pandas would read "0001" as 1 and "NA" as missing. So every cell is read as text and
     # only the label columns are made numbers; an empty or non-numeric one becomes NaN, for callers to report.
-    frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    frame = read_text_csv(path, "file", f"expected {id_column} and the 17 label columns")
     missing = [c for c in (id_column, *LABELS) if c not in frame.columns]
     if missing:
         raise DataError(f"{path}: missing column(s) {_offenders(missing)}")

@@ -50,7 +50,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from amazonmine.config import DehazeConfig
-from amazonmine.data import DataError, chip_format, decode_image, read_chip_bytes
+from amazonmine.data import CHIP_FORMATS, DataError, chip_format, decode_image, read_chip_bytes
 from amazonmine.errors import AmazonmineError
 from amazonmine.io import write_bytes_atomic, write_text_atomic
 from amazonmine.synth import encode_jpeg, encode_tif
@@ -58,7 +58,7 @@ from amazonmine.synth import encode_jpeg, encode_tif
 STATS_NAME = "dehaze_stats.csv"
 ERRORS_NAME = "dehaze_errors.csv"
 STATS_COLUMNS = ("file", "A_b", "A_g", "A_r", "t_mean", "method")
-CHIP_SUFFIXES = {".jpg": "jpg", ".jpeg": "jpg", ".tif": "tif", ".tiff": "tif"}
+CHIP_SUFFIXES = {s for s, fmt in CHIP_FORMATS.items() if fmt in ("jpg", "tif")}  # the formats it writes back
 JPEG_QUALITY = 95
 # Dehazed JPEGs keep colour at full resolution, as Kaggle's chips store it (no chroma subsampling). OpenCV's
 # default 4:2:0 halves it: on the 533 real 256 px chips the written chip was then 39.4 dB mean (33.9 dB worst)

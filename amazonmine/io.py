@@ -99,6 +99,19 @@ def _write_unnamed(folder: str, path: str, data: bytes) -> bool:
         os.close(fd)
 
 
+def read_json(path: Path) -> dict:
+    """A JSON object file (a summary, a resume state); unreadable or not an object is a one-line error."""
+    from amazonmine.errors import AmazonmineError
+
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise AmazonmineError(f"{path}: cannot read ({exc})") from None
+    if not isinstance(data, dict):
+        raise AmazonmineError(f"{path}: expected a JSON object")
+    return data
+
+
 def _open_temporary(folder: str, stem: str, suffix: str) -> tuple[int, str]:
     """A new file ".<stem>.<tag>.tmp<suffix>" in ``folder`` (created if missing), opened for writing.
 

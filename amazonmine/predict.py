@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import csv
 import functools
-import json
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -26,13 +25,13 @@ from pathlib import Path
 
 import numpy as np
 
-from amazonmine.data import (LABELS, DataError, PlanetLayout, chip_dir, is_safe_name, matrix_to_tags, read_image,
-                             read_text_csv)
+from amazonmine.data import (CHIP_FORMATS, LABELS, DataError, PlanetLayout, chip_dir, is_safe_name, matrix_to_tags,
+                             read_image, read_text_csv)
 from amazonmine.errors import AmazonmineError
-from amazonmine.io import atomic_path, write_csv_atomic
+from amazonmine.io import atomic_path, read_json, write_csv_atomic
 
 CHUNK = 1024
-CHIP_SUFFIXES = (".jpg", ".jpeg", ".tif", ".tiff", ".png")
+CHIP_SUFFIXES = tuple(CHIP_FORMATS)
 # A chip that cannot be read still needs a row for Kaggle; it gets the training set's most common tag set.
 FALLBACK_TAGS = "clear primary"
 
@@ -139,10 +138,7 @@ def find_models(cfg) -> tuple[list[Path], list[str]]:
         if not summary.is_file():
             unfinished.append(model.parent.name)
             continue
-        try:
-            recorded = json.loads(summary.read_text()).get("split_sha256")
-        except (OSError, ValueError, AttributeError):
-            raise AmazonmineError(f"{summary}: cannot read (a finished fold's summary)") from None
+        recorded = read_json(summary).get("split_sha256")
         if current and recorded and recorded != current:
             stale.append(model.parent.name)
         finished.append(model)

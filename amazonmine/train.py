@@ -28,7 +28,7 @@ import numpy as np
 
 from amazonmine.data import LABELS, DataError, PlanetLayout, chip_dir
 from amazonmine.errors import AmazonmineError
-from amazonmine.io import atomic_path, prepare_run_dir, write_csv_atomic, write_json_atomic
+from amazonmine.io import atomic_path, prepare_run_dir, read_json, write_csv_atomic, write_json_atomic
 from amazonmine.metrics import mean_f2
 
 FLAT_THRESHOLD = 0.2
@@ -257,7 +257,7 @@ class ResumeState:
                                       "settings": self.settings})
 
     def read_meta(self) -> dict:
-        return _read_json(self.meta)
+        return read_json(self.meta)
 
     def restore(self, model) -> int:
         meta = self.read_meta()
@@ -279,16 +279,6 @@ class ResumeState:
                 p.unlink()
         if self.folder.is_dir() and not any(self.folder.iterdir()):
             self.folder.rmdir()
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise AmazonmineError(f"{path}: cannot read ({exc})") from None
-    if not isinstance(data, dict):
-        raise AmazonmineError(f"{path}: expected a JSON object")
-    return data
 
 
 def model_settings(cfg) -> dict:
@@ -370,18 +360,18 @@ def fold_action(cfg, fold: int, resume: bool = False, retrain: bool = False) -> 
     if retrain:
         return "train", None
     if state.exists():
-        if not resume:
-            epoch = state.read_meta().get("epoch", "?")
-            raise AmazonmineError(f"{fold_dir}: an interrupted run is saved in resume/ (after epoch {epoch}); "
-                                  f"continue it with --resume, or start the fold over with --retrain")
         meta = state.read_meta()
+        if not resume:
+            raise AmazonmineError(f"{fold_dir}: an interrupted run is saved in resume/ (after epoch "
+                                  f"{meta.get('epoch', '?')}); continue it with --resume, or start the fold over "
+                                  f"with --retrain")
         if meta.get("split_sha256") not in (None, split_id):
             raise AmazonmineError(f"{fold_dir}: the split changed since this fold's interrupted run; --retrain "
                                   f"starts it over on the new split")
         _refuse_changed_settings(fold_dir, meta, settings, "this fold's interrupted run used")
         return "resume", None
     if summary_path.is_file() and model_path.is_file():
-        finished = _read_json(summary_path)
+        finished = read_json(summary_path)
         trained_on = finished.get("split_sha256")
         if trained_on is not None and trained_on != split_id:
             return "train", "the split changed since this fold was trained: trained again on the new split"
