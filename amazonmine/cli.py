@@ -192,7 +192,7 @@ def predict(config_path, overrides, inputs, allow_missing, gpu):
 @_friendly
 def evaluate(config_path, overrides):
     """Write an HTML report: per-label scores, threshold curves, co-occurrence, a gallery of mine chips."""
-    from amazonmine.report import run_evaluate
+    from amazonmine.evaluate import run_evaluate
 
     cfg = _load(config_path, overrides)
     click.echo(run_evaluate(cfg).headline())

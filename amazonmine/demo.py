@@ -39,7 +39,7 @@ def run_demo(out: Path, config_path: Path | None = None, overrides: list[str] | 
              n_train: int = DEMO_TRAIN, n_test: int = DEMO_TEST) -> dict:
     from amazonmine.dehaze import run_dehaze
     from amazonmine.predict import run_predict
-    from amazonmine.report import run_evaluate
+    from amazonmine.evaluate import run_evaluate
     from amazonmine.split import run_split
     from amazonmine.synth import make_dataset
     from amazonmine.train import resolve_folds, run_train

@@ -47,7 +47,8 @@ class ChipSet:
     pixels: np.ndarray | None = None  # (N, S, S, C) uint8/uint16 when cached
 
 
-def _resize(img: np.ndarray, size: int) -> np.ndarray:
+def resize_square(img: np.ndarray, size: int) -> np.ndarray:
+    """A square chip resized to ``size`` the way training feeds the model (the one place that decides it)."""
     import cv2
 
     if img.shape[0] == size:
@@ -91,7 +92,7 @@ def preflight(paths: Sequence[str | Path], image_size: int, cache: bool, expecte
             if cache:
                 if pixels is None:
                     pixels = np.zeros((len(paths), image_size, image_size, img.shape[2]), dtype=img.dtype)
-                pixels[i] = _resize(img, image_size)
+                pixels[i] = resize_square(img, image_size)
     if errors:
         more = f" (and {len(errors) - 3} more)" if len(errors) > 3 else ""
         raise DataError(f"{len(errors)} unreadable chip(s): " + "; ".join(errors[:3]) + more)
@@ -154,7 +155,7 @@ def make_dataset(chips: ChipSet, rows: np.ndarray, labels: np.ndarray | None, tr
 
         def _read(i):
             img = read_chip(paths[int(i)])
-            return _resize(img, image_size).astype(np.float32)
+            return resize_square(img, image_size).astype(np.float32)
 
         def load(i):
             img = tf.numpy_function(_read, [i], tf.float32, stateful=False)
@@ -189,19 +190,22 @@ def make_dataset(chips: ChipSet, rows: np.ndarray, labels: np.ndarray | None, tr
     return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
 
-def tta_predict_fn(model, tta: int):
+def tta_predict_fn(model, tta: int, input_shape: tuple[int, int, int] | None = None):
     """A compiled function: batch -> probabilities averaged over the TTA dihedral views (all in one graph).
 
-    Calling a tf.function per batch keeps memory flat, unlike ``model.predict`` in a Python loop.
+    Calling a tf.function per batch keeps memory flat, unlike ``model.predict`` in a Python loop. The input
+    signature leaves the batch dimension open, so each model is traced once, not again for a last, shorter
+    batch (tracing dominated predict on small sets).
     """
     import functools
 
     import tensorflow as tf
 
+    shape = tuple(input_shape or model.input_shape[1:])
     # A partial, not a closure: TensorFlow counts traces per Python code object, so the closures of several
-    # models (folds, before/after BatchNorm recalibration) added up to its "frequent retracing" warning,
-    # although each traces only once or twice (full batches, then the last, shorter one).
-    return tf.function(functools.partial(_tta_mean, model, TTA_VIEWS[tta]), reduce_retracing=True)
+    # models (folds, before/after BatchNorm recalibration) added up to its "frequent retracing" warning.
+    return tf.function(functools.partial(_tta_mean, model, TTA_VIEWS[tta]),
+                       input_signature=[tf.TensorSpec((None, *shape), tf.float32)])
 
 
 def _tta_mean(model, views, x):

@@ -15,22 +15,18 @@ since only the configured test folders have dehazed copies on disk.
 
 from __future__ import annotations
 
-import csv
-import functools
 import os
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from amazonmine.data import (CHIP_FORMATS, LABELS, DataError, PlanetLayout, chip_dir, is_safe_name, matrix_to_tags,
-                             read_image, read_text_csv)
+from amazonmine.data import CHIP_FORMATS, LABELS, DataError, PlanetLayout, is_safe_name, matrix_to_tags, read_text_csv
 from amazonmine.errors import AmazonmineError
-from amazonmine.io import atomic_path, read_json, write_csv_atomic
+from amazonmine.io import write_csv_atomic
+from amazonmine.runfolder import RunFolder
 
-CHUNK = 1024
 CHIP_SUFFIXES = tuple(CHIP_FORMATS)
 # A chip that cannot be read still needs a row for Kaggle; it gets the training set's most common tag set.
 FALLBACK_TAGS = "clear primary"
@@ -76,9 +72,10 @@ def list_inputs(cfg, inputs: list[Path] | None) -> list[tuple[str, Path]]:
         inputs = [Path(p) for p in cfg.predict.inputs]
     if not inputs:
         # The configured test folders, read from the dehazed copy when dehazing is on.
-        folders = [chip_dir(cfg, Path(d).name) for d in cfg.data.test_dirs]
+        run = RunFolder.from_config(cfg)
+        folders = [run.chip_dir(d) for d in cfg.data.test_dirs]
         if cfg.dehaze.enabled and not any(f.is_dir() for f in folders):
-            raise DataError(f"{cfg.dehaze_dir}: no dehazed test chips: run 'amazonmine dehaze' first, "
+            raise DataError(f"{run.dehazed}: no dehazed test chips: run 'amazonmine dehaze' first, "
                             "or --set dehaze.enabled=false")
         layout.test_dirs = folders
         found = layout.list_test()
@@ -118,117 +115,6 @@ def _list_from_csv(path: Path) -> list[tuple[str, Path]]:
     if "path" in frame.columns:
         return [(n, base / p) for n, p in zip(frame["image_name"], frame["path"])]
     return [(n, base / f"{n}.jpg") for n in frame["image_name"]]
-
-
-def find_models(cfg) -> tuple[list[Path], list[str]]:
-    """The fold models to average, and the folds left out because they have not finished (a model file but no
-    summary.json: a fold interrupted or still training holds its best epoch so far). A finished fold trained on
-    another split than the run's current one is refused: its thresholds and out-of-fold rows belong elsewhere.
-    """
-    from amazonmine.split import FOLDS_CSV
-    from amazonmine.train import split_fingerprint
-
-    models = sorted(cfg.run_dir.glob(f"fold*/{cfg.train.artifact_name}"))
-    if not models:
-        raise AmazonmineError(f"{cfg.run_dir}: no fold*/{cfg.train.artifact_name}: run 'amazonmine train' first")
-    current = split_fingerprint(cfg.run_dir) if (cfg.run_dir / FOLDS_CSV).is_file() else None
-    finished, unfinished, stale = [], [], []
-    for model in models:
-        summary = model.parent / "summary.json"
-        if not summary.is_file():
-            unfinished.append(model.parent.name)
-            continue
-        recorded = read_json(summary).get("split_sha256")
-        if current and recorded and recorded != current:
-            stale.append(model.parent.name)
-        finished.append(model)
-    if stale:
-        raise AmazonmineError(f"{cfg.run_dir}: {', '.join(stale)} trained on another split than the run's "
-                              f"{FOLDS_CSV}: train them again ('amazonmine train --retrain --fold K') or move them "
-                              f"out of the run folder")
-    if not finished:
-        raise AmazonmineError(f"{cfg.run_dir}: no finished fold ({', '.join(unfinished)} have no summary.json); "
-                              f"finish training with 'amazonmine train --resume'")
-    return finished, unfinished
-
-
-# --- streaming inference -----------------------------------------------------------------------------------
-
-def _read_chunk(items, image_size: int, channels: int, expected_size: int = 0, dehaze=None):
-    """Pixels of a chunk at the model's input size, kept in the chips' own dtype (uint8 JPEG, uint16 TIF)
-    so a chunk of 256 px chips stays ~200 MB; cast to float32 one batch at a time.
-
-    ``expected_size`` refuses chips of another side (0 = any); ``dehaze`` (DehazeParams) dehazes each chip as
-    the dehaze stage would have, for inputs that have no dehazed copy on disk.
-    """
-    from amazonmine.dehaze import dehaze_image
-    from amazonmine.pipeline import _resize, to_model_channels
-
-    pixels = None
-    ok = np.zeros(len(items), bool)
-    errors: list[tuple[str, str]] = []
-    for i, (name, path) in enumerate(items):
-        try:
-            img = read_image(path, expected_size)
-            if dehaze is not None:
-                img = dehaze_image(img, dehaze).image
-            img = to_model_channels(img)
-            if img.shape[2] != channels:
-                raise DataError(f"{path}: {img.shape[2]} bands, the model expects {channels}")
-            if pixels is None:
-                pixels = np.zeros((len(items), image_size, image_size, channels), img.dtype)
-            pixels[i] = _resize(img, image_size)
-            ok[i] = True
-        except DataError as exc:
-            errors.append((name, str(exc)))
-    if pixels is None:  # no chip of the chunk could be read
-        return np.zeros((0, image_size, image_size, channels), np.uint8), ok, errors
-    return (pixels if ok.all() else pixels[ok]), ok, errors
-
-
-def stream_probabilities(models, chips: list[tuple[str, Path]], tta: int, batch_size: int, out_csv: Path,
-                         progress: bool = True, expected_size: int = 0, dehaze=None) -> list[tuple[str, str]]:
-    """Write image_name + 17 mean probabilities per readable chip to out_csv (atomically).
-
-    Returns (image_name, problem) for every chip that could not be read. ``expected_size`` and ``dehaze`` are
-    passed to :func:`_read_chunk`.
-    """
-    import tensorflow as tf
-    from tqdm import tqdm
-
-    from amazonmine.pipeline import tta_predict_fn
-
-    shape = models[0].input_shape
-    image_size, channels = int(shape[1]), int(shape[3])
-    for m in models[1:]:
-        if tuple(m.input_shape[1:]) != tuple(shape[1:]):
-            raise AmazonmineError(f"fold models disagree on input shape: {shape} vs {m.input_shape}")
-    infers = [tta_predict_fn(m, tta) for m in models]
-    failures: list[tuple[str, str]] = []
-    chunks = [chips[i:i + CHUNK] for i in range(0, len(chips), CHUNK)]
-    with atomic_path(out_csv) as tmp, open(tmp, "w", newline="") as fh, \
-            ThreadPoolExecutor(max_workers=2) as pool, \
-            tqdm(total=len(chips), desc="predict", unit="chip", disable=not progress, mininterval=1.0) as bar:
-        writer = csv.writer(fh)
-        writer.writerow(["image_name", *LABELS])
-        read = functools.partial(_read_chunk, image_size=image_size, channels=channels,
-                                 expected_size=expected_size, dehaze=dehaze)
-        pending = pool.submit(read, chunks[0]) if chunks else None
-        for index, chunk in enumerate(chunks):
-            good, ok, errors = pending.result()
-            # Read the next chunk while the model works on this one.
-            pending = pool.submit(read, chunks[index + 1]) if index + 1 < len(chunks) else None
-            failures += errors
-            total = np.zeros((len(good), len(LABELS)), np.float64)
-            for start in range(0, len(good), batch_size):
-                batch = tf.constant(good[start:start + batch_size].astype(np.float32))
-                for infer in infers:
-                    total[start:start + len(batch)] += infer(batch).numpy()
-            probs = total / len(infers)
-            names = [name for (name, _), keep in zip(chunk, ok) if keep]
-            writer.writerows([name, *(f"{p:.6f}" for p in row)] for name, row in zip(names, probs))
-            bar.update(len(chunk))
-    return failures
 
 
 # --- the submission ----------------------------------------------------------------------------------------
@@ -274,7 +160,7 @@ def write_submission(probs_csv: Path, out: Path, thresholds, weather_decoding: b
     unreadable one with FALLBACK_TAGS. Returns label counts, chips outside the sample, rows with no prediction."""
     import pandas as pd
 
-    from amazonmine.tune import decode
+    from amazonmine.decisions import decode
 
     # Names as written: pandas would read "0001" as 1 and "NA" as missing, and no row would find its chip.
     frame = pd.read_csv(probs_csv, dtype={"image_name": str}, keep_default_na=False)
@@ -295,29 +181,25 @@ def write_submission(probs_csv: Path, out: Path, thresholds, weather_decoding: b
 
 def run_predict(cfg, inputs: list[Path] | None = None, allow_missing: bool = False, gpu: bool = False,
                 progress: bool = True) -> PredictSummary:
-    from amazonmine.dehaze import DehazeParams
-    from amazonmine.model import load_trained
-    from amazonmine.train import setup_device
-    from amazonmine.tune import load_thresholds
+    from amazonmine.predictor import Predictor
 
-    thresholds, weather_decoding = load_thresholds(cfg.run_dir)
+    run = RunFolder.from_config(cfg)
+    thresholds, weather_decoding = run.read_thresholds()
     explicit = bool(inputs or cfg.predict.inputs)
     chips = list_inputs(cfg, inputs)
-    model_paths, unfinished = find_models(cfg)
-    setup_device(gpu)
-    models = [load_trained(p) for p in model_paths]
+    predictor = Predictor.from_run(cfg, gpu=gpu)
     if explicit:
         # Not the competition's test set: keep the Kaggle files of the run as they are.
-        out_dir = cfg.run_dir / "predictions"
+        out_dir = run.predictions_dir
         probs_csv, submission = out_dir / "probabilities.csv", out_dir / "labels.csv"
     else:
-        out_dir = cfg.run_dir
-        probs_csv, submission = out_dir / "test_probabilities.csv", out_dir / "submission.csv"
-    # The models learnt from dehazed chips; the default test folders are read from their dehazed copies.
-    dehaze = DehazeParams.from_config(cfg.dehaze) if explicit and cfg.dehaze.enabled else None
+        out_dir = run.root
+        probs_csv, submission = run.test_probabilities, run.submission
     started = time.perf_counter()
-    failures = stream_probabilities(models, chips, cfg.predict.tta, cfg.predict.batch_size, probs_csv, progress,
-                                    expected_size=cfg.data.chip_size, dehaze=dehaze)
+    # The default test folders are read from their dehazed copies; explicit inputs are dehazed in memory by the
+    # predictor when the folds learnt from dehazed chips.
+    failures = predictor.predict_files(chips, probs_csv, dehazed=not explicit, expected_size=cfg.data.chip_size,
+                                       progress=progress)
     seconds = time.perf_counter() - started
     layout = PlanetLayout.from_config(cfg.data)
     # The sample's order applies when labelling the competition's own test folders.
@@ -332,14 +214,19 @@ def run_predict(cfg, inputs: list[Path] | None = None, allow_missing: bool = Fal
     problems = validate_submission(submission, sample)
     if problems:
         raise AmazonmineError(f"{submission}: invalid submission: " + "; ".join(problems))
-    failures_csv = out_dir / "predict_failures.csv"
+    failures_csv = out_dir / run.predict_failures.name
     if failed:
         import pandas as pd
 
         write_csv_atomic(failures_csv, pd.DataFrame({"problem": failed}))
     elif failures_csv.exists():
         failures_csv.unlink()  # a stale list from an earlier run would name chips that are now fine
-    note = (f"left out {', '.join(unfinished)}: not finished (no summary.json); 'amazonmine train --resume' "
-            f"finishes them" if unfinished else "")
-    return PredictSummary(submission, probs_csv, len(chips), len(models), cfg.predict.tta, seconds, failed,
-                          counts, not_in_sample, note)
+    notes = []
+    if predictor.unfinished:
+        notes.append(f"left out {', '.join(predictor.unfinished)}: not finished (no summary.json); "
+                     f"'amazonmine train --resume' finishes them")
+    if sample is not None and not sample.is_file():
+        notes.append(f"no {sample.name} in {sample.parent}: the submission's row order and count were not checked "
+                     f"against Kaggle's sample")
+    return PredictSummary(submission, probs_csv, len(chips), len(predictor.models), predictor.tta, seconds, failed,
+                          counts, not_in_sample, "; ".join(notes))

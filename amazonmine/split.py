@@ -46,11 +46,9 @@ import numpy as np
 
 from amazonmine.config import ConfigError
 from amazonmine.data import LABEL_INDEX, LABELS, DataError, PlanetLayout
-from amazonmine.io import prepare_run_dir, write_csv_atomic
+from amazonmine.io import write_csv_atomic
+from amazonmine.runfolder import FOLD_COUNTS_CSV, FOLDS_CSV, MANIFEST_CSV, RunFolder
 
-FOLDS_CSV = "folds.csv"
-FOLD_COUNTS_CSV = "fold_counts.csv"
-MANIFEST_CSV = "train_manifest.csv"
 N_VIEWS = 8  # the dihedral group of the square
 _MAX_SEED = 2**32 - 1  # numpy's RandomState, which iterstrat uses, takes seeds in [0, 2**32)
 
@@ -298,57 +296,14 @@ def run_split(cfg, check_files: bool = True) -> SplitSummary:
                         f"(fewer chips than folds): {', '.join(missing)}")
         warnings.warn(problems[-1], SplitWarning, stacklevel=2)
 
-    run_dir = prepare_run_dir(cfg)
-    write_csv_atomic(run_dir / FOLDS_CSV, pd.DataFrame({"image_name": names, "fold": folds}))
-    write_csv_atomic(run_dir / FOLD_COUNTS_CSV, counts)
-    write_csv_atomic(run_dir / MANIFEST_CSV, manifest)
+    run = RunFolder.from_config(cfg)
+    run_dir = run.prepare(cfg)
+    write_csv_atomic(run.folds_csv, pd.DataFrame({"image_name": names, "fold": folds}))
+    write_csv_atomic(run.fold_counts_csv, counts)
+    write_csv_atomic(run.manifest_csv, manifest)
     return SplitSummary(
         labels_csv=layout.labels_csv, run_dir=run_dir, k=split_cfg.folds, seed=cfg.run.seed, n_chips=len(names),
         rare_labels=rare, rare_target=split_cfg.rare_target, rare_max_factor=split_cfg.rare_max_factor,
         fold_counts=counts, train_counts=manifest_label_counts(manifest, names, matrix, split_cfg.folds),
         seconds=seconds, warnings=problems,
     )
-
-
-# --- readers for the training stage ------------------------------------------------------------------------
-
-def _read_run_csv(path: Path, columns: Sequence[str]):
-    import pandas as pd
-
-    if not path.is_file():
-        raise DataError(f"{path}: not found; run 'amazonmine split' first")
-    try:
-        frame = pd.read_csv(path, dtype={"image_name": str}, keep_default_na=False)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError):
-        raise DataError(f"{path}: not a readable CSV; run 'amazonmine split' again") from None
-    missing = [c for c in columns if c not in frame.columns]
-    if missing:
-        raise DataError(f"{path}: missing column(s) {', '.join(missing)}; run 'amazonmine split' again")
-    for column in columns[1:]:
-        if not pd.api.types.is_integer_dtype(frame[column]):
-            raise DataError(f"{path}: column '{column}' must hold whole numbers; run 'amazonmine split' again")
-    return frame[list(columns)]
-
-
-def load_folds(run_dir: str | Path):
-    """DataFrame image_name,fold from ``run_dir/folds.csv`` (the labels file's row order)."""
-    return _read_run_csv(Path(run_dir) / FOLDS_CSV, ("image_name", "fold"))
-
-
-def load_training_manifest(run_dir: str | Path, fold: int):
-    """DataFrame image_name,transform: the training rows of the model validated on ``fold``.
-
-    Checked against folds.csv, so a manifest left over from another split is refused rather than trained on.
-    """
-    run_dir = Path(run_dir)
-    path = run_dir / MANIFEST_CSV
-    manifest = _read_run_csv(path, ("image_name", "fold", "transform"))
-    folds = load_folds(run_dir)
-    k = int(folds["fold"].max()) + 1
-    if not 0 <= fold < k:
-        raise DataError(f"{run_dir / FOLDS_CSV}: no fold {fold} (the split has folds 0..{k - 1})")
-    rows = manifest[manifest["fold"] == fold]
-    expected = set(folds.loc[folds["fold"] != fold, "image_name"])
-    if set(rows.loc[rows["transform"] == 0, "image_name"]) != expected or not rows["transform"].between(0, 7).all():
-        raise DataError(f"{path}: fold {fold} does not match {FOLDS_CSV}; run 'amazonmine split' again")
-    return rows[["image_name", "transform"]].reset_index(drop=True)

@@ -233,9 +233,10 @@ def test_a_clean_rerun_removes_the_stale_failure_list(run, tmp_path):
 def test_explicit_inputs_are_dehazed_in_memory_and_kept_apart_from_the_submission(run, tmp_path):
     import cv2
 
+    from amazonmine.decisions import decode
     from amazonmine.dehaze import DehazeParams, dehaze_image
     from amazonmine.predict import run_predict
-    from amazonmine.tune import decode, load_thresholds
+    from amazonmine.runfolder import RunFolder
 
     base, _ = run
     raw, clean = tmp_path / "raw", tmp_path / "clean"
@@ -264,7 +265,7 @@ def test_explicit_inputs_are_dehazed_in_memory_and_kept_apart_from_the_submissio
     assert validate_submission(summary.submission) == []
     labels = pd.read_csv(summary.submission, dtype=str, keep_default_na=False)
     assert labels["image_name"].tolist() == dehazed["image_name"].tolist() == ["0001", "7", "NA", "test_a"]
-    thresholds, weather_decoding = load_thresholds(cfg.run_dir)
+    thresholds, weather_decoding = RunFolder.from_config(cfg).read_thresholds()
     expected = matrix_to_tags(decode(dehazed[list(LABELS)].to_numpy(), thresholds, weather_decoding))
     assert labels["tags"].tolist() == expected
 
@@ -294,3 +295,33 @@ def test_unfinished_folds_are_left_out_and_other_splits_refused(run, tmp_path):
     path.write_text(json.dumps({**json.loads(path.read_text()), "split_sha256": "0" * 64}))
     with pytest.raises(AmazonmineError, match=r"fold1 trained on another split than the run's folds.csv"):
         run_predict(cfg, progress=False)
+
+
+def test_the_predictor_in_three_lines_gives_predicts_probabilities(run):
+    # The notebook recipe of the README: a run folder in, probabilities for an array of chips out, equal to
+    # what the predict stage wrote for the same chips (it rounds to 6 decimals).
+    from amazonmine.config import load_config
+    from amazonmine.predict import run_predict
+    from amazonmine.predictor import Predictor
+
+    base, sets = run
+    written = pd.read_csv(run_predict(load_config(None, sets), progress=False).probabilities, dtype={"image_name": str})
+    chips = np.stack([read_image(base / "data" / "test-jpg" / f"{n}.jpg") for n in written["image_name"][:7]])
+
+    predictor = Predictor.from_run(base / "run")
+    probs = predictor.predict(chips)
+
+    assert probs.shape == (7, 17) and probs.dtype == np.float32
+    np.testing.assert_allclose(probs, written[list(LABELS)].to_numpy()[:7], atol=2e-6)
+    assert predictor.decide(probs).shape == (7, 17)
+
+
+def test_each_model_is_traced_once_whatever_the_batch_sizes(run):
+    from amazonmine.predictor import Predictor
+
+    base, _ = run
+    predictor = Predictor.from_run(base / "run", batch_size=4)
+    chips = np.random.default_rng(0).integers(0, 256, (11, 32, 32, 3), dtype=np.uint8)
+    predictor.predict(chips)  # batches of 4, 4, 3
+    predictor.predict(chips[:2])
+    assert [f.experimental_get_tracing_count() for f in predictor._infers] == [1] * len(predictor.models)

@@ -7,7 +7,8 @@ import pandas as pd
 import pytest
 
 from amazonmine.data import LABELS, DataError, PlanetLayout, load_matrix_csv, read_image
-from amazonmine.predict import _list_from_csv, _read_chunk, write_submission
+from amazonmine.predict import _list_from_csv, write_submission
+from amazonmine.predictor import Predictor
 from amazonmine.synth import encode_jpeg, encode_tif
 
 # Names pandas reads as numbers or as missing unless told not to.
@@ -37,6 +38,12 @@ def test_matrix_csv_keeps_names_that_look_like_numbers_or_missing(tmp_path):
     path = probability_csv(tmp_path / "oof_fold0.csv", {n: ["clear"] for n in AWKWARD})
     names, matrix = load_matrix_csv(path)
     assert names == AWKWARD and matrix.shape == (3, len(LABELS))
+
+
+def _read_chunk(items, image_size, channels, expected_size=0, dehaze=None):
+    """The predictor's chunk reader, for a model of this input (no model needed to read chips)."""
+    reader = Predictor(models=[], model_paths=[], image_size=image_size, channels=channels, dehaze=dehaze)
+    return reader.read_chunk(items, dehazed=False, expected_size=expected_size)
 
 
 def chip_file(path, size: int, seed: int = 0):

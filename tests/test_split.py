@@ -12,19 +12,26 @@ import pytest
 from click.testing import CliRunner
 
 from amazonmine.config import ConfigError, load_config
-from amazonmine.data import LABELS, DataError, read_labels, tags_to_matrix
+from amazonmine.data import LABELS, PLANET_RARE_LABELS, DataError, read_labels, tags_to_matrix
+from amazonmine.runfolder import RunFolder
 from amazonmine.split import (
     SplitWarning,
     choose_rare_labels,
-    load_folds,
-    load_training_manifest,
     make_folds,
     oversample_copies,
     run_split,
     view_orders,
 )
 
-REAL_RARE = ("artisinal_mine", "blooming", "blow_down", "conventional_mine", "selective_logging", "slash_burn")
+REAL_RARE = PLANET_RARE_LABELS
+
+
+def load_folds(run_dir):
+    return RunFolder(Path(run_dir)).read_folds()
+
+
+def load_training_manifest(run_dir, fold):
+    return RunFolder(Path(run_dir)).read_training_manifest(fold)
 
 
 def _shares_ok(matrix: np.ndarray, folds: np.ndarray, k: int, min_positives: int = 300, tolerance: float = 0.10):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -10,11 +11,17 @@ import pytest
 from sklearn.metrics import fbeta_score
 
 from amazonmine.data import LABEL_INDEX, LABELS, LAND_INDEX, WEATHER_INDEX, DataError, matrix_to_tags, tags_to_matrix
+from amazonmine.decisions import decode, fit_thresholds, threshold_curve
 from amazonmine.metrics import mean_f2
+from amazonmine.runfolder import RunFolder
 from amazonmine.synth import load_label_combos
-from amazonmine.tune import decode, fit_thresholds, load_thresholds, run_tune, simulate_oof, threshold_curve
+from amazonmine.tune import run_tune, simulate_oof
 
 CLOUDY = LABEL_INDEX["cloudy"]
+
+
+def load_thresholds(run_dir):
+    return RunFolder(Path(run_dir)).read_thresholds()
 
 
 def combo_labels(n: int, seed: int = 0) -> np.ndarray:

@@ -16,9 +16,10 @@ import pandas as pd
 import pytest
 
 from amazonmine.data import LABEL_INDEX, LABELS, DataError, PlanetLayout, matrix_to_tags, read_image
+from amazonmine.decisions import decode
 from amazonmine.metrics import mean_f2
-from amazonmine.report import run_evaluate
-from amazonmine.tune import decode, run_tune, simulate_oof
+from amazonmine.evaluate import run_evaluate
+from amazonmine.tune import run_tune, simulate_oof
 
 MINE = LABEL_INDEX["artisinal_mine"]
 

@@ -26,12 +26,12 @@ from urllib.parse import quote
 
 import numpy as np
 
-from amazonmine.data import LABEL_INDEX, LABELS, WEATHER_LABELS, DataError, PlanetLayout, chip_dir, read_image
+from amazonmine.data import LABEL_INDEX, LABELS, MINE_LABELS, WEATHER_LABELS, DataError, PlanetLayout, read_image
+from amazonmine.decisions import decode, threshold_curve
 from amazonmine.io import atomic_path, write_bytes_atomic, write_text_atomic
 from amazonmine.metrics import mean_f2, per_label_scores
-from amazonmine.tune import THRESHOLDS_FILE, OofSet, decode, load_oof, load_thresholds, threshold_curve
+from amazonmine.runfolder import THRESHOLDS_JSON, OofSet, RunFolder
 
-MINE_LABELS = ("artisinal_mine", "conventional_mine")
 DEHAZE_PAIRS = 8
 _CSS = """
 body { font: 14px/1.45 system-ui, sans-serif; margin: 2em auto; max-width: 1200px; padding: 0 1em; color: #222; }
@@ -116,12 +116,12 @@ def _table(header: list[str], rows: list[list], numeric_from: int = 1) -> str:
 
 def _decision_rule(cfg) -> tuple[np.ndarray, bool, str]:
     """The thresholds predict would use: thresholds.json if tune has run, else the flat start threshold."""
-    run_dir = Path(cfg.run.dir)
-    if (run_dir / THRESHOLDS_FILE).is_file():
-        thresholds, weather = load_thresholds(run_dir)
+    run = RunFolder.from_config(cfg)
+    if run.thresholds.is_file():
+        thresholds, weather = run.read_thresholds()
         return thresholds, weather, "tuned thresholds"
     flat = np.full(len(LABELS), cfg.tune.start)
-    return flat, cfg.tune.weather_decoding, f"flat threshold {cfg.tune.start:g} (no {THRESHOLDS_FILE})"
+    return flat, cfg.tune.weather_decoding, f"flat threshold {cfg.tune.start:g} (no {THRESHOLDS_JSON})"
 
 
 def _label_curve(y, probs, thresholds, j, candidates, weather_decoding) -> np.ndarray:
@@ -235,7 +235,7 @@ def _cooccurrence(out: Path, y: np.ndarray, pred: np.ndarray) -> str:
 
 def _chip_folders(cfg) -> list[Path]:
     # The chips the model saw first (the dehazed copy when dehaze is on), then the raw download.
-    first = chip_dir(cfg, cfg.data.train_dir)
+    first = RunFolder.from_config(cfg).chip_dir(cfg.data.train_dir)
     raw = Path(cfg.data.root) / cfg.data.train_dir
     return [first] if first == raw else [first, raw]
 
@@ -308,7 +308,7 @@ def _gallery(out: Path, cfg, oof: OofSet, pred: np.ndarray) -> tuple[str, bool]:
 def _dehaze_pairs(out: Path, cfg, frame, matrix) -> tuple[str, bool]:
     head = '<h2 id="dehaze">Dehazing: raw and dehazed hazy chips</h2>'
     raw_dir = Path(cfg.data.root) / cfg.data.train_dir
-    clean_dir = cfg.dehaze_dir / cfg.data.train_dir
+    clean_dir = RunFolder.from_config(cfg).dehazed / cfg.data.train_dir
     if not clean_dir.is_dir():
         return head + _missing(f"no dehazed chips at {clean_dir} (dehaze disabled or not run): "
                                "nothing to compare."), False
@@ -336,13 +336,13 @@ def _dehaze_pairs(out: Path, cfg, frame, matrix) -> tuple[str, bool]:
     return head + note + '<div class="grid">' + "".join(figures) + "</div>", True
 
 
-def _submission(run_dir: Path, train_matrix: np.ndarray) -> tuple[str, bool]:
+def _submission(run: RunFolder, train_matrix: np.ndarray) -> tuple[str, bool]:
     from amazonmine.data import load_matrix_csv, read_labels, tags_to_matrix
 
     head = '<h2 id="submission">Submission</h2>'
-    sub_path, prob_path = run_dir / "submission.csv", run_dir / "test_probabilities.csv"
+    sub_path, prob_path = run.submission, run.test_probabilities
     if not sub_path.is_file() and not prob_path.is_file():
-        return head + _missing(f"no submission.csv or test_probabilities.csv in {run_dir} "
+        return head + _missing(f"no {sub_path.name} or {prob_path.name} in {run.root} "
                                "(run 'amazonmine predict')."), False
     columns = {"training share": train_matrix.mean(axis=0)}
     notes = []
@@ -368,14 +368,24 @@ def _submission(run_dir: Path, train_matrix: np.ndarray) -> tuple[str, bool]:
             + _table(["label", *columns], rows)), True
 
 
+def _credit(layout: PlanetLayout) -> str:
+    """Credit what the report shows: Planet's imagery, or chips that amazonmine synth painted (a synth set
+    carries its known truth in truth/test_labels.csv, which no real download has)."""
+    if (layout.root / "truth" / "test_labels.csv").is_file():
+        return ("Chips painted by amazonmine synth (synthetic, not satellite imagery); their label combinations "
+                "are counted from Planet's competition labels, CC BY-SA 4.0.")
+    return ("Imagery by Planet (Kaggle \"Planet: Understanding the Amazon from Space\"), CC BY-SA 4.0.")
+
+
 # --- the stage ---------------------------------------------------------------------------------------------
 
 def run_evaluate(cfg) -> EvaluateResult:
     """Write <run_dir>/report/index.html (+ PNG/JPEG files) from the run's OOF predictions and outputs."""
-    run_dir = Path(cfg.run.dir)
-    out = run_dir / "report"
-    oof = load_oof(cfg)
-    frame, matrix = PlanetLayout.from_config(cfg.data).load_train(check_files=False)
+    run = RunFolder.from_config(cfg)
+    run_dir, out = run.root, run.report_dir
+    layout = PlanetLayout.from_config(cfg.data)
+    oof = run.read_oof(layout)
+    frame, matrix = layout.load_train(check_files=False)
     thresholds, weather, source = _decision_rule(cfg)
     pred = decode(oof.probs, thresholds, weather)
     f2 = mean_f2(oof.y_true, pred)
@@ -388,7 +398,7 @@ def run_evaluate(cfg) -> EvaluateResult:
     dehaze, ok = _dehaze_pairs(out, cfg, frame, matrix)
     if not ok:
         missing.append("dehaze pairs")
-    submission, ok = _submission(run_dir, matrix)
+    submission, ok = _submission(run, matrix)
     if not ok:
         missing.append("submission")
     body = "".join([
@@ -403,8 +413,7 @@ def run_evaluate(cfg) -> EvaluateResult:
     page = (f'<!doctype html>\n<html lang="en"><head><meta charset="utf-8"><title>amazonmine report: '
             f"{_e(run_dir.name)}</title><style>{_CSS}</style></head><body>"
             f"<h1>amazonmine report: {_e(run_dir.name)}</h1>{body}"
-            "<footer>Written by amazonmine evaluate. Imagery by Planet (Kaggle \"Planet: Understanding the "
-            "Amazon from Space\"), CC BY-SA 4.0.</footer></body></html>\n")
+            f"<footer>Written by amazonmine evaluate. {_e(_credit(layout))}</footer></body></html>\n")
     index = out / "index.html"
     write_text_atomic(index, page)
     return EvaluateResult(index, f2, len(oof.names), source, missing)

@@ -1,0 +1,229 @@
+"""One predictor: a run's finished fold models, with the preprocessing they were trained with, as one object.
+
+``predict``, ``evaluate``, ``scan`` and the scripts all get their probabilities here, so a chip is prepared for
+the model in exactly one way::
+
+    from amazonmine.predictor import Predictor
+    predictor = Predictor.from_run("runs/planet32")      # or a loaded Config
+    probs = predictor.predict(chips)                     # (N, H, W, C) chips as read_image gives them -> (N, 17)
+
+What "the preprocessing they were trained with" means, step by step, for each chip:
+
+1. **Dehazing**, when the folds were trained on dehazed chips (their ``summary.json`` records it, with the
+   dehaze settings): the raw chip is dehazed in memory with those settings. Chips read from the run's own
+   dehazed copies pass ``dehazed=True``.
+2. **Band order**: chips come in file order as :func:`amazonmine.data.read_image` returns them (OpenCV: B, G, R
+   for JPEGs; B, G, R, NIR for TIFs) and are put in the model's order (R, G, B[, NIR]).
+3. **Size**: resized to the model's input side as training did (:func:`amazonmine.pipeline.resize_square`).
+4. **Pixel scale**: none outside the model; each model rescales its raw input itself.
+5. **Test-time augmentation**: the mean over ``tta`` dihedral views, then the mean over the fold models.
+
+Inference runs in compiled functions with a fixed input signature, traced once per model, called one batch at
+a time: memory stays flat however many chips go through (``model.predict`` in a loop grows it).
+"""
+
+from __future__ import annotations
+
+import csv
+import functools
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from amazonmine.data import LABELS, DataError, read_image
+from amazonmine.errors import AmazonmineError
+from amazonmine.io import atomic_path
+from amazonmine.runfolder import RunFolder
+
+CHUNK = 1024  # chips read ahead (in a thread) while the models work on the previous chunk
+
+
+@dataclass
+class Predictor:
+    """Fold models + preprocessing -> probabilities. Build it with :meth:`from_run`."""
+
+    models: list
+    model_paths: list[Path]
+    image_size: int
+    channels: int
+    image_format: str = "jpg"
+    chip_size: int = 0
+    chip_ground_m: float = 768.0
+    dehaze: object | None = None  # haze.DehazeParams when the folds learnt from dehazed chips
+    tta: int = 1
+    batch_size: int = 256
+    thresholds: np.ndarray | None = None
+    weather_decoding: bool = False
+    unfinished: list[str] = field(default_factory=list)
+    _infers: list = field(default_factory=list, repr=False)
+
+    # --- loading -------------------------------------------------------------------------------------------
+    @classmethod
+    def from_run(cls, run, gpu: bool = False, tta: int | None = None, batch_size: int | None = None,
+                 overrides: Sequence[str] = ()) -> "Predictor":
+        """The finished fold models of a run. ``run`` is a loaded Config, or a run folder (its config.yaml is
+        read, with ``overrides`` as ``section.key=value`` on top). Thresholds are attached when tune has run."""
+        from amazonmine.config import Config, load_config
+        from amazonmine.device import setup_device
+        from amazonmine.model import load_trained
+
+        if isinstance(run, Config):
+            cfg = run
+        else:
+            config_yaml = RunFolder(Path(run)).config_yaml
+            if not config_yaml.is_file():
+                raise AmazonmineError(f"{run}: not a run folder (no config.yaml); pass the run.dir of a trained run")
+            cfg = load_config(config_yaml, [f"run.dir={run}", *overrides])
+        folder = RunFolder.from_config(cfg)
+        finished = folder.finished_models()
+        settings = _shared_settings(finished.folds)
+        setup_device(gpu)
+        models = [load_trained(p) for p in finished.paths]
+        shape = tuple(models[0].input_shape[1:])
+        for path, model in zip(finished.paths[1:], models[1:]):
+            if tuple(model.input_shape[1:]) != shape:
+                raise AmazonmineError(f"{path}: input shape {model.input_shape[1:]} differs from the other folds' "
+                                      f"{shape}; the folds of one run must share their input")
+        thresholds, weather = (folder.read_thresholds() if folder.thresholds.is_file()
+                               else (None, cfg.tune.weather_decoding))
+        return cls(models=models, model_paths=finished.paths, image_size=int(shape[0]), channels=int(shape[2]),
+                   image_format=settings.get("data.image_format", cfg.data.image_format),
+                   chip_size=int(settings.get("data.chip_size", cfg.data.chip_size)),
+                   chip_ground_m=float(getattr(cfg.data, "chip_ground_m", 768.0)),
+                   dehaze=_dehaze_params(settings, cfg), tta=tta or cfg.predict.tta,
+                   batch_size=batch_size or cfg.predict.batch_size, thresholds=thresholds,
+                   weather_decoding=weather, unfinished=finished.unfinished)
+
+    # --- arrays --------------------------------------------------------------------------------------------
+    def prepare(self, chip: np.ndarray, dehazed: bool = False) -> np.ndarray:
+        """One chip in file band order -> the model's input (its own dtype, model band order, input size)."""
+        from amazonmine.pipeline import resize_square, to_model_channels
+
+        if chip.ndim != 3 or chip.shape[0] != chip.shape[1]:
+            raise DataError(f"expected a square (H, W, bands) chip, got shape {chip.shape}")
+        if chip.shape[2] != self.channels:
+            raise DataError(f"chip has {chip.shape[2]} bands, the model expects {self.channels}")
+        if self.dehaze is not None and not dehazed:
+            from amazonmine.haze import dehaze_image
+
+            chip = dehaze_image(chip, self.dehaze).image
+        return resize_square(to_model_channels(chip), self.image_size)
+
+    def predict(self, chips: np.ndarray | Sequence[np.ndarray], dehazed: bool = False) -> np.ndarray:
+        """(N, H, W, C) chips in file band order (uint8 JPEG or uint16 TIF pixels) -> (N, 17) float32, the mean
+        over the fold models and the TTA views. Chips may be any square size; each is prepared as in training."""
+        if len(chips) == 0:
+            return np.zeros((0, len(LABELS)), np.float32)
+        pixels = np.stack([self.prepare(np.asarray(c), dehazed) for c in chips])
+        return self.predict_prepared(pixels)
+
+    def predict_prepared(self, pixels: np.ndarray) -> np.ndarray:
+        """Chips already at the model's input (from :meth:`prepare`) -> (N, 17) float32."""
+        import tensorflow as tf
+
+        if not self._infers:
+            self._infers = [self._compile(m) for m in self.models]
+        total = np.zeros((len(pixels), len(LABELS)), np.float64)
+        for start in range(0, len(pixels), self.batch_size):
+            batch = tf.constant(pixels[start:start + self.batch_size].astype(np.float32))
+            for infer in self._infers:
+                total[start:start + len(batch)] += infer(batch).numpy()
+        return (total / len(self._infers)).astype(np.float32)
+
+    def _compile(self, model):
+        from amazonmine.pipeline import tta_predict_fn
+
+        return tta_predict_fn(model, self.tta, (self.image_size, self.image_size, self.channels))
+
+    def decide(self, probs: np.ndarray) -> np.ndarray:
+        """(N, 17) decisions with the run's tuned thresholds (predict's rule)."""
+        from amazonmine.decisions import decode
+
+        if self.thresholds is None:
+            raise DataError("this run has no thresholds.json: run 'amazonmine tune' first")
+        return decode(probs, self.thresholds, self.weather_decoding)
+
+    # --- files ---------------------------------------------------------------------------------------------
+    def predict_files(self, chips: list[tuple[str, Path]], out_csv: Path, dehazed: bool = False,
+                      expected_size: int = 0, progress: bool = True) -> list[tuple[str, str]]:
+        """Write image_name + 17 probabilities per readable chip to ``out_csv`` (atomically), streaming.
+
+        Chunks are read in a thread while the models work on the previous one. Returns (image_name, problem)
+        for every chip that could not be read; ``expected_size`` refuses chips of another side (0 = any).
+        """
+        from tqdm import tqdm
+
+        read = functools.partial(self.read_chunk, dehazed=dehazed, expected_size=expected_size)
+        chunks = [chips[i:i + CHUNK] for i in range(0, len(chips), CHUNK)]
+        failures: list[tuple[str, str]] = []
+        with atomic_path(out_csv) as tmp, open(tmp, "w", newline="") as fh, \
+                ThreadPoolExecutor(max_workers=1) as pool, \
+                tqdm(total=len(chips), desc="predict", unit="chip", disable=not progress, mininterval=1.0) as bar:
+            writer = csv.writer(fh)
+            writer.writerow(["image_name", *LABELS])
+            pending = pool.submit(read, chunks[0]) if chunks else None
+            for index, chunk in enumerate(chunks):
+                pixels, ok, errors = pending.result()
+                pending = pool.submit(read, chunks[index + 1]) if index + 1 < len(chunks) else None
+                failures += errors
+                probs = self.predict_prepared(pixels) if len(pixels) else np.zeros((0, len(LABELS)))
+                names = [name for (name, _), keep in zip(chunk, ok) if keep]
+                writer.writerows([name, *(f"{p:.6f}" for p in row)] for name, row in zip(names, probs))
+                bar.update(len(chunk))
+        return failures
+
+    def read_chunk(self, items, dehazed: bool, expected_size: int):
+        """Prepared pixels of the readable chips of a chunk, kept in the chips' dtype (uint8 JPEG, uint16 TIF)
+        so a chunk of 256 px chips stays small; cast to float32 one batch at a time."""
+        pixels = None
+        ok = np.zeros(len(items), bool)
+        errors: list[tuple[str, str]] = []
+        for i, (name, path) in enumerate(items):
+            try:
+                img = self.prepare(read_image(path, expected_size), dehazed)
+            except DataError as exc:
+                message = str(exc)
+                errors.append((name, message if str(path) in message else f"{path}: {message}"))
+                continue
+            if pixels is None:
+                pixels = np.zeros((len(items), *img.shape), img.dtype)
+            pixels[i] = img
+            ok[i] = True
+        if pixels is None:  # no chip of the chunk could be read
+            return np.zeros((0, self.image_size, self.image_size, self.channels), np.uint8), ok, errors
+        return (pixels if ok.all() else pixels[ok]), ok, errors
+
+
+def _shared_settings(folds) -> dict:
+    """The preprocessing settings the folds recorded; they must agree, since their outputs are averaged."""
+    keys = ("data.image_format", "data.chip_size", "dehaze.enabled")
+    recorded = []
+    for files in folds:
+        settings = files.read_summary().get("settings") or {}
+        recorded.append((files, settings))
+    first_files, first = recorded[0]
+    for files, settings in recorded[1:]:
+        for key in keys + tuple(k for k in first if k.startswith("dehaze.")):
+            if key in first and key in settings and first[key] != settings[key]:
+                raise AmazonmineError(f"{files.summary}: {key} is {settings[key]!r}, but {first_files.name} has "
+                                      f"{first[key]!r}; the averaged folds must share their preprocessing")
+    return first
+
+
+def _dehaze_params(settings: dict, cfg):
+    """The dehaze settings the folds learnt with (from their summaries; the config for older folds)."""
+    from amazonmine.haze import DehazeParams
+
+    if "dehaze.enabled" not in settings:
+        return DehazeParams.from_config(cfg.dehaze) if cfg.dehaze.enabled else None
+    if not settings["dehaze.enabled"]:
+        return None
+    import dataclasses
+
+    recorded = {k.split(".", 1)[1]: v for k, v in settings.items() if k.startswith("dehaze.")}
+    section = dataclasses.replace(cfg.dehaze, **{k: v for k, v in recorded.items()
+                                                 if k in {f.name for f in dataclasses.fields(cfg.dehaze)}})
+    return DehazeParams.from_config(section)
