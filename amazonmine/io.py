@@ -1,4 +1,4 @@
-"""Atomic writes and the run folder.
+"""Atomic writes and locks.
 
 Every artifact is written to a temporary file in the same folder and only then given its name, so a run killed
 at any moment leaves either the old file or the new one, never half of one. On Linux the temporary has no name
@@ -23,15 +23,38 @@ def atomic_path(path: str | Path, suffix: str | None = None) -> Iterator[Path]:
     path = Path(path)
     # Keep the real extension last: some writers (OpenCV, Keras, matplotlib) choose the format by it.
     suffix = path.suffix if suffix is None else suffix
-    fd, tmp = _open_temporary(str(path.parent), path.stem, suffix)
+    try:
+        fd, tmp = _open_temporary(str(path.parent), path.stem, suffix)
+    except OSError as exc:
+        raise _about_artifact(exc, path) from None
     os.close(fd)
     tmp_path = Path(tmp)
     try:
         yield tmp_path
         os.replace(tmp_path, path)
+    except OSError as exc:
+        # The user knows the artifact, not our hidden temporary: name the artifact, and say nothing was replaced.
+        raise _about_artifact(exc, path) from None
+    except RuntimeError as exc:
+        # h5py reports a full disk while Keras saves as "RuntimeError: Can't ..." with no errno.
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise OSError(errno.EIO, f"could not be written ({reason}; is the disk full?); the previous file, if "
+                                 f"any, is unchanged", str(path)) from None
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def _about_artifact(exc: OSError, path: Path) -> OSError:
+    """The same error, naming ``path`` (the artifact) instead of a temporary file or no file at all."""
+    if exc.errno is None:
+        return exc
+    reason = exc.strerror or str(exc)
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        reason += " (free some space and run the stage again; the previous file, if any, is unchanged)"
+    elif exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        reason += " (the folder is not writable: choose another run.dir or output folder)"
+    return OSError(exc.errno, reason, str(path))
 
 
 def write_bytes_atomic(path: str | Path, data: bytes) -> None:
@@ -41,14 +64,19 @@ def write_bytes_atomic(path: str | Path, data: bytes) -> None:
     if _write_unnamed(folder, path, data):
         return
     stem, suffix = os.path.splitext(name)
-    fd, tmp = _open_temporary(folder, stem, suffix)
+    try:
+        fd, tmp = _open_temporary(folder, stem, suffix)
+    except OSError as exc:
+        raise _about_artifact(exc, Path(path)) from None
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(exc, OSError):
+            raise _about_artifact(exc, Path(path)) from None
         raise
 
 
@@ -63,9 +91,7 @@ def _write_unnamed(folder: str, path: str, data: bytes) -> bool:
     """Linux: write into an unnamed file in ``folder`` (O_TMPFILE) and give it its name once it is whole.
 
     Nothing is ever visible under a temporary name, so a killed process leaves nothing behind, and there is no
-    rename. Measured on this project's ext4 VM with two processes writing real chips into one folder: never
-    slower than a plain open() and write, and in a period when that disk's writes were slow, half the kernel
-    time (0.62 vs 1.2 ms per file).
+    rename (never slower than a plain open() and write where measured: scripts/bench_dehaze.py, README).
     Returns False, leaving nothing visible, where the caller must use a named temporary instead: no O_TMPFILE
     (other systems, some filesystems), a folder still to be created, no /proc, or ``path`` already exists (a
     new link cannot replace a file; the rename can). Any other error is left for the named path to report.
@@ -168,3 +194,39 @@ def prepare_run_dir(cfg: Any) -> Path:
     run_dir.mkdir(parents=True, exist_ok=True)
     write_text_atomic(run_dir / "config.yaml", dump_config(cfg))
     return run_dir
+
+
+class LockedError(OSError):
+    """Another process holds the lock."""
+
+
+@contextlib.contextmanager
+def exclusive_lock(lock_file: str | Path, what: str) -> Iterator[None]:
+    """Hold an exclusive lock on ``lock_file`` for the block, or refuse at once naming the holder.
+
+    An advisory ``flock`` on an open file: the kernel releases it when the holder exits in any way, ``kill -9``
+    included, so a stale lock never blocks (the file stays, holding the last holder's note). The note (pid,
+    host, since, what) is written for the refusal message only. Limit: ``flock`` is not shared between machines
+    on some network file systems.
+    """
+    import datetime
+    import fcntl
+    import socket
+
+    lock_file = Path(lock_file)
+    lock_file.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip() or "another process"
+            raise LockedError(errno.EWOULDBLOCK, f"in use by {holder}; wait for it to finish or stop it",
+                              str(lock_file.parent)) from None
+        since = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+        note = f"pid {os.getpid()} on {socket.gethostname()} since {since} ({what})".encode()
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, note, 0)
+        yield
+    finally:
+        os.close(fd)  # releases the lock

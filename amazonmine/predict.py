@@ -181,9 +181,14 @@ def write_submission(probs_csv: Path, out: Path, thresholds, weather_decoding: b
 
 def run_predict(cfg, inputs: list[Path] | None = None, allow_missing: bool = False, gpu: bool = False,
                 progress: bool = True) -> PredictSummary:
+    run = RunFolder.from_config(cfg)
+    with run.lock("predict"):
+        return _predict(cfg, run, inputs, gpu, progress)
+
+
+def _predict(cfg, run: RunFolder, inputs: list[Path] | None, gpu: bool, progress: bool) -> PredictSummary:
     from amazonmine.predictor import Predictor
 
-    run = RunFolder.from_config(cfg)
     thresholds, weather_decoding = run.read_thresholds()
     explicit = bool(inputs or cfg.predict.inputs)
     chips = list_inputs(cfg, inputs)

@@ -35,7 +35,7 @@ import numpy as np
 
 from amazonmine.data import LABELS, DataError, PlanetLayout, _offenders, load_matrix_csv
 from amazonmine.errors import AmazonmineError
-from amazonmine.io import read_json, write_text_atomic
+from amazonmine.io import exclusive_lock, read_json, write_text_atomic
 
 CONFIG_YAML = "config.yaml"
 FOLDS_CSV = "folds.csv"
@@ -209,6 +209,13 @@ class RunFolder:
         self.root.mkdir(parents=True, exist_ok=True)
         write_text_atomic(self.config_yaml, dump_config(cfg))
         return self.root
+
+    def lock(self, stage: str):
+        """Hold the run folder for a stage that writes it: a second writer (another train, a tune while
+        training, ...) is refused at once with one line naming the holder; a killed holder's lock is gone."""
+        if self.root.exists() and not self.root.is_dir():
+            raise AmazonmineError(f"{self.root}: run.dir is a file, not a folder; set run.dir to a folder")
+        return exclusive_lock(self.root / ".lock", f"amazonmine {stage}")
 
     # --- where the chips are -------------------------------------------------------------------------------
     def chip_dir(self, subdir: str) -> Path:
