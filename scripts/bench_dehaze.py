@@ -1,6 +1,6 @@
 """Speed benchmark of the dehaze stage: run by hand (not a test), prints its ratios.
 
-1. The math, one process, OpenCV single-threaded: ``amazonmine.dehaze.dehaze_image`` against the plain float64
+1. The math, one process, OpenCV single-threaded: ``amazonmine.haze.dehaze_image`` against the plain float64
    transcription of He, Sun & Tang's steps below (float64 arrays, a full argsort for the airlight, the exact
    guided filter in float64), same parameters, same decoded chips, the two timed alternately chip by chip.
    Target: >= 5x faster, outputs within >= 35 dB PSNR of the reference on every chip.
@@ -15,6 +15,10 @@
    start-up weighs on the ratio about as little as on a real folder; the three loops take turns going first,
    each pass after the previous output is deleted and flushed to disk. Target: >= 0.5 of the bare loop's
    chips per second.
+
+Between the two, the choices that the package's comments point here for: each step's cost per chip (decode,
+math, the 4:4:4 encode, writes), whole loops in one process (why a worker reads a group of chips, dehazes it,
+then writes it) and the worker body in a fresh process with and without ``amazonmine.workerpool.init_worker``.
 
 Input: the real 256 px Kaggle chips in ../shared/data/planet_real_256/train-jpg when present (real pixels beat
 synthetic ones), else ``--synthetic`` chips from ``amazonmine.synth.make_dataset``; or any ``--chips DIR``.
@@ -42,8 +46,10 @@ import numpy as np
 
 from amazonmine.config import load_config
 from amazonmine.data import DataError, read_image
-from amazonmine.dehaze import DehazeParams, dehaze_image, encode_output_jpeg, init_worker, run_dehaze
+from amazonmine.dehaze import _Job, _process_chunk, encode_output_jpeg, run_dehaze
+from amazonmine.haze import DehazeParams, dehaze_image
 from amazonmine.io import write_bytes_atomic
+from amazonmine.workerpool import init_worker
 
 REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "planet_real_256" / "train-jpg"
 
@@ -190,6 +196,7 @@ def breakdown(src: Path, work: Path) -> None:
     }
     print("per chip, 1 process: " + ", ".join(f"{k} {v:.2f} ms" for k, v in steps.items()))
     loop_gap(files, out, params, steps["dehaze math"])
+    worker_setup(files, out, params)
 
 
 def loop_gap(files: list[Path], out: Path, params: DehazeParams, math_alone: float, rounds: int = 3) -> None:
@@ -198,8 +205,6 @@ def loop_gap(files: list[Path], out: Path, params: DehazeParams, math_alone: flo
     between decode and encode, and the stage's worker body (which reads a group of chips, dehazes it, then
     writes it, and checks what it reads). The math run between file reads and writes costs more than the math
     alone over decoded chips; the gap is printed."""
-    from amazonmine.dehaze import _Job, _process_chunk
-
     expected = read_image(files[0]).shape[0]
 
     def bare(dst: Path, with_math: bool) -> None:
@@ -231,6 +236,36 @@ def loop_gap(files: list[Path], out: Path, params: DehazeParams, math_alone: flo
           f"{best['bare + math']:.2f} (the math costs {in_loop:.2f} there, {math_alone:.2f} alone); the stage's "
           f"worker {best['stage worker']:.2f} (costs {in_stage:.2f} more than bare: {in_stage - math_alone:+.2f} "
           f"beyond the math alone); ratio bare / stage worker {best['bare'] / best['stage worker']:.2f}")
+
+
+def _worker_body_ms(files: list[str], dst: str, params: DehazeParams, expected: int) -> float:
+    """The stage's worker body over ``files`` in the calling process, in the stage's chunks: ms per chip."""
+    jobs = [_Job(Path(f).name, f, str(Path(dst) / Path(f).name)) for f in files]
+    start = time.perf_counter()
+    for i in range(0, len(jobs), 64):
+        _process_chunk(jobs[i:i + 64], params, expected)
+    return (time.perf_counter() - start) / len(jobs) * 1e3
+
+
+def worker_setup(files: list[Path], out: Path, params: DehazeParams, rounds: int = 3) -> None:
+    """What amazonmine.workerpool.init_worker (single-threaded OpenCV, glibc's allocator thresholds raised) is
+    worth: the stage's worker body in a fresh process without it and with it."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")  # a fresh process each pass: the allocator settings cannot be undone
+    expected = read_image(files[0]).shape[0]
+    best = {"plain": float("inf"), "init_worker": float("inf")}
+    for rep in range(rounds):
+        for name, init in (("plain", None), ("init_worker", init_worker)):
+            dst = out / f"setup_{rep}_{name}"
+            dst.mkdir()
+            with ProcessPoolExecutor(max_workers=1, mp_context=ctx, initializer=init) as pool:
+                ms = pool.submit(_worker_body_ms, [str(f) for f in files], str(dst), params, expected).result()
+            best[name] = min(best[name], ms)
+            shutil.rmtree(dst)
+    print(f"worker set-up, a fresh process, best of {rounds}: the stage's worker body {best['plain']:.2f} ms/chip "
+          f"as the process starts, {best['init_worker']:.2f} after init_worker "
+          f"(ratio {best['plain'] / best['init_worker']:.2f})")
 
 
 # --- 2. the whole stage --------------------------------------------------------------------------------------

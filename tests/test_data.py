@@ -9,7 +9,13 @@ import numpy as np
 import pytest
 
 from amazonmine.data import (
-    LABELS, DataError, PlanetLayout, apply_dihedral, matrix_to_tags, read_image, read_labels,
+    LABELS,
+    DataError,
+    PlanetLayout,
+    apply_dihedral,
+    matrix_to_tags,
+    read_image,
+    read_labels,
     tags_to_matrix,
 )
 
@@ -216,6 +222,7 @@ def test_read_bytes_returns_the_whole_file_even_if_it_grew_since_fstat(tmp_path,
     class Smaller:  # what fstat said before the file grew
         def __init__(self, st):
             self.st_size = st.st_size // 3
+            self.st_mode = st.st_mode
 
     monkeypatch.setattr(os, "fstat", lambda fd: Smaller(real_fstat(fd)))
     assert data_module._read_bytes(path) == payload

@@ -1,4 +1,4 @@
-"""The dehaze stage on tiny synthetic chips: the math, the folder runner (layout, resume, errors) and the CLI.
+"""The dehaze stage on tiny synthetic chips: the folder runner (layout, resume, provenance, errors) and the CLI.
 
 The session's ``synth_root`` (seed 1) happens to draw no ``haze`` chip, so hazy chips with known truth are
 painted here with synth's own painter and written in its truth layout (truth/clean/<name>.png and .tif).
@@ -7,9 +7,12 @@ painted here with synth's own painter and written in its truth layout (truth/cle
 from __future__ import annotations
 
 import csv
+import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import cv2
@@ -19,10 +22,11 @@ from click.testing import CliRunner
 
 from amazonmine import dehaze as dh
 from amazonmine.cli import main
-from amazonmine.data import DataError, chip_dir, read_image
+from amazonmine.data import DataError, chip_dir, encode_jpeg, encode_png, encode_tif, read_image
 from amazonmine.errors import AmazonmineError
+from amazonmine.haze import DehazeParams
 from amazonmine.io import write_bytes_atomic
-from amazonmine.synth import encode_jpeg, encode_png, encode_tif, paint_chip, to_jpeg_pixels, to_tif_pixels
+from amazonmine.synth import paint_chip, to_jpeg_pixels, to_tif_pixels
 
 # 64 px chips: the defaults (patch 15, radius 24) would span a quarter of the chip.
 SMALL = {"dehaze.patch": 7, "dehaze.guided_radius": 8}
@@ -88,78 +92,6 @@ def dehazed(layout, tmp_path_factory):
     cfg = load_config(None, [f"data.root={root}", f"run.dir={run_dir}"] + [f"{k}={v}" for k, v in SMALL.items()])
     summary = dh.run_dehaze(cfg, workers=1)
     return cfg, summary, root, hazy
-
-
-# --- the math ------------------------------------------------------------------------------------------------
-
-def test_dark_channel_is_channel_min_then_window_min_inside_the_chip():
-    rng = np.random.default_rng(0)
-    img = rng.integers(0, 256, (9, 11, 3), dtype=np.uint8)
-    got = dh.dark_channel(img, 5)
-    mins = img.min(axis=2)
-    want = np.array([[mins[max(0, y - 2):y + 3, max(0, x - 2):x + 3].min() for x in range(11)] for y in range(9)])
-    np.testing.assert_array_equal(got, want)
-    np.testing.assert_allclose(dh.dark_channel(img.astype(np.float32), 5), want)
-
-
-def test_airlight_is_brightest_pixel_among_top_dark_channel_with_ties():
-    img = np.full((20, 20, 3), 50, dtype=np.uint8)
-    img[2:5, 2:5] = (200, 200, 200)  # haze-like patch: high dark channel
-    img[3, 3] = (210, 220, 230)  # the brightest pixel of that patch
-    img[15, 15] = (255, 255, 0)  # bright but with a dark channel of 0: not airlight
-    a = dh.atmospheric_light(img, dh.dark_channel(img, 3), top_fraction=0.0025)  # k = 1, but 9 tie at 200
-    np.testing.assert_array_equal(a, [210, 220, 230])
-
-
-@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.float32])
-@pytest.mark.parametrize("kind", ["spread", "near_top", "flat", "zeros"])
-def test_airlight_matches_a_full_sort(dtype, kind):
-    # Every branch of the k-th value search (window + partition, histogram for flat chips, plain partition
-    # for floats) against the rule itself: sort, take the k-th largest, the brightest pixel at or above it.
-    rng = np.random.default_rng(0)
-    top = 1.0 if dtype == np.float32 else float(np.iinfo(dtype).max)
-    n = 64 * 64
-    dark = {"spread": rng.random(n) * top, "near_top": top - rng.integers(0, 6, n) * (top / 255),
-            "flat": np.full(n, 0.7 * top), "zeros": np.zeros(n)}[kind].astype(dtype).reshape(64, 64)
-    img = (rng.random((64, 64, 3)) * top).astype(dtype)
-    for fraction in (0.001, 0.02, 1.0):
-        k = max(1, round(fraction * n))
-        kth = np.sort(dark.ravel())[::-1][k - 1]
-        colours = img.reshape(-1, 3)[dark.ravel() >= kth].astype(np.float64)
-        expected = colours[np.argmax(colours.sum(axis=1))]
-        np.testing.assert_array_equal(dh.atmospheric_light(img, dark, fraction), expected)
-
-
-def test_guided_filter_keeps_constants_and_edges_of_its_guide():
-    flat = np.full((40, 40), 0.3, dtype=np.float32)
-    guide = np.zeros((40, 40), dtype=np.float32)
-    guide[:, 20:] = 1.0
-    np.testing.assert_allclose(dh.guided_filter(guide, flat, 6, 1e-3), 0.3, atol=1e-5)
-    # Filtering the step by itself with a small eps keeps the step; a plain box blur of the same radius smears it.
-    out = dh.guided_filter(guide, guide, 6, 1e-4)
-    blur = cv2.boxFilter(guide, -1, (13, 13))
-    assert abs(out[20, 19] - 0.0) < 0.02 and abs(out[20, 20] - 1.0) < 0.02
-    assert blur[20, 19] > 0.3
-
-
-def test_subsampled_guided_filter_close_to_exact():
-    rng = np.random.default_rng(1)
-    guide = cv2.GaussianBlur(rng.random((128, 128)).astype(np.float32), (0, 0), 3)
-    src = np.clip(guide + rng.normal(0, 0.05, guide.shape).astype(np.float32), 0, 1)
-    exact = dh.guided_filter(guide, src, 12, 1e-3)
-    fast = dh.guided_filter(guide, src, 12, 1e-3, subsample=2)
-    assert fast.shape == exact.shape and fast.dtype == np.float32
-    assert np.abs(fast - exact).max() < 0.05 and psnr(fast, exact, 1.0) > 35
-
-
-def test_dehaze_image_rejects_unexpected_arrays():
-    with pytest.raises(ValueError, match="uint16"):
-        dh.dehaze_image(np.zeros((8, 8, 3), dtype=np.float32), dh.DehazeParams())
-
-
-def test_black_chip_stays_black_and_finite():
-    out = dh.dehaze_image(np.zeros((32, 32, 3), dtype=np.uint8), dh.DehazeParams(patch=7, guided_radius=8))
-    assert out.image.max() == 0 and np.isfinite(out.t_mean)
 
 
 # --- the folder runner on the Kaggle layout ---------------------------------------------------------------
@@ -392,28 +324,6 @@ def test_dehaze_never_imports_tensorflow():
     assert out.stdout.strip() == "False"
 
 
-@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.float32])
-def test_min_filter_is_the_minimum_over_the_part_of_the_patch_inside_the_chip(dtype):
-    rng = np.random.default_rng(3)
-    img = (rng.random((37, 29, 3)) * (250 if dtype == np.uint8 else 60000)).astype(dtype)
-    patch = 7
-    out = dh.min_filter(img, patch)
-    half = patch // 2
-    for y, x in [(0, 0), (0, 28), (36, 0), (36, 28), (18, 14), (2, 27)]:
-        window = img[max(0, y - half):y + half + 1, max(0, x - half):x + half + 1]
-        np.testing.assert_array_equal(out[y, x], window.reshape(-1, 3).min(axis=0))
-
-
-@pytest.mark.parametrize("shape", [(1, 1), (4, 1), (1, 4), (3, 5)])
-def test_tiny_chips_dehaze_without_error(shape):
-    # OpenCV's wrapper can take a 1x1 or 4x1 array for a scalar: the math must not depend on that.
-    rng = np.random.default_rng(0)
-    img = rng.integers(40, 220, size=(*shape, 3), dtype=np.uint8)
-    out = dh.dehaze_image(img, dh.DehazeParams())
-    assert out.image.shape == img.shape and out.image.dtype == np.uint8
-    assert 0.0 < out.t_mean <= 1.0
-
-
 @pytest.mark.parametrize("n_jobs, workers", [(0, 2), (1, 2), (2, 2), (3, 2), (8, 8), (16, 8), (2132, 2)])
 def test_chunks_cover_every_job_once_and_keep_every_worker_busy(n_jobs, workers):
     chunks = dh._chunks(list(range(n_jobs)), workers)
@@ -442,7 +352,7 @@ def test_dehazed_jpeg_keeps_colour_at_full_resolution(tmp_path):
     chip = paint_chip(["haze", "primary", "artisinal_mine", "water"], 64, np.random.default_rng(5))
     src = tmp_path / "chip.jpg"
     src.write_bytes(encode_jpeg(to_jpeg_pixels(chip.bands), full_chroma=True))
-    result = dh.dehaze_file(src, tmp_path / "out" / "chip.jpg", dh.DehazeParams(patch=7, guided_radius=8))
+    result = dh.dehaze_file(src, tmp_path / "out" / "chip.jpg", DehazeParams(patch=7, guided_radius=8))
     written = (tmp_path / "out" / "chip.jpg").read_bytes()
     assert _jpeg_sampling_factors(written) == [(1, 1)] * 3
     assert _jpeg_sampling_factors(encode_jpeg(result.image)) == [(2, 2), (1, 1), (1, 1)]  # the parser can tell
@@ -454,16 +364,178 @@ def test_dehazed_jpeg_keeps_colour_at_full_resolution(tmp_path):
     assert psnr(decode(written), result.image, 255) > psnr(decode(encode_jpeg(result.image)), result.image, 255)
 
 
-def test_skipped_chips_of_another_method_are_pointed_out(synth_root, make_cfg, tmp_path):
+def test_chips_made_with_other_settings_are_redone(synth_root, make_cfg, tmp_path):
+    # The stage knows, per chip, what made it (issue 16): a chip of another method, or of the same method with
+    # another parameter, is redone without --overwrite; a chip of the current settings is kept.
     cfg = make_cfg(synth_root, **SMALL)
     src, dst = synth_root / "train-jpg", tmp_path / "out"
     first = dh.run_dehaze(cfg, src=src, dst=dst, workers=1)
-    assert first.processed > 0 and "another method" not in first.headline()
-    other = make_cfg(synth_root, **{**SMALL, "dehaze.method": "airlight_subtract"})
-    again = dh.run_dehaze(other, src=src, dst=dst, workers=1)
-    assert again.processed == 0 and again.skipped == first.processed
-    assert f"{first.processed} of the skipped chips were made with another method" in again.headline()
-    assert "another method" not in dh.run_dehaze(cfg, src=src, dst=dst, workers=1).headline()
+    n = first.processed
+    assert n > 0 and "redone" not in first.headline()
+    for overrides in ({"dehaze.method": "airlight_subtract"}, {"dehaze.omega": 0.8}, {}):
+        again = dh.run_dehaze(make_cfg(synth_root, **{**SMALL, **overrides}), src=src, dst=dst, workers=1)
+        assert again.processed == n and again.skipped == 0
+        assert f"redone: {n} made with other dehaze settings" in again.headline()
+    kept = dh.run_dehaze(cfg, src=src, dst=dst, workers=1)
+    assert kept.processed == 0 and kept.skipped == n and "redone" not in kept.headline()
+    settings = dh.settings_digest(DehazeParams.from_config(cfg.dehaze))
+    assert {(r["method"], r["settings"]) for r in read_rows(dst / dh.STATS_NAME)} == {("dark_channel", settings)}
+
+
+def test_settings_digest_tells_settings_apart_but_not_how_a_number_is_written():
+    base = dh.settings_digest(DehazeParams())
+    assert dh.settings_digest(DehazeParams(omega=1)) == dh.settings_digest(DehazeParams(omega=1.0))
+    assert dh.settings_digest(DehazeParams(patch=15.0)) == base
+    others = [DehazeParams(method="airlight_subtract"), DehazeParams(patch=7), DehazeParams(guided_eps=1e-4)]
+    assert len({base, *(dh.settings_digest(p) for p in others)}) == 4
+
+
+def test_chips_of_a_version_that_recorded_only_the_method_are_judged_by_it(synth_root, make_cfg, tmp_path):
+    src, dst = tmp_path / "chips", tmp_path / "out"
+    names = copy_chips(synth_root / "train-jpg", src, 6)
+    cfg = make_cfg(**SMALL)
+    dh.run_dehaze(cfg, src=src, dst=dst, workers=1)
+    clean = {name: (dst / name).read_bytes() for name in names}
+    clean_stats = (dst / dh.STATS_NAME).read_text()
+    # The stats file as an older version wrote it: no settings column. Two chips it says another method made
+    # (and really did: they are replaced by that method's output).
+    rows = read_rows(dst / dh.STATS_NAME)
+    for row in rows:
+        del row["settings"]
+    other = make_cfg(**SMALL, **{"dehaze.method": "airlight_subtract"})
+    for row in rows[:2]:
+        row["method"] = "airlight_subtract"
+        dh.dehaze_file(src / row["file"], dst / row["file"], DehazeParams.from_config(other.dehaze))
+    (dst / dh.STATS_NAME).write_text(dh._rows_csv(dh.STATS_COLUMNS[:-1], rows))
+
+    summary = dh.run_dehaze(cfg, src=src, dst=dst, workers=1)
+    assert summary.processed == 2 and summary.skipped == 4
+    assert "redone: 2 made with other dehaze settings" in summary.headline()
+    assert "4 of the skipped chips had no record of their settings" in summary.headline()
+    assert {name: (dst / name).read_bytes() for name in names} == clean
+    assert (dst / dh.STATS_NAME).read_text() == clean_stats  # the kept chips now carry the current settings
+    again = dh.run_dehaze(cfg, src=src, dst=dst, workers=1)
+    assert again.skipped == 6 and again.processed == 0 and not again.note
+
+
+# A run of `dehaze --overwrite` killed with SIGKILL at a chosen moment: in-process, right after a chip is
+# written and before the stage has recorded it; with worker processes, in the parent as a chunk's results
+# arrive (the workers have written more chips than it knows of). Writes the workers' pids before dying.
+_KILLED_RUN = r"""
+import concurrent.futures
+import multiprocessing as mp
+import os
+import signal
+import sys
+
+from amazonmine import dehaze as dh
+from amazonmine.config import load_config
+
+src, dst, run_dir, method, workers, kill_at, checkpoint, pids = sys.argv[1:]
+kill_at = int(kill_at)
+dh._CHECKPOINT_SECONDS = float(checkpoint)
+
+
+def die():
+    with open(pids, "w") as fh:
+        fh.write(" ".join(str(p.pid) for p in mp.active_children()))
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+if workers == "1":
+    written = []
+    real_write = dh.write_bytes_atomic
+
+    def write_then_die(path, data):
+        real_write(path, data)
+        written.append(path)
+        if len(written) == kill_at:
+            die()
+
+    dh.write_bytes_atomic = write_then_die
+else:
+    real_as_completed = concurrent.futures.as_completed
+
+    def as_completed_then_die(futures):
+        for i, fut in enumerate(real_as_completed(futures)):
+            if i == kill_at:
+                die()
+            yield fut
+
+    concurrent.futures.as_completed = as_completed_then_die
+
+sets = [f"run.dir={run_dir}", f"dehaze.method={method}", "dehaze.patch=7", "dehaze.guided_radius=8"]
+dh.run_dehaze(load_config(None, sets), src=src, dst=dst, workers=int(workers), overwrite=True)
+sys.exit("the run finished: it was meant to be killed")
+"""
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    """Every file under ``folder`` (hidden ones too) by relative path: two folders are equal byte for byte."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def wait_until_gone(pids: list[int], timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    alive = list(pids)
+    while alive and time.monotonic() < deadline:
+        time.sleep(0.05)
+        alive = [pid for pid in alive if _exists(pid)]
+    assert not alive, f"workers outlived their killed parent: {alive}"
+
+
+def _exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize("workers, kill_at, checkpoint", [(1, 5, 30.0), (1, 5, 0.0), (2, 1, 0.0)])
+def test_kill_9_during_an_overwrite_with_another_method_then_a_rerun_with_either_gives_a_clean_folder(
+        synth_root, make_cfg, tmp_path, workers, kill_at, checkpoint):
+    # Issue 16: the killed run left 640 chips of one method and 1,360 of the other under stats that claimed
+    # one method for all, and a re-run with the first method reported nothing.
+    src = tmp_path / "chips"
+    names = copy_chips(synth_root / "train-jpg", src)
+    methods = ("dark_channel", "airlight_subtract")
+    cfgs = {m: make_cfg(**SMALL, **{"dehaze.method": m}) for m in methods}
+    clean = {}
+    for method in methods:
+        dh.run_dehaze(cfgs[method], src=src, dst=tmp_path / f"clean_{method}", workers=1)
+        clean[method] = snapshot(tmp_path / f"clean_{method}")
+    crashed = tmp_path / "crashed"
+    shutil.copytree(tmp_path / "clean_dark_channel", crashed)
+
+    pids = tmp_path / "pids"
+    args = [str(src), str(crashed), str(tmp_path / "run"), "airlight_subtract", str(workers), str(kill_at),
+            str(checkpoint), str(pids)]
+    proc = subprocess.run([sys.executable, "-c", _KILLED_RUN, *args], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    wait_until_gone([int(p) for p in pids.read_text().split()])
+
+    # A mixed folder, as in the issue, in which no row claims a chip for settings that did not make it.
+    state = snapshot(crashed)
+    made_by = {m: {n for n in names if state[n] == clean[m][n]} for m in methods}
+    assert made_by["airlight_subtract"] and made_by["dark_channel"] | made_by["airlight_subtract"] == set(names)
+    if workers == 1:
+        assert len(made_by["airlight_subtract"]) == kill_at
+    digests = {dh.settings_digest(DehazeParams.from_config(cfgs[m].dehaze)): m for m in methods}
+    rows = read_rows(crashed / dh.STATS_NAME)
+    assert {r["file"] for r in rows} == set(names)
+    for row in rows:
+        assert row["settings"] == dh.PENDING or row["file"] in made_by[digests[row["settings"]]], row
+    if checkpoint == 0:  # recorded as they finished: a re-run keeps those
+        assert any(r["settings"] != dh.PENDING for r in rows)
+
+    for method in methods:
+        dst = tmp_path / f"rerun_{method}"
+        shutil.copytree(crashed, dst)
+        summary = dh.run_dehaze(cfgs[method], src=src, dst=dst, workers=1)
+        assert not summary.failed and summary.processed + summary.skipped == len(names)
+        assert "left unfinished by an interrupted run" in summary.headline()
+        assert snapshot(dst) == clean[method], method
 
 
 @pytest.mark.parametrize("group_bytes", [8 << 20, 1])  # groups of 3 chips; or one chip each (the byte cap)
@@ -483,7 +555,7 @@ def test_worker_reads_a_group_then_writes_it_keeping_job_order(synth_root, tmp_p
     read, write = dh.read_chip_bytes, dh.write_bytes_atomic
     monkeypatch.setattr(dh, "read_chip_bytes", lambda p: events.append("r") or read(p))
     monkeypatch.setattr(dh, "write_bytes_atomic", lambda p, d: events.append("w") or write(p, d))
-    results = dh._process_chunk(jobs, dh.DehazeParams(patch=7, guided_radius=8), 0)
+    results = dh._process_chunk(jobs, DehazeParams(patch=7, guided_radius=8), 0)
     assert [r[1] for r in results] == names  # in job order, errors included
     assert [r[0] for r in results] == ["ok", "error", "ok", "error", "ok", "ok", "ok"]
     assert "truncated" in results[1][2] and "not found" in results[3][2]

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from amazonmine import dehaze as dh
+from amazonmine import haze as hz
 from amazonmine.data import read_image
 
 
@@ -34,17 +35,17 @@ def test_real_hazy_chips_come_out_valid_with_less_haze(hazy_real, make_cfg, tmp_
     summary = dh.run_dehaze(cfg, src=src, dst=dst, workers=1)
     assert summary.failed == [] and summary.processed == 32
 
-    params = dh.DehazeParams.from_config(cfg.dehaze)
+    params = hz.DehazeParams.from_config(cfg.dehaze)
     for name in names:
         before = read_image(src / name)
         after = read_image(dst / name)
         assert after.shape == before.shape == (256, 256, 3) and after.dtype == np.uint8
-        result = dh.dehaze_image(before, params)
-        t = dh.transmission(before, result.airlight, params, 255.0)
+        result = hz.dehaze_image(before, params)
+        t = hz.transmission(before, result.airlight, params, 255.0)
         assert np.isfinite(t).all() and np.isfinite(result.airlight).all()
         assert t.min() >= params.t0 and t.max() <= 1.0
-        dark_before = dh.dark_channel(before, params.patch).mean()
-        dark_after = dh.dark_channel(after, params.patch).mean()
+        dark_before = hz.dark_channel(before, params.patch).mean()
+        dark_after = hz.dark_channel(after, params.patch).mean()
         assert dark_after < dark_before - 10, (name, dark_before, dark_after)
 
     rows = list(csv.DictReader((dst / dh.STATS_NAME).open(newline="")))

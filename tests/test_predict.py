@@ -234,7 +234,7 @@ def test_explicit_inputs_are_dehazed_in_memory_and_kept_apart_from_the_submissio
     import cv2
 
     from amazonmine.decisions import decode
-    from amazonmine.dehaze import DehazeParams, dehaze_image
+    from amazonmine.haze import DehazeParams, dehaze_image
     from amazonmine.predict import run_predict
     from amazonmine.runfolder import RunFolder
 

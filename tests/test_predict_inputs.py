@@ -9,7 +9,7 @@ import pytest
 from amazonmine.data import LABELS, DataError, PlanetLayout, load_matrix_csv, read_image
 from amazonmine.predict import _list_from_csv, write_submission
 from amazonmine.predictor import Predictor
-from amazonmine.synth import encode_jpeg, encode_tif
+from amazonmine.data import encode_jpeg, encode_tif
 
 # Names pandas reads as numbers or as missing unless told not to.
 AWKWARD = ["0001", "NA", "1e3"]
@@ -72,7 +72,7 @@ def test_a_chip_of_the_wrong_size_is_refused(tmp_path):
 
 
 def test_chunk_is_dehazed_in_memory_when_asked(tmp_path):
-    from amazonmine.dehaze import DehazeParams, dehaze_image
+    from amazonmine.haze import DehazeParams, dehaze_image
 
     params = DehazeParams()
     path = chip_file(tmp_path / "a.jpg", 32)
