@@ -53,10 +53,9 @@ from amazonmine.data import CHIP_FORMATS, DataError, chip_format, decode_image, 
 from amazonmine.errors import AmazonmineError
 from amazonmine.haze import DehazeParams, DehazeResult, dehaze_image
 from amazonmine.io import write_bytes_atomic, write_text_atomic
+from amazonmine.runfolder import DEHAZE_ERRORS_CSV, DEHAZE_STATS_CSV, RunFolder
 from amazonmine.workerpool import as_worker, worker_pool
 
-STATS_NAME = "dehaze_stats.csv"
-ERRORS_NAME = "dehaze_errors.csv"
 STATS_COLUMNS = ("file", "A_b", "A_g", "A_r", "t_mean", "method", "settings")
 # Stats files of versions that recorded the method only: still read, their chips judged by the method.
 _METHOD_ONLY_COLUMNS = STATS_COLUMNS[:-1]
@@ -299,7 +298,7 @@ def run_dehaze(cfg, src: str | Path | None = None, dst: str | Path | None = None
     """Dehaze every chip of ``src`` (default data.root) into ``dst`` (default the run's dehaze folder).
 
     A Kaggle-layout ``src`` has its chip subfolders mirrored under ``dst`` (``dst/train-jpg/...``, which is
-    where :func:`amazonmine.data.chip_dir` looks); a plain folder of chips is processed into ``dst`` itself.
+    where :meth:`amazonmine.runfolder.RunFolder.chip_dir` looks); a plain folder of chips is processed into ``dst`` itself.
     Chips already in ``dst`` made with the current settings are skipped unless ``overwrite``; those made with
     other settings, or left unfinished by a killed run, are redone (see the module's docstring). Unreadable
     chips are listed in ``dst/dehaze_errors.csv`` and in ``summary.failed``; the others are still processed.
@@ -307,7 +306,7 @@ def run_dehaze(cfg, src: str | Path | None = None, dst: str | Path | None = None
     start = time.perf_counter()
     params = DehazeParams.from_config(cfg.dehaze)
     src = Path(cfg.data.root if src is None else src)
-    dst = Path(cfg.dehaze_dir if dst is None else dst)
+    dst = Path(RunFolder.from_config(cfg).dehazed if dst is None else dst)
     if not src.is_dir():
         raise DataError(f"{src}: source folder not found (give a folder of chips or a Kaggle-layout data root)")
     pairs = _folder_pairs(cfg, src, dst)
@@ -329,7 +328,7 @@ def _dehaze_folders(cfg, params: DehazeParams, src: Path, dst: Path, pairs: list
                     n_workers: int, overwrite: bool) -> DehazeSummary:
     from tqdm import tqdm
 
-    stats_path, errors_path = dst / STATS_NAME, dst / ERRORS_NAME
+    stats_path, errors_path = dst / DEHAZE_STATS_CSV, dst / DEHAZE_ERRORS_CSV
     for folder in {dst, *(out_dir for _, _, out_dir in pairs)}:
         _remove_stale_temporaries(folder)
     settings = settings_digest(params)
@@ -434,7 +433,7 @@ def _notes(cfg, params: DehazeParams, found: dict[str, int]) -> list[str]:
         notes.append("redone: " + " and ".join(r for r in redone if r) + f" (now {params.method})")
     if found["assumed"]:
         notes.append(f"{found['assumed']} of the skipped chips had no record of their settings (written by an "
-                     f"older version, or {STATS_NAME} was lost) and were kept as made with these; "
+                     f"older version, or {DEHAZE_STATS_CSV} was lost) and were kept as made with these; "
                      "--overwrite redoes them")
     if not cfg.dehaze.enabled:
         notes.append("dehaze.enabled is false, so later stages read the original chips, not these")

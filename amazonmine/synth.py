@@ -22,10 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
-from amazonmine.data import LABELS, WEATHER_LABELS, DataError, encode_jpeg, encode_png, encode_tif
+from amazonmine.data import LABELS, RARE_SHARE, WEATHER_LABELS, DataError, encode_jpeg, encode_png, encode_tif
 from amazonmine.io import write_bytes_atomic, write_csv_atomic
 
-RARE_SHARE = 0.01
 LAND_LABELS = tuple(label for label in LABELS if label not in WEATHER_LABELS)
 
 # Reflectance-like colours (B, G, R, NIR) in [0, 1]; NIR is high over vegetation, low over water.

@@ -22,10 +22,11 @@ from click.testing import CliRunner
 
 from amazonmine import dehaze as dh
 from amazonmine.cli import main
-from amazonmine.data import DataError, chip_dir, encode_jpeg, encode_png, encode_tif, read_image
+from amazonmine.data import DataError, encode_jpeg, encode_png, encode_tif, read_image
 from amazonmine.errors import AmazonmineError
 from amazonmine.haze import DehazeParams
 from amazonmine.io import write_bytes_atomic
+from amazonmine.runfolder import RunFolder
 from amazonmine.synth import paint_chip, to_jpeg_pixels, to_tif_pixels
 
 # 64 px chips: the defaults (patch 15, radius 24) would span a quarter of the chip.
@@ -102,21 +103,21 @@ def test_default_run_mirrors_the_layout_where_training_reads(dehazed):
     total = 0
     for sub in KAGGLE_DIRS:
         names = sorted(p.name for p in (root / sub).iterdir())
-        out_dir = cfg.dehaze_dir / sub
+        out_dir = RunFolder.from_config(cfg).dehazed / sub
         assert sorted(p.name for p in out_dir.iterdir()) == names
         for name in names:
             src, out = read_image(root / sub / name), read_image(out_dir / name)
             assert out.shape == src.shape and out.dtype == src.dtype
         total += len(names)
     assert summary.processed == total
-    assert chip_dir(cfg, "train-jpg") == cfg.dehaze_dir / "train-jpg"
-    assert not (cfg.dehaze_dir / dh.ERRORS_NAME).exists()
+    assert RunFolder.from_config(cfg).chip_dir("train-jpg") == RunFolder.from_config(cfg).dehazed / "train-jpg"
+    assert not (RunFolder.from_config(cfg).dehazed / dh.DEHAZE_ERRORS_CSV).exists()
     assert "dehaze (dark_channel)" in summary.headline() and str(total) in summary.headline()
 
 
 def test_stats_csv_has_a_row_per_chip_and_flags_the_hazy_ones(dehazed):
     cfg, summary, root, hazy = dehazed
-    rows = {r["file"]: r for r in read_rows(cfg.dehaze_dir / dh.STATS_NAME)}
+    rows = {r["file"]: r for r in read_rows(RunFolder.from_config(cfg).dehazed / dh.DEHAZE_STATS_CSV)}
     expected = {f"{sub}/{p.name}" for sub in KAGGLE_DIRS for p in (root / sub).iterdir()}
     assert set(rows) == expected
     assert list(next(iter(rows.values()))) == list(dh.STATS_COLUMNS)
@@ -136,7 +137,7 @@ def test_hazy_jpeg_moves_closer_to_the_clean_scene(dehazed):
     for name in hazy:
         clean = read_image(root / "truth" / "clean" / f"{name}.png")
         before = psnr(read_image(root / "train-jpg" / f"{name}.jpg"), clean, 255)
-        after = psnr(read_image(cfg.dehaze_dir / "train-jpg" / f"{name}.jpg"), clean, 255)
+        after = psnr(read_image(RunFolder.from_config(cfg).dehazed / "train-jpg" / f"{name}.jpg"), clean, 255)
         assert after > before + 3.0, (name, before, after)
 
 
@@ -145,7 +146,7 @@ def test_hazy_tif_moves_closer_to_the_clean_scene_and_keeps_nir(dehazed):
     for name in hazy:
         clean = read_image(root / "truth" / "clean" / f"{name}.tif")
         src = read_image(root / "train-tif-v2" / f"{name}.tif")
-        out = read_image(cfg.dehaze_dir / "train-tif-v2" / f"{name}.tif")
+        out = read_image(RunFolder.from_config(cfg).dehazed / "train-tif-v2" / f"{name}.tif")
         before = psnr(src[..., :3], clean[..., :3], 65535)
         after = psnr(out[..., :3], clean[..., :3], 65535)
         assert after > before + 1.0, (name, before, after)
@@ -157,7 +158,7 @@ def test_clear_chips_keep_their_structure_and_change_less_than_hazy_ones(dehazed
 
     def change(name: str) -> tuple[float, float]:
         src = read_image(root / "train-jpg" / name)
-        out = read_image(cfg.dehaze_dir / "train-jpg" / name)
+        out = read_image(RunFolder.from_config(cfg).dehazed / "train-jpg" / name)
         g0 = cv2.cvtColor(src, cv2.COLOR_BGR2GRAY).ravel().astype(np.float64)
         g1 = cv2.cvtColor(out, cv2.COLOR_BGR2GRAY).ravel().astype(np.float64)
         return float(np.abs(out.astype(np.float64) - src).mean()), float(np.corrcoef(g0, g1)[0, 1])
@@ -188,7 +189,7 @@ def test_airlight_subtract_also_improves_hazy_chips(layout, make_cfg, tmp_path):
         clean = read_image(root / "truth" / "clean" / f"{name}.png")
         out = read_image(tmp_path / "out" / f"{name}.jpg")
         assert psnr(out, clean, 255) > psnr(read_image(src / f"{name}.jpg"), clean, 255) + 1.0
-    rows = read_rows(tmp_path / "out" / dh.STATS_NAME)
+    rows = read_rows(tmp_path / "out" / dh.DEHAZE_STATS_CSV)
     assert {r["method"] for r in rows} == {"airlight_subtract"} and len(rows) == len(hazy)
 
 
@@ -214,14 +215,14 @@ def test_interrupted_run_resumes_to_a_complete_folder(synth_root, make_cfg, tmp_
     monkeypatch.setattr(dh, "dehaze_image", real)
     done = sorted(p.name for p in dst.glob("*.jpg"))
     assert done == names[:7]
-    first_rows = {r["file"]: r for r in read_rows(dst / dh.STATS_NAME)}
+    first_rows = {r["file"]: r for r in read_rows(dst / dh.DEHAZE_STATS_CSV)}
     assert set(first_rows) == set(done)  # saved on the way out
 
     # What a SIGKILL leaves behind: a half-written temporary file and an output whose stats row was not saved.
     (dst / f".{Path(names[7]).stem}.abc123.tmp.jpg").write_bytes(b"\xff\xd8 half a chip")
     lost = done[0]
     kept = [r for f, r in first_rows.items() if f != lost]
-    (dst / dh.STATS_NAME).write_text(dh._rows_csv(dh.STATS_COLUMNS, kept))
+    (dst / dh.DEHAZE_STATS_CSV).write_text(dh._rows_csv(dh.STATS_COLUMNS, kept))
     lost_bytes = (dst / lost).read_bytes()
 
     summary = dh.run_dehaze(cfg, src=src, dst=dst, workers=1)
@@ -229,7 +230,7 @@ def test_interrupted_run_resumes_to_a_complete_folder(synth_root, make_cfg, tmp_
     assert sorted(p.name for p in dst.glob("*.jpg")) == names
     for name in names:
         assert read_image(dst / name).shape == read_image(src / name).shape
-    rows = {r["file"]: r for r in read_rows(dst / dh.STATS_NAME)}
+    rows = {r["file"]: r for r in read_rows(dst / dh.DEHAZE_STATS_CSV)}
     assert set(rows) == set(names)
     assert rows[lost]["t_mean"] == first_rows[lost]["t_mean"]  # recomputed from the source
     assert (dst / lost).read_bytes() == lost_bytes  # ... without rewriting the chip
@@ -265,18 +266,18 @@ def test_corrupt_chips_are_listed_and_the_rest_processed_in_parallel(synth_root,
     bad = dict(summary.failed)
     assert sorted(bad) == sorted(names[:3])
     assert "truncated" in bad[names[0]] and "decode" in bad[names[1]] and "grayscale" in bad[names[2]]
-    errors = read_rows(dst / dh.ERRORS_NAME)
+    errors = read_rows(dst / dh.DEHAZE_ERRORS_CSV)
     assert {r["file"]: r["problem"] for r in errors} == bad
     assert summary.processed == len(names) - 3
     assert sorted(p.name for p in dst.glob("*.jpg")) == sorted(names[3:])
-    assert len(read_rows(dst / dh.STATS_NAME)) == len(names) - 3
-    assert "3 failed" in summary.headline() and dh.ERRORS_NAME in summary.headline()
+    assert len(read_rows(dst / dh.DEHAZE_STATS_CSV)) == len(names) - 3
+    assert "3 failed" in summary.headline() and dh.DEHAZE_ERRORS_CSV in summary.headline()
 
     # Once the bad chips are gone the errors file goes too: it always describes the last run.
     for name in names[:3]:
         (src / name).unlink()
     again = dh.run_dehaze(make_cfg(**SMALL), src=src, dst=dst, workers=2)
-    assert not again.failed and again.skipped == len(names) - 3 and not (dst / dh.ERRORS_NAME).exists()
+    assert not again.failed and again.skipped == len(names) - 3 and not (dst / dh.DEHAZE_ERRORS_CSV).exists()
 
 
 def test_unusable_paths_are_one_line_errors(synth_root, make_cfg, tmp_path):
@@ -309,7 +310,7 @@ def test_cli_exits_0_when_all_chips_pass_and_1_with_failures(synth_root, tmp_pat
     (src / names[0]).write_bytes(b"not a jpeg at all")
     result = _cli(src, tmp_path / "out2", tmp_path / "run")
     assert result.exit_code == 1
-    assert "1 failed" in result.output and dh.ERRORS_NAME in result.output
+    assert "1 failed" in result.output and dh.DEHAZE_ERRORS_CSV in result.output
 
 
 def test_cli_reports_a_missing_source_without_traceback(tmp_path):
@@ -379,7 +380,7 @@ def test_chips_made_with_other_settings_are_redone(synth_root, make_cfg, tmp_pat
     kept = dh.run_dehaze(cfg, src=src, dst=dst, workers=1)
     assert kept.processed == 0 and kept.skipped == n and "redone" not in kept.headline()
     settings = dh.settings_digest(DehazeParams.from_config(cfg.dehaze))
-    assert {(r["method"], r["settings"]) for r in read_rows(dst / dh.STATS_NAME)} == {("dark_channel", settings)}
+    assert {(r["method"], r["settings"]) for r in read_rows(dst / dh.DEHAZE_STATS_CSV)} == {("dark_channel", settings)}
 
 
 def test_settings_digest_tells_settings_apart_but_not_how_a_number_is_written():
@@ -396,24 +397,24 @@ def test_chips_of_a_version_that_recorded_only_the_method_are_judged_by_it(synth
     cfg = make_cfg(**SMALL)
     dh.run_dehaze(cfg, src=src, dst=dst, workers=1)
     clean = {name: (dst / name).read_bytes() for name in names}
-    clean_stats = (dst / dh.STATS_NAME).read_text()
+    clean_stats = (dst / dh.DEHAZE_STATS_CSV).read_text()
     # The stats file as an older version wrote it: no settings column. Two chips it says another method made
     # (and really did: they are replaced by that method's output).
-    rows = read_rows(dst / dh.STATS_NAME)
+    rows = read_rows(dst / dh.DEHAZE_STATS_CSV)
     for row in rows:
         del row["settings"]
     other = make_cfg(**SMALL, **{"dehaze.method": "airlight_subtract"})
     for row in rows[:2]:
         row["method"] = "airlight_subtract"
         dh.dehaze_file(src / row["file"], dst / row["file"], DehazeParams.from_config(other.dehaze))
-    (dst / dh.STATS_NAME).write_text(dh._rows_csv(dh.STATS_COLUMNS[:-1], rows))
+    (dst / dh.DEHAZE_STATS_CSV).write_text(dh._rows_csv(dh.STATS_COLUMNS[:-1], rows))
 
     summary = dh.run_dehaze(cfg, src=src, dst=dst, workers=1)
     assert summary.processed == 2 and summary.skipped == 4
     assert "redone: 2 made with other dehaze settings" in summary.headline()
     assert "4 of the skipped chips had no record of their settings" in summary.headline()
     assert {name: (dst / name).read_bytes() for name in names} == clean
-    assert (dst / dh.STATS_NAME).read_text() == clean_stats  # the kept chips now carry the current settings
+    assert (dst / dh.DEHAZE_STATS_CSV).read_text() == clean_stats  # the kept chips now carry the current settings
     again = dh.run_dehaze(cfg, src=src, dst=dst, workers=1)
     assert again.skipped == 6 and again.processed == 0 and not again.note
 
@@ -522,7 +523,7 @@ def test_kill_9_during_an_overwrite_with_another_method_then_a_rerun_with_either
     if workers == 1:
         assert len(made_by["airlight_subtract"]) == kill_at
     digests = {dh.settings_digest(DehazeParams.from_config(cfgs[m].dehaze)): m for m in methods}
-    rows = read_rows(crashed / dh.STATS_NAME)
+    rows = read_rows(crashed / dh.DEHAZE_STATS_CSV)
     assert {r["file"] for r in rows} == set(names)
     for row in rows:
         assert row["settings"] == dh.PENDING or row["file"] in made_by[digests[row["settings"]]], row

@@ -48,6 +48,6 @@ def test_real_hazy_chips_come_out_valid_with_less_haze(hazy_real, make_cfg, tmp_
         dark_after = hz.dark_channel(after, params.patch).mean()
         assert dark_after < dark_before - 10, (name, dark_before, dark_after)
 
-    rows = list(csv.DictReader((dst / dh.STATS_NAME).open(newline="")))
+    rows = list(csv.DictReader((dst / dh.DEHAZE_STATS_CSV).open(newline="")))
     assert sorted(r["file"] for r in rows) == sorted(names)
     assert all(0 < float(r["t_mean"]) < 1 for r in rows)
