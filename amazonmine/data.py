@@ -401,3 +401,45 @@ def apply_dihedral(img: np.ndarray, k: int) -> np.ndarray:
     if k >= 4:
         out = np.flip(out, axis=axes[1])
     return out
+
+
+# --- chip encoders -----------------------------------------------------------------------------------------
+# Below every stage that writes chips (synth paints them, dehaze rewrites them), so neither imports the other.
+
+def encode_jpeg(bgr: np.ndarray, quality: int = 95, full_chroma: bool = False) -> bytes:
+    """JPEG bytes; ``full_chroma`` keeps colour at full resolution (4:4:4) instead of OpenCV's default 4:2:0."""
+    import cv2
+
+    params = [cv2.IMWRITE_JPEG_QUALITY, quality]
+    if full_chroma:
+        params += [cv2.IMWRITE_JPEG_SAMPLING_FACTOR, cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444]
+    ok, buf = cv2.imencode(".jpg", bgr, params)
+    if not ok:  # pragma: no cover
+        raise DataError("JPEG encoding failed")
+    return buf.tobytes()
+
+
+def encode_png(img: np.ndarray) -> bytes:
+    import cv2
+
+    ok, buf = cv2.imencode(".png", img)
+    if not ok:  # pragma: no cover
+        raise DataError("PNG encoding failed")
+    return buf.tobytes()
+
+
+def encode_tif(bgrn: np.ndarray) -> bytes:
+    """4-band uint16 B,G,R,NIR -> TIFF bytes tagged like Kaggle's train-tif-v2 files.
+
+    Kaggle's files are uncompressed, contiguous, photometric RGB with the 4th band marked as associated
+    alpha; writing the same tags keeps OpenCV's reading of our files identical to its reading of theirs
+    (OpenCV's own 4-channel TIFF writer leaves the extra-sample tag out and every read then warns).
+    """
+    import io
+
+    import tifffile
+
+    buf = io.BytesIO()
+    tifffile.imwrite(buf, np.ascontiguousarray(bgrn, dtype=np.uint16), photometric="rgb",
+                     extrasamples=["assocalpha"], planarconfig="contig", compression=None, metadata=None)
+    return buf.getvalue()
