@@ -186,16 +186,6 @@ def _json_default(obj: Any) -> Any:
     raise TypeError(f"cannot serialise {type(obj).__name__}")
 
 
-def prepare_run_dir(cfg: Any) -> Path:
-    """Create the run folder and (re)write its resolved config next to the artifacts."""
-    from amazonmine.config import dump_config
-
-    run_dir = Path(cfg.run.dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(run_dir / "config.yaml", dump_config(cfg))
-    return run_dir
-
-
 class LockedError(OSError):
     """Another process holds the lock."""
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from amazonmine.config import NO_WEIGHTS
 from amazonmine.data import LABELS
 from amazonmine.errors import AmazonmineError
 
@@ -35,8 +36,11 @@ def pixel_scale(image_format: str) -> float:
 
 
 def resolve_weights(weights: str) -> str | None:
-    """'none' -> None; 'imagenet' -> 'imagenet' (or a clear error when offline); a path must exist."""
-    if weights in ("none", "None", "", "null"):
+    """'none' -> None; 'imagenet' -> 'imagenet' (or a clear error when offline); a path must exist.
+
+    The config stores every spelling of "no weights" (none, null, "") as ``NO_WEIGHTS``; only that is compared.
+    """
+    if weights == NO_WEIGHTS:
         return None
     if weights == "imagenet":
         return "imagenet"  # Keras tries its cache, then the download; build_backbone turns a failure into advice.
@@ -106,8 +110,10 @@ def _adapt_first_conv(rgb_model, model4) -> None:
 
 
 def check_backbone(train_cfg) -> None:
-    """Fail on an unknown backbone or a missing weights file before any chip is read."""
+    """Fail on an unknown backbone, a missing weights file or weights for densenet_mini before any chip is read."""
     if train_cfg.backbone == "densenet_mini":
+        if train_cfg.weights != NO_WEIGHTS:
+            raise WeightsError(f"train.weights: densenet_mini has no pretrained weights; use '{NO_WEIGHTS}'")
         return
     _application(train_cfg.backbone)
     resolve_weights(train_cfg.weights)
@@ -118,8 +124,7 @@ def build_backbone(train_cfg, image_size: int, channels: int):
 
     shape = (image_size, image_size, channels)
     if train_cfg.backbone == "densenet_mini":
-        if train_cfg.weights not in ("none", "None", ""):
-            raise WeightsError("train.weights: densenet_mini has no pretrained weights; use 'none'")
+        check_backbone(train_cfg)
         return _mini_densenet(keras.Input(shape), list(train_cfg.mini_blocks), train_cfg.mini_growth)
     app = _application(train_cfg.backbone)
     weights = resolve_weights(train_cfg.weights)
@@ -161,8 +166,7 @@ def build_model(train_cfg, channels: int = 3, image_format: str = "jpg"):
     size = train_cfg.image_size
     inputs = keras.Input((size, size, channels), name="chips")
     x = layers.Rescaling(1.0 / pixel_scale(image_format), name="to_unit")(inputs)
-    if train_cfg.weights == "imagenet" or (train_cfg.weights not in ("none", "None", "") and
-                                            train_cfg.backbone != "densenet_mini"):
+    if train_cfg.weights != NO_WEIGHTS and train_cfg.backbone != "densenet_mini":
         mean = list(IMAGENET_MEAN) + [sum(IMAGENET_MEAN) / 3] * (channels - 3)
         var = [s * s for s in IMAGENET_STD] + [(sum(IMAGENET_STD) / 3) ** 2] * (channels - 3)
         x = layers.Normalization(mean=mean, variance=var, name="imagenet_norm")(x)
