@@ -147,12 +147,12 @@ def train(config_path, overrides, folds, all_folds, gpu, resume, retrain):
 
     A fold already trained on the current split is kept, not retrained, unless --retrain.
     """
-    from amazonmine.train import resolve_folds, run_train
+    from amazonmine.fold_policy import resolve_folds
+    from amazonmine.train import run_train
 
     cfg = _load(config_path, overrides)
-    for result in run_train(cfg, folds=resolve_folds(cfg, folds, all_folds), gpu=gpu, resume=resume,
-                            retrain=retrain):
-        click.echo(result.headline())
+    run_train(cfg, folds=resolve_folds(cfg, folds, all_folds), gpu=gpu, resume=resume, retrain=retrain,
+              on_fold=lambda result: click.echo(result.headline()))
 
 
 @main.command(short_help="Fit per-label F2 thresholds on out-of-fold predictions.")

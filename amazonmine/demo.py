@@ -1,7 +1,7 @@
 """The main job: the whole pipeline on a freshly generated synthetic Planet set, on the CPU, in minutes.
 
 synth -> dehaze -> split -> train (every fold) -> tune -> predict -> evaluate, each stage called as the CLI
-would call it, with one config (``resources/demo.yaml``, also at ``configs/demo.yaml``). The synthetic test
+would call it, with one config (``resources/demo.yaml``). The synthetic test
 chips have known labels, so the demo ends by scoring its own submission: an honest held-out F2.
 """
 
@@ -38,11 +38,12 @@ def score_submission(submission: Path, truth_csv: Path) -> float:
 def run_demo(out: Path, config_path: Path | None = None, overrides: list[str] | None = None,
              n_train: int = DEMO_TRAIN, n_test: int = DEMO_TEST) -> dict:
     from amazonmine.dehaze import run_dehaze
-    from amazonmine.predict import run_predict
     from amazonmine.evaluate import run_evaluate
+    from amazonmine.fold_policy import resolve_folds
+    from amazonmine.predict import run_predict
     from amazonmine.split import run_split
     from amazonmine.synth import make_dataset
-    from amazonmine.train import resolve_folds, run_train
+    from amazonmine.train import run_train
     from amazonmine.tune import run_tune
 
     out = Path(out)
@@ -76,7 +77,7 @@ def run_demo(out: Path, config_path: Path | None = None, overrides: list[str] | 
     stage("split")
     done("split", run_split(cfg).headline().splitlines()[0])
     stage("train")
-    results = list(run_train(cfg, folds=resolve_folds(cfg)))
+    results = run_train(cfg, folds=resolve_folds(cfg))
     done("train", "\n".join(r.headline() for r in results))
     stage("tune")
     done("tune", run_tune(cfg).headline())

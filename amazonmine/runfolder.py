@@ -34,6 +34,7 @@ from typing import Sequence
 import numpy as np
 
 from amazonmine.data import LABELS, DataError, PlanetLayout, _offenders, load_matrix_csv
+from amazonmine.decisions import DecisionRule
 from amazonmine.errors import AmazonmineError
 from amazonmine.io import exclusive_lock, read_json, write_text_atomic
 
@@ -47,6 +48,8 @@ TEST_PROBABILITIES_CSV = "test_probabilities.csv"
 PREDICT_FAILURES_CSV = "predict_failures.csv"
 DEHAZE_STATS_CSV = "dehaze_stats.csv"
 DEHAZE_ERRORS_CSV = "dehaze_errors.csv"
+HOLDOUT_PROBABILITIES_CSV = "holdout_probabilities.csv"
+HOLDOUT_FOLD = -1  # folds.csv's fold of the lockbox chips (split.holdout): in no fold's training or validation
 _OOF = re.compile(r"^oof_fold(\d+)\.csv$")
 
 
@@ -181,6 +184,11 @@ class RunFolder:
     def dehaze_errors(self) -> Path:
         return self.dehazed / DEHAZE_ERRORS_CSV
 
+    @property
+    def holdout_probabilities(self) -> Path:
+        """The fold models' probabilities for the lockbox chips (evaluate)."""
+        return self.root / HOLDOUT_PROBABILITIES_CSV
+
     def fold(self, k: int) -> FoldFiles:
         d = self.root / f"fold{int(k)}"
         resume = d / "resume"
@@ -221,7 +229,7 @@ class RunFolder:
     def chip_dir(self, subdir: str) -> Path:
         """Where a stage reads the chips of ``subdir`` (e.g. 'train-jpg'): the dehazed copy when dehazing is on,
         else the data folder. The one answer to "where are the chips"."""
-        return (self.dehazed if self.dehaze_enabled else self.data_root) / Path(subdir).name
+        return (self.dehazed if self.dehaze_enabled else self.data_root) / subdir
 
     def require_chip_dir(self, subdir: str) -> Path:
         """:meth:`chip_dir`, refused with what to do when the folder is not there."""
@@ -259,7 +267,7 @@ class RunFolder:
         if not 0 <= fold < k:
             raise DataError(f"{self.folds_csv}: no fold {fold} (the split has folds 0..{k - 1})")
         rows = manifest[manifest["fold"] == fold]
-        expected = set(folds.loc[folds["fold"] != fold, "image_name"])
+        expected = set(folds.loc[(folds["fold"] != fold) & (folds["fold"] != HOLDOUT_FOLD), "image_name"])
         if set(rows.loc[rows["transform"] == 0, "image_name"]) != expected or not rows["transform"].between(0, 7).all():
             raise DataError(f"{self.manifest_csv}: fold {fold} does not match {FOLDS_CSV}; run 'amazonmine split' again")
         return rows[["image_name", "transform"]].reset_index(drop=True)
@@ -337,8 +345,10 @@ class RunFolder:
         return OofSet(names, y_true, np.concatenate(blocks), [f for f, _ in found], [p for _, p in found],
                       len(frame))
 
-    def read_thresholds(self) -> tuple[np.ndarray, bool]:
-        """(17 thresholds in LABELS order, weather_decoding) from thresholds.json."""
+    def read_thresholds(self) -> tuple[DecisionRule, bool]:
+        """(the decision rule, weather_decoding) from thresholds.json. The rule reads as the 17 thresholds in
+        LABELS order (``np.asarray(rule)``) and carries tune's decoder, so ``decode(probs, rule, ...)`` decides
+        as tune chose; a file from before decoders existed decides by its thresholds."""
         path = self.thresholds
         if not path.is_file():
             raise DataError(f"{path}: thresholds not found: run 'amazonmine tune' first")
@@ -356,7 +366,10 @@ class RunFolder:
             raise DataError(f"{path}: weather_decoding must be true or false, got {weather_decoding!r}")
         if not (np.isfinite(values).all() and (values > 0).all() and (values < 1).all()):
             raise DataError(f"{path}: thresholds must be numbers in (0, 1)")
-        return values, weather_decoding
+        try:
+            return DecisionRule.from_saved(saved, values, weather_decoding), weather_decoding
+        except ValueError as exc:
+            raise DataError(f"{path}: {exc}") from None
 
 
 def _read_split_csv(path: Path, columns: Sequence[str]):

@@ -6,7 +6,7 @@
 
 For each input size, one model (``amazonmine.model.build_model``, DenseNet121 from scratch by default) is
 compiled as ``amazonmine.train`` compiles it (AdamW + the configured schedule, binary cross-entropy, the mean-F2
-metric) and trained with ``model.fit`` on, in turn:
+metric, from ``amazonmine.keras_parts``) and trained with ``model.fit`` on, in turn:
 
 * pipeline    -- ``amazonmine.pipeline.preflight`` + ``make_dataset(cache=False, training=True)``: every chip
                  read from disk and decoded per element, shuffled, random dihedral view + brightness/contrast
@@ -113,9 +113,9 @@ def measure_size(args, size: int, workdir: Path) -> dict:
     import tensorflow as tf
 
     from amazonmine.config import load_config
+    from amazonmine.keras_parts import make_loss, make_metric, make_optimizer
     from amazonmine.model import build_model
     from amazonmine.pipeline import make_dataset, preflight
-    from amazonmine.train import _keras_parts, make_loss, make_optimizer
 
     began = time.perf_counter()
     paths, labels = chip_paths(args, size, workdir)
@@ -140,9 +140,8 @@ def measure_size(args, size: int, workdir: Path) -> dict:
     if not args.no_cached:
         variants["cached"] = pipeline(cached)
 
-    MeanF2 = _keras_parts()
     model = build_model(tc, channels=3, image_format="jpg")
-    model.compile(optimizer=make_optimizer(tc, args.warmup + args.steps), loss=make_loss(tc), metrics=[MeanF2()],
+    model.compile(optimizer=make_optimizer(tc, args.warmup + args.steps), loss=make_loss(tc), metrics=[make_metric()],
                   jit_compile=False)
     setup_seconds = time.perf_counter() - began
     best: dict[str, float] = {}
@@ -159,7 +158,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     import tensorflow as tf
 
-    from amazonmine.train import setup_device
+    from amazonmine.device import setup_device
 
     setup_device(False)  # the CPU, float32: as `amazonmine train` without --gpu
     if args.deterministic:

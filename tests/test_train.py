@@ -138,8 +138,8 @@ def test_interrupted_run_resumes_at_the_right_epoch_with_its_optimizer(learn_roo
         def on_epoch_begin(self, epoch, logs=None):
             self._epoch = epoch
 
-    original_callbacks = train._callbacks
-    monkeypatch.setattr(train, "_callbacks", lambda *a: (lambda cbs: (cbs[0] + [CtrlC()], *cbs[1:]))(original_callbacks(*a)))
+    original_callbacks = train.fold_callbacks
+    monkeypatch.setattr(train, "fold_callbacks", lambda *a: (lambda cbs: (cbs[0] + [CtrlC()], *cbs[1:]))(original_callbacks(*a)))
     original_save = train.ResumeState.save
 
     def spy_save(self, model, epoch):
@@ -156,7 +156,7 @@ def test_interrupted_run_resumes_at_the_right_epoch_with_its_optimizer(learn_roo
     assert state["epoch"] == 1 and state["best_val_f2"] > 0
 
     at_interrupt = dict(saved)
-    monkeypatch.setattr(train, "_callbacks", original_callbacks)
+    monkeypatch.setattr(train, "fold_callbacks", original_callbacks)
     restored = {}
     original_restore = train.ResumeState.restore
 
@@ -221,24 +221,6 @@ def test_imagenet_weights_offline_or_bad_path_give_advice(tmp_path):
     cfg = load_config(None, [f"train.weights={junk}", "train.image_size=32"])
     with pytest.raises(WeightsError, match="cannot load"):
         build_model(cfg.train)
-
-
-def test_precise_batchnorm_replaces_moving_stats_with_the_batch_average():
-    import keras
-    import tensorflow as tf
-
-    from amazonmine.train import recalibrate_batchnorm
-
-    inner = keras.Sequential([keras.Input((3,)), keras.layers.BatchNormalization(name="bn")])
-    model = keras.Sequential([keras.Input((3,)), inner])  # nested, as the backbone is
-    rng = np.random.default_rng(0)
-    batches = [rng.normal(loc, 1.0, (16, 3)).astype(np.float32) for loc in (1.0, 5.0, 9.0)]
-    dataset = tf.data.Dataset.from_tensor_slices(np.concatenate(batches)).batch(16)
-    assert recalibrate_batchnorm(model, dataset, 3) == 1
-    bn = inner.get_layer("bn")
-    np.testing.assert_allclose(bn.moving_mean.numpy(), np.mean([b.mean(0) for b in batches], axis=0), rtol=1e-5)
-    np.testing.assert_allclose(bn.moving_variance.numpy(), np.mean([b.var(0) for b in batches], axis=0), rtol=1e-4)
-    assert bn.momentum == 0.99  # restored
 
 
 def test_summary_records_the_recalibration(trained):
@@ -342,13 +324,13 @@ def test_ctrl_c_before_the_first_epoch_ends_leaves_nothing_unloadable(learn_root
         def on_train_batch_begin(self, batch, logs=None):
             raise KeyboardInterrupt  # before the optimizer's first step: its slots are not even built
 
-    original_callbacks = train._callbacks
-    monkeypatch.setattr(train, "_callbacks",
+    original_callbacks = train.fold_callbacks
+    monkeypatch.setattr(train, "fold_callbacks",
                         lambda *a: (lambda cbs: ([CtrlCAtStart()] + cbs[0], *cbs[1:]))(original_callbacks(*a)))
     with pytest.raises(AmazonmineError, match="interrupted during the first epoch of fold 0: nothing to resume"):
         list(train.run_train(cfg, folds=[0]))
     assert not (cfg.run_dir / "fold0" / "resume").exists()
-    monkeypatch.setattr(train, "_callbacks", original_callbacks)
+    monkeypatch.setattr(train, "fold_callbacks", original_callbacks)
     (result,) = train.run_train(cfg, folds=[0], resume=True)  # nothing to resume: the fold simply trains
     assert result.model_path.is_file()
 
@@ -357,10 +339,11 @@ def test_batchnorm_recalibration_that_lowers_val_f2_is_not_kept(learn_root, make
     import keras
 
     import amazonmine.train as train
+    from amazonmine.keras_parts import batchnorm_layers
     from amazonmine.model import load_trained
 
     def sabotage(model, dataset, batches):
-        bns = train._batchnorm_layers(model)
+        bns = batchnorm_layers(model)
         for bn in bns:
             bn.moving_mean.assign(bn.moving_mean.numpy() + 50.0)  # statistics that wreck every prediction
         return len(bns)
@@ -377,13 +360,14 @@ def test_batchnorm_recalibration_that_lowers_val_f2_is_not_kept(learn_root, make
     recal = result.summary["bn_recalibration"]
     assert recal["kept"] is False and recal["val_f2_after"] < recal["val_f2_before"]
     saved = load_trained(result.model_path)
-    means = [bn.moving_mean.numpy() for bn in train._batchnorm_layers(saved)]
+    means = [bn.moving_mean.numpy() for bn in batchnorm_layers(saved)]
     assert means and max(float(np.abs(m).max()) for m in means) < 50.0  # the checkpoint as trained
     assert isinstance(saved, keras.Model)
 
 
 def test_resume_refuses_another_split_or_other_settings(learn_root, make_cfg):
-    from amazonmine.train import run_train, split_fingerprint
+    from amazonmine.runfolder import RunFolder
+    from amazonmine.train import run_train
 
     cfg = tiny_cfg(make_cfg, learn_root)
     resume = cfg.run_dir / "fold0" / "resume"
@@ -393,7 +377,7 @@ def test_resume_refuses_another_split_or_other_settings(learn_root, make_cfg):
     (resume / "state.json").write_text(json.dumps(meta))
     with pytest.raises(AmazonmineError, match="split changed since this fold's interrupted run; --retrain"):
         list(run_train(cfg, folds=[0], resume=True))
-    meta.update(split_sha256=split_fingerprint(cfg.run_dir), settings={"train.dropout": 0.9})
+    meta.update(split_sha256=RunFolder(cfg.run_dir).split_fingerprint(), settings={"train.dropout": 0.9})
     (resume / "state.json").write_text(json.dumps(meta))
     with pytest.raises(AmazonmineError, match=r"this fold's interrupted run used other settings \(train.dropout 0.9 -> 0.2\)"):
         list(run_train(cfg, folds=[0], resume=True))

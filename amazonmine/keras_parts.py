@@ -1,0 +1,260 @@
+"""The Keras pieces a fold is trained with: metric, loss, optimizer, callbacks, BatchNorm recalibration.
+
+* :func:`make_metric` -- mean per-image F2 at the flat threshold (the Kaggle metric, streamed over batches); the
+  best checkpoint and early stopping follow its validation value, ``val_f2``.
+* :func:`make_loss` -- binary cross-entropy, plus optionally a differentiable ("soft") F2 term that pushes
+  recall. Both F2s take beta from :data:`amazonmine.metrics.BETA`, as the NumPy scores do.
+* :func:`make_optimizer` -- AdamW with the configured schedule (cosine with warm-up, or constant + plateau).
+* :func:`fold_callbacks` -- best checkpoint (which survives a resume), throughput, resume saver, CSV history,
+  TensorBoard, early stopping, plateau, and one progress line per epoch when Keras itself prints nothing.
+* :func:`recalibrate_batchnorm` -- precise BatchNorm statistics for the final weights.
+
+Keras is imported inside the functions, so importing this module (and the stages that use it) stays cheap.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+
+from amazonmine.io import atomic_path
+from amazonmine.metrics import BETA
+
+# The Kaggle metric's threshold for every label; tune fits per-label thresholds afterwards.
+FLAT_THRESHOLD = 0.2
+
+_B2 = BETA * BETA  # F-beta = (1 + b2) tp / ((1 + b2) tp + b2 fn + fp), as in amazonmine.metrics
+
+
+# --- metric, loss, schedule --------------------------------------------------------------------------------
+
+@functools.lru_cache(maxsize=None)
+def mean_f2_class():
+    """The MeanF2 metric class, defined (and registered for deserialisation) once per process."""
+    import keras
+    from keras import ops
+
+    @keras.saving.register_keras_serializable(package="amazonmine")
+    class MeanF2(keras.metrics.Metric):
+        """Mean per-image F2 at a fixed threshold: the Kaggle metric, streamed over batches."""
+
+        def __init__(self, threshold: float = FLAT_THRESHOLD, name: str = "f2", **kwargs):
+            super().__init__(name=name, **kwargs)
+            self.threshold = threshold
+            self.total = self.add_variable(shape=(), initializer="zeros", name="total")
+            self.count = self.add_variable(shape=(), initializer="zeros", name="count")
+
+        def update_state(self, y_true, y_pred, sample_weight=None):
+            y = ops.cast(y_true, "float32")
+            p = ops.cast(ops.greater_equal(ops.cast(y_pred, "float32"), self.threshold), "float32")
+            tp = ops.sum(y * p, axis=1)
+            fp = ops.sum((1.0 - y) * p, axis=1)
+            fn = ops.sum(y * (1.0 - p), axis=1)
+            denom = (1.0 + _B2) * tp + _B2 * fn + fp
+            # An image with no true and no predicted label scores 1, as metrics.per_image_f2 has it.
+            f2 = ops.where(denom > 0, (1.0 + _B2) * tp / ops.maximum(denom, 1e-9), 1.0)
+            self.total.assign_add(ops.sum(f2))
+            self.count.assign_add(ops.cast(ops.shape(y)[0], "float32"))
+
+        def result(self):
+            return self.total / ops.maximum(self.count, 1.0)
+
+        def reset_state(self):
+            self.total.assign(0.0)
+            self.count.assign(0.0)
+
+        def get_config(self):
+            return {**super().get_config(), "threshold": self.threshold}
+
+    return MeanF2
+
+
+def make_metric(threshold: float = FLAT_THRESHOLD):
+    """A fresh MeanF2 metric (logged as ``f2`` and ``val_f2``)."""
+    return mean_f2_class()(threshold)
+
+
+def make_loss(train_cfg):
+    """Binary cross-entropy, plus (optionally) a differentiable F2 term that pushes recall."""
+    import keras
+    from keras import ops
+
+    bce = keras.losses.BinaryCrossentropy(label_smoothing=train_cfg.label_smoothing)
+    weight = train_cfg.soft_f2_weight
+    if weight <= 0:
+        return bce
+
+    def bce_soft_f2(y_true, y_pred):
+        y = ops.cast(y_true, "float32")
+        p = ops.cast(y_pred, "float32")
+        tp = ops.sum(y * p, axis=1)
+        fp = ops.sum((1.0 - y) * p, axis=1)
+        fn = ops.sum(y * (1.0 - p), axis=1)
+        soft_f2 = (1.0 + _B2) * tp / ((1.0 + _B2) * tp + _B2 * fn + fp + 1e-7)
+        return bce(y_true, y_pred) + weight * (1.0 - ops.mean(soft_f2))
+
+    return bce_soft_f2
+
+
+def make_optimizer(train_cfg, steps_per_epoch: int):
+    import keras
+
+    lr = train_cfg.learning_rate
+    if train_cfg.schedule == "cosine":
+        warmup = train_cfg.warmup_epochs * steps_per_epoch
+        decay = max(1, train_cfg.epochs * steps_per_epoch - warmup)
+        if warmup > 0:
+            lr = keras.optimizers.schedules.CosineDecay(lr * 0.1, decay, alpha=0.01, warmup_target=lr,
+                                                        warmup_steps=warmup)
+        else:
+            lr = keras.optimizers.schedules.CosineDecay(lr, decay, alpha=0.01)
+    return keras.optimizers.AdamW(learning_rate=lr, weight_decay=train_cfg.weight_decay)
+
+
+# --- callbacks ---------------------------------------------------------------------------------------------
+
+def clock(seconds: float) -> str:
+    """A duration as a person reads it: 42s, 4m05s, 1h07m."""
+    seconds = max(0, int(round(seconds)))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+def epoch_line(fold: int, epoch: int, epochs: int, logs: dict, elapsed: float, epoch_seconds: float) -> str:
+    """The progress line after ``epoch`` (1-based) of ``epochs``: scores, time so far this session, and the
+    time left for the fold's remaining epochs at ``epoch_seconds`` each. Early stopping may end it sooner."""
+    def score(key: str) -> str:
+        value = logs.get(key)
+        return "-" if value is None else f"{float(value):.4f}"
+
+    tail = f", ~{clock((epochs - epoch) * epoch_seconds)} left" if epoch < epochs else ""
+    return (f"fold {fold}: epoch {epoch}/{epochs}  loss {score('loss')}  val_f2 {score('val_f2')}  "
+            f"{clock(elapsed)} elapsed{tail}")
+
+
+def fold_callbacks(files, train_cfg, initial_best: float, resume_state):
+    """The callbacks of one fold's ``fit``: returns (callbacks, best checkpoint, throughput meter).
+
+    ``files`` is the fold's :class:`amazonmine.runfolder.FoldFiles`; ``resume_state`` (a
+    :class:`amazonmine.fold_policy.ResumeState`) is saved after every epoch and carries the best score.
+    """
+    import click
+    import keras
+
+    class BestCheckpoint(keras.callbacks.Callback):
+        """Save the model whenever val F2 beats the best so far (which survives a resume), atomically."""
+
+        def __init__(self, path, best: float):
+            super().__init__()
+            self.path, self.best, self.best_epoch = path, best, None
+
+        def on_epoch_end(self, epoch, logs=None):
+            score = (logs or {}).get("val_f2")
+            if score is not None and score > self.best:
+                self.best, self.best_epoch = float(score), epoch + 1
+                with atomic_path(self.path) as tmp:
+                    self.model.save(tmp, include_optimizer=False)
+            resume_state.best = self.best
+
+    class Throughput(keras.callbacks.Callback):
+        """Training images per second, timed from epoch start to the start of validation."""
+
+        def __init__(self, batch_size: int):
+            super().__init__()
+            self.batch_size, self.seconds, self.images = batch_size, 0.0, 0
+            self._t0, self._steps = None, 0
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self._t0, self._steps = time.perf_counter(), 0
+
+        def on_train_batch_end(self, batch, logs=None):
+            self._steps += 1
+
+        def on_test_begin(self, logs=None):
+            if self._t0 is not None:
+                self.seconds += time.perf_counter() - self._t0
+                self.images += self._steps * self.batch_size
+                self._t0 = None
+
+    class ResumeSaver(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            resume_state.save(self.model, epoch + 1)
+
+    class EpochProgress(keras.callbacks.Callback):
+        """One line per epoch with the time left, for runs where Keras prints nothing (verbose 0): a fold of
+        many minutes must not look like a hang."""
+
+        def __init__(self, fold: int):
+            super().__init__()
+            self.fold, self._started, self._epoch_began, self._seconds = fold, None, None, []
+
+        def on_train_begin(self, logs=None):
+            epochs, steps = self.params.get("epochs"), self.params.get("steps")
+            click.echo(f"fold {self.fold}: training, {epochs} epochs" + (f" of {steps} steps" if steps else ""))
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self._epoch_began = time.perf_counter()
+            if self._started is None:
+                self._started = self._epoch_began
+
+        def on_epoch_end(self, epoch, logs=None):
+            now = time.perf_counter()
+            self._seconds.append(now - self._epoch_began)
+            # The session's first epoch also traces the graphs; once later ones are timed, they set the pace.
+            later = self._seconds[1:] or self._seconds
+            click.echo(epoch_line(self.fold, epoch + 1, self.params.get("epochs") or epoch + 1, logs or {},
+                                  now - self._started, sum(later) / len(later)))
+
+    best = BestCheckpoint(files.model, initial_best)
+    meter = Throughput(train_cfg.batch_size)
+    cbs = [
+        best,
+        meter,
+        ResumeSaver(),
+        keras.callbacks.CSVLogger(str(files.history), append=files.history.exists() and resume_state.resuming),
+        keras.callbacks.TensorBoard(log_dir=str(files.tensorboard), write_graph=False, update_freq="epoch",
+                                    profile_batch=0),
+        keras.callbacks.EarlyStopping(monitor="val_f2", mode="max", patience=train_cfg.early_stopping_patience,
+                                      restore_best_weights=False),
+    ]
+    if train_cfg.schedule == "plateau":
+        cbs.append(keras.callbacks.ReduceLROnPlateau(monitor="val_f2", mode="max", factor=0.3,
+                                                     patience=max(1, train_cfg.early_stopping_patience // 3)))
+    if train_cfg.verbose == 0:  # with verbose 1 or 2 Keras prints its own progress; two would interleave
+        cbs.append(EpochProgress(files.fold))
+    return cbs, best, meter
+
+
+# --- BatchNorm recalibration -------------------------------------------------------------------------------
+
+def batchnorm_layers(layer) -> list:
+    """Every BatchNormalization layer in ``layer``, nested models included."""
+    import keras
+
+    found = [layer] if isinstance(layer, keras.layers.BatchNormalization) else []
+    for child in getattr(layer, "layers", []):  # the backbone is a model nested in the classifier
+        found += batchnorm_layers(child)
+    return found
+
+
+def recalibrate_batchnorm(model, dataset, batches: int) -> int:
+    """Precise BatchNorm (Wu & Johnson, "Rethinking 'Batch' in BatchNorm", 2021): replace each BN layer's
+    moving mean/variance by the plain average of its batch statistics over ``batches`` batches, computed
+    with the final weights. Forward passes only; no weight is trained. Returns the number of BN layers.
+    """
+    bns = batchnorm_layers(model)
+    momenta = [bn.momentum for bn in bns]
+    try:
+        for k, batch in enumerate(dataset.take(batches), start=1):
+            x = batch[0] if isinstance(batch, tuple) else batch
+            for bn in bns:
+                # moving = moving * m + batch * (1 - m); m = (k - 1) / k makes it the running mean of batches.
+                bn.momentum = (k - 1) / k
+            model(x, training=True)
+    finally:
+        for bn, m in zip(bns, momenta):
+            bn.momentum = m
+    return len(bns)

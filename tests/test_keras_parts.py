@@ -1,0 +1,95 @@
+"""Keras parts of training: the streamed F2 agrees with the NumPy one, the soft F2 loss, the per-epoch progress
+lines, precise BatchNorm."""
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.slow
+
+
+def test_mean_f2_metric_agrees_with_the_numpy_score():
+    from amazonmine.keras_parts import FLAT_THRESHOLD, make_metric
+    from amazonmine.metrics import mean_f2
+
+    rng = np.random.default_rng(3)
+    y = rng.random((64, 17)) < 0.2
+    y[:4] = False  # rows with nothing to find: scored 1 when nothing is claimed either
+    p = rng.random((64, 17)).astype(np.float32)
+    p[:2] = 0.0
+    metric = make_metric()
+    metric.update_state(y[:40], p[:40])
+    metric.update_state(y[40:], p[40:])  # streamed over two batches
+    np.testing.assert_allclose(float(metric.result()), mean_f2(y, p >= FLAT_THRESHOLD), rtol=1e-6)
+
+
+def test_soft_f2_loss_on_hard_predictions_is_bce_plus_the_f2_gap():
+    import keras
+
+    from amazonmine.config import load_config
+    from amazonmine.keras_parts import make_loss
+    from amazonmine.metrics import mean_f2
+
+    cfg = load_config(None, ["train.soft_f2_weight=0.5", "train.label_smoothing=0"])
+    rng = np.random.default_rng(4)
+    y = (rng.random((32, 17)) < 0.3).astype(np.float32)
+    p = np.clip(y + (rng.random((32, 17)) < 0.1), 0, 1).astype(np.float32)  # a few false alarms
+    p[p == 0] = 1e-4
+    loss = float(make_loss(cfg.train)(y, p))
+    bce = float(keras.losses.BinaryCrossentropy()(y, p))
+    np.testing.assert_allclose(loss, bce + 0.5 * (1 - mean_f2(y > 0, p > 0.5)), atol=2e-3)
+
+
+def test_epoch_line_says_where_the_fold_is_and_the_time_left():
+    from amazonmine.keras_parts import clock, epoch_line
+
+    assert [clock(s) for s in (0.4, 42, 245, 4020)] == ["0s", "42s", "4m05s", "1h07m"]
+    line = epoch_line(2, 3, 10, {"loss": 0.12345, "val_f2": 0.8}, elapsed=90.0, epoch_seconds=30.0)
+    assert line == "fold 2: epoch 3/10  loss 0.1235  val_f2 0.8000  1m30s elapsed, ~3m30s left"
+    assert epoch_line(0, 10, 10, {}, elapsed=20.0, epoch_seconds=10.0) == \
+        "fold 0: epoch 10/10  loss -  val_f2 -  20s elapsed"  # the last epoch: nothing left to estimate
+
+
+@pytest.mark.parametrize("verbose", [0, 2])
+def test_progress_lines_only_when_keras_prints_nothing(tmp_path, capsys, verbose):
+    import keras
+
+    from amazonmine.config import load_config
+    from amazonmine.fold_policy import ResumeState
+    from amazonmine.keras_parts import fold_callbacks, make_metric
+    from amazonmine.runfolder import RunFolder
+
+    cfg = load_config(None, [f"train.verbose={verbose}", f"run.dir={tmp_path}"])
+    files = RunFolder.from_config(cfg).fold(3)
+    files.dir.mkdir()
+    callbacks, _, _ = fold_callbacks(files, cfg.train, -1.0, ResumeState(files))
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(17, activation="sigmoid")])
+    model.compile(optimizer="adam", loss="binary_crossentropy", metrics=[make_metric()])
+    x = np.random.default_rng(0).random((16, 4)).astype(np.float32)
+    y = (x[:, :1] > 0.5).repeat(17, axis=1).astype(np.float32)
+    model.fit(x, y, validation_data=(x, y), epochs=2, batch_size=8, callbacks=callbacks, verbose=verbose)
+    out = capsys.readouterr().out
+    lines = [line for line in out.splitlines() if line.startswith("fold 3: epoch")]
+    if verbose == 0:
+        assert len(lines) == 2 and lines[0].startswith("fold 3: epoch 1/2  loss ") and "left" in lines[0]
+        assert "fold 3: training, 2 epochs" in out
+    else:
+        assert not lines and "fold 3: training" not in out
+    assert files.model.is_file() and files.history.is_file() and files.resume_meta.is_file()
+
+
+def test_precise_batchnorm_replaces_moving_stats_with_the_batch_average():
+    import keras
+    import tensorflow as tf
+
+    from amazonmine.keras_parts import recalibrate_batchnorm
+
+    inner = keras.Sequential([keras.Input((3,)), keras.layers.BatchNormalization(name="bn")])
+    model = keras.Sequential([keras.Input((3,)), inner])  # nested, as the backbone is
+    rng = np.random.default_rng(0)
+    batches = [rng.normal(loc, 1.0, (16, 3)).astype(np.float32) for loc in (1.0, 5.0, 9.0)]
+    dataset = tf.data.Dataset.from_tensor_slices(np.concatenate(batches)).batch(16)
+    assert recalibrate_batchnorm(model, dataset, 3) == 1
+    bn = inner.get_layer("bn")
+    np.testing.assert_allclose(bn.moving_mean.numpy(), np.mean([b.mean(0) for b in batches], axis=0), rtol=1e-5)
+    np.testing.assert_allclose(bn.moving_variance.numpy(), np.mean([b.var(0) for b in batches], axis=0), rtol=1e-4)
+    assert bn.momentum == 0.99  # restored
