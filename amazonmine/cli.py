@@ -77,24 +77,26 @@ def main():
 
 
 @main.command(short_help="Generate a labelled Planet-like dataset (Kaggle layout).")
-@click.argument("out", type=click.Path(file_okay=False, path_type=Path))
+@click.argument("out", required=False, type=click.Path(file_okay=False, path_type=Path))
+@_config_options
 @click.option("--n-train", default=200, show_default=True, help="Labelled training chips.")
 @click.option("--n-test", default=50, show_default=True, help="Unlabelled test chips.")
-@click.option("--size", default=256, show_default=True, help="Chip side in pixels.")
-@click.option("--seed", default=0, show_default=True)
+@click.option("--size", type=int, default=None, help="Chip side in pixels (default: data.chip_size, else 256).")
+@click.option("--seed", type=int, default=None, help="Random seed (default: run.seed).")
 @click.option("--rare-boost", default=20.0, show_default=True,
               help="Weight multiplier for label combinations holding a rare label (<1%).")
 @click.option("--tif", is_flag=True, help="Also write 4-band 16-bit TIFs (train-tif-v2/).")
 @click.option("--overwrite", is_flag=True, help="Replace an earlier synth set in OUT.")
 @_friendly
-def synth(out, n_train, n_test, size, seed, rare_boost, tif, overwrite):
-    """Write a labelled Planet-like dataset in the Kaggle layout (built-in demo/test data)."""
-    from amazonmine.synth import make_dataset
+def synth(out, config_path, overrides, n_train, n_test, size, seed, rare_boost, tif, overwrite):
+    """Write a labelled Planet-like dataset in the Kaggle layout into OUT (default: data.root)."""
+    from amazonmine.data import PLANET_RARE_LABELS
+    from amazonmine.synth import run_synth
 
-    summary = make_dataset(out, n_train=n_train, n_test=n_test, size=size, seed=seed, rare_boost=rare_boost,
-                           tif=tif, overwrite=overwrite)
-    rare = ", ".join(f"{k}={v}" for k, v in summary["label_counts"].items()
-                     if k in ("artisinal_mine", "conventional_mine", "slash_burn", "blow_down"))
+    cfg = _load(config_path, overrides)
+    summary = run_synth(cfg, out, n_train=n_train, n_test=n_test, size=size, seed=seed, rare_boost=rare_boost,
+                        tif=tif, overwrite=overwrite)
+    rare = ", ".join(f"{k}={v}" for k, v in summary["label_counts"].items() if k in PLANET_RARE_LABELS)
     click.echo(f"wrote {summary['n_train']} train + {summary['n_test']} test chips "
                f"({summary['size']} px, {summary['haze']} hazy) to {summary['out']}; {rare}")
 

@@ -42,7 +42,7 @@ def run_demo(out: Path, config_path: Path | None = None, overrides: list[str] | 
     from amazonmine.fold_policy import resolve_folds
     from amazonmine.predict import run_predict
     from amazonmine.split import run_split
-    from amazonmine.synth import make_dataset
+    from amazonmine.synth import paint_dataset
     from amazonmine.train import run_train
     from amazonmine.tune import run_tune
 
@@ -66,7 +66,7 @@ def run_demo(out: Path, config_path: Path | None = None, overrides: list[str] | 
     if (cfg.run_dir / "config.yaml").is_file():  # only ever a folder an earlier run wrote
         shutil.rmtree(cfg.run_dir)
     stage("synth")
-    info = make_dataset(data_root, n_train=n_train, n_test=n_test, size=cfg.data.chip_size or 48,
+    info = paint_dataset(data_root, n_train=n_train, n_test=n_test, size=cfg.data.chip_size or 48,
                         seed=cfg.run.seed, rare_boost=20.0, overwrite=True)
     done("synth", f"{info['n_train']} train + {info['n_test']} test chips, {info['haze']} hazy, "
          f"artisinal_mine {info['label_counts']['artisinal_mine']}")

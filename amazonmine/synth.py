@@ -362,7 +362,7 @@ def _test_names(n_test: int) -> tuple[list[str], list[str]]:
     return [f"test_{i}" for i in range(n_main)], [f"file_{i}" for i in range(n_test - n_main)]
 
 
-def make_dataset(out: str | Path, n_train: int = 200, n_test: int = 50, size: int = 256, seed: int = 0,
+def paint_dataset(out: str | Path, n_train: int = 200, n_test: int = 50, size: int = 256, seed: int = 0,
                  rare_boost: float = 20.0, tif: bool = False, progress: bool = True,
                  overwrite: bool = False) -> dict:
     """Write a Planet-like dataset in the Kaggle layout and its truth. Returns a small summary."""
@@ -426,3 +426,13 @@ def make_dataset(out: str | Path, n_train: int = 200, n_test: int = 50, size: in
     label_counts = {label: sum(label in t.split() for t in train_tags) for label in LABELS}
     return {"out": str(out), "n_train": n_train, "n_test": n_test, "size": size, "haze": len(haze_rows),
             "label_counts": label_counts}
+
+
+def run_synth(cfg, out: str | Path | None = None, n_train: int = 200, n_test: int = 50, size: int | None = None,
+              seed: int | None = None, rare_boost: float = 20.0, tif: bool = False, overwrite: bool = False,
+              progress: bool = True) -> dict:
+    """The synth stage: a dataset where the config expects one (``data.root``), with its chip size
+    (``data.chip_size``, else 256) and seed (``run.seed``) unless given."""
+    return paint_dataset(out if out is not None else cfg.data.root, n_train=n_train, n_test=n_test,
+                         size=size or cfg.data.chip_size or 256, seed=cfg.run.seed if seed is None else seed,
+                         rare_boost=rare_boost, tif=tif, progress=progress, overwrite=overwrite)

@@ -21,8 +21,8 @@ def import_tensorflow():
     devnull = os.open(os.devnull, os.O_WRONLY)
     try:
         os.dup2(devnull, 2)
-        import tensorflow as tf
         import keras  # noqa: F401  (imports its TF backend under the same muted stderr)
+        import tensorflow as tf
     finally:
         os.dup2(saved, 2)
         os.close(saved)

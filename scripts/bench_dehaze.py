@@ -21,7 +21,7 @@ math, the 4:4:4 encode, writes), whole loops in one process (why a worker reads 
 then writes it) and the worker body in a fresh process with and without ``amazonmine.workerpool.init_worker``.
 
 Input: the real 256 px Kaggle chips in ../shared/data/planet_real_256/train-jpg when present (real pixels beat
-synthetic ones), else ``--synthetic`` chips from ``amazonmine.synth.make_dataset``; or any ``--chips DIR``.
+synthetic ones), else ``--synthetic`` chips from ``amazonmine.synth.paint_dataset``; or any ``--chips DIR``.
 Everything is copied into a temporary folder first, so the source is never touched.
 
     python scripts/bench_dehaze.py                      # real chips if present
@@ -97,9 +97,9 @@ def prepare_chips(args, work: Path) -> tuple[Path, str]:
     src = work / "src"
     src.mkdir()
     if args.synthetic or (args.chips is None and not REAL.is_dir()):
-        from amazonmine.synth import make_dataset
+        from amazonmine.synth import paint_dataset
 
-        make_dataset(work / "synth", n_train=args.n, n_test=0, size=args.size, seed=0, progress=False)
+        paint_dataset(work / "synth", n_train=args.n, n_test=0, size=args.size, seed=0, progress=False)
         for path in sorted((work / "synth" / "train-jpg").glob("*.jpg")):
             shutil.copyfile(path, src / path.name)
         return src, f"{args.n} synthetic {args.size} px chips (amazonmine.synth)"

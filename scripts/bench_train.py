@@ -67,7 +67,7 @@ def parse_args(argv=None):
 def chip_paths(args, size: int, workdir: Path):
     """(paths, labels matrix) of the chips to train on at this size."""
     from amazonmine.data import PlanetLayout, tags_to_matrix
-    from amazonmine.synth import make_dataset
+    from amazonmine.synth import paint_dataset
 
     if args.data is not None:
         from amazonmine.config import load_config
@@ -77,7 +77,7 @@ def chip_paths(args, size: int, workdir: Path):
         frame, matrix = frame.head(args.chips), matrix[: args.chips]
         return [layout.train_dir / f"{n}.jpg" for n in frame["image_name"]], matrix
     root = workdir / f"synth{size}"
-    make_dataset(root, n_train=args.chips, n_test=0, size=size, seed=args.seed, rare_boost=20.0, progress=False)
+    paint_dataset(root, n_train=args.chips, n_test=0, size=size, seed=args.seed, rare_boost=20.0, progress=False)
     import pandas as pd
 
     frame = pd.read_csv(root / "train_v2.csv", dtype=str, keep_default_na=False)

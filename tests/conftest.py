@@ -16,10 +16,10 @@ SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 @pytest.fixture(scope="session")
 def synth_root(tmp_path_factory) -> Path:
     """60 labelled + 12 test chips at 64 px with 4-band TIFs and haze truth (read-only: copy before mutating)."""
-    from amazonmine.synth import make_dataset
+    from amazonmine.synth import paint_dataset
 
     root = tmp_path_factory.mktemp("synth") / "planet"
-    make_dataset(root, n_train=60, n_test=12, size=64, seed=1, rare_boost=20.0, tif=True, progress=False)
+    paint_dataset(root, n_train=60, n_test=12, size=64, seed=1, rare_boost=20.0, tif=True, progress=False)
     return root
 
 

@@ -24,12 +24,12 @@ def run(tmp_path_factory):
     """A tiny end-to-end run folder: synth -> split -> train (both folds) -> tune."""
     from amazonmine.config import load_config
     from amazonmine.split import run_split
-    from amazonmine.synth import make_dataset
+    from amazonmine.synth import paint_dataset
     from amazonmine.train import run_train
     from amazonmine.tune import run_tune
 
     base = tmp_path_factory.mktemp("predict")
-    make_dataset(base / "data", n_train=40, n_test=30, size=32, seed=3, progress=False)
+    paint_dataset(base / "data", n_train=40, n_test=30, size=32, seed=3, progress=False)
     sets = TINY + [f"data.root={base / 'data'}", f"run.dir={base / 'run'}"]
     cfg = load_config(None, sets)
     run_split(cfg)

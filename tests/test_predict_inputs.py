@@ -6,10 +6,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from amazonmine.data import LABELS, DataError, PlanetLayout, load_matrix_csv, read_image
+from amazonmine.data import LABELS, DataError, PlanetLayout, encode_jpeg, encode_tif, load_matrix_csv, read_image
 from amazonmine.predict import _list_from_csv, write_submission
 from amazonmine.predictor import Predictor
-from amazonmine.data import encode_jpeg, encode_tif
 
 # Names pandas reads as numbers or as missing unless told not to.
 AWKWARD = ["0001", "NA", "1e3"]

@@ -18,10 +18,10 @@ SEED = 4  # gives haze chips in train and test, and cloudy ones (checked in the 
 
 
 def _make(root: Path, **kwargs) -> dict:
-    from amazonmine.synth import make_dataset
+    from amazonmine.synth import paint_dataset
 
     kwargs.setdefault("progress", False)
-    return make_dataset(root, **kwargs)
+    return paint_dataset(root, **kwargs)
 
 
 def _folder_of(name: str) -> str:
@@ -287,16 +287,16 @@ def test_cli_synth_too_small_is_a_one_line_error(tmp_path):
 
 def test_synth_refuses_bad_counts_and_a_non_empty_folder(tmp_path):
     from amazonmine.data import DataError
-    from amazonmine.synth import make_dataset
+    from amazonmine.synth import paint_dataset
 
     with pytest.raises(DataError, match="--n-test must be 0 or more"):
-        make_dataset(tmp_path / "a", n_train=4, n_test=-3, size=16, progress=False)
+        paint_dataset(tmp_path / "a", n_train=4, n_test=-3, size=16, progress=False)
     with pytest.raises(DataError, match="--rare-boost must be a positive number"):
-        make_dataset(tmp_path / "b", n_train=4, n_test=2, size=16, rare_boost=-1, progress=False)
+        paint_dataset(tmp_path / "b", n_train=4, n_test=2, size=16, rare_boost=-1, progress=False)
     out = tmp_path / "c"
-    make_dataset(out, n_train=10, n_test=9, size=16, progress=False)
+    paint_dataset(out, n_train=10, n_test=9, size=16, progress=False)
     with pytest.raises(DataError, match="folder is not empty"):
-        make_dataset(out, n_train=5, n_test=3, size=16, progress=False)
-    make_dataset(out, n_train=5, n_test=3, size=16, progress=False, overwrite=True)
+        paint_dataset(out, n_train=5, n_test=3, size=16, progress=False)
+    paint_dataset(out, n_train=5, n_test=3, size=16, progress=False, overwrite=True)
     assert len(list((out / "train-jpg").iterdir())) == 5  # nothing left of the larger set
     assert len(list((out / "test-jpg").iterdir())) + len(list((out / "test-jpg-additional").iterdir())) == 3
