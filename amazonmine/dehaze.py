@@ -36,6 +36,7 @@ This module and its workers never import TensorFlow.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import hashlib
@@ -318,10 +319,27 @@ def run_dehaze(cfg, src: str | Path | None = None, dst: str | Path | None = None
 
     n_workers = _resolve_workers(workers, cfg)
     # The worker processes boot while the folders are scanned below.
-    with worker_pool(n_workers, preload=["amazonmine.dehaze"]) as pool:
+    with _run_lock(cfg, dst), worker_pool(n_workers, preload=["amazonmine.dehaze"]) as pool:
         summary = _dehaze_folders(cfg, params, src, dst, pairs, pool, n_workers, overwrite)
     summary.seconds = time.perf_counter() - start
     return summary
+
+
+def _run_lock(cfg, dst: Path):
+    """The run folder's lock when ``dst`` is the run's dehazed folder or inside the run folder: train reads those
+    chips, so a dehaze must not rewrite them under a running stage (nor two dehazes write them at once). A DST
+    elsewhere belongs to no run and is not locked."""
+    run = RunFolder.from_config(cfg)
+    if _same_folder(dst, run.dehazed) or _inside(dst, run.root):
+        return run.lock("dehaze")
+    return contextlib.nullcontext()
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    try:
+        return path.resolve().is_relative_to(folder.resolve())
+    except OSError:  # pragma: no cover - an unresolvable path is in no folder
+        return False
 
 
 def _dehaze_folders(cfg, params: DehazeParams, src: Path, dst: Path, pairs: list[tuple[str, Path, Path]], pool,

@@ -8,19 +8,33 @@
 * :func:`model_settings` -- the settings a fold's model depends on, recorded in its summary and resume state so
   a re-run with other ones is refused rather than mixed in.
 * :class:`ResumeState` -- the last finished epoch's weights, optimizer state and progress (``fold{K}/resume/``).
+* :func:`training_files` and :func:`finish_retrain` -- a retrain is made beside the fold it replaces and swapped in
+  only once finished (below).
 * :func:`load_fold_plan` -- a fold's training rows (with their dihedral transforms) and validation rows, from the
   split in the run folder, and the folder its chips are read from.
 
 Every path comes from :class:`amazonmine.runfolder.RunFolder`; the file formats are those of earlier versions, so
 a run folder they wrote keeps working.
+
+**Retraining without losing the fold.** A fold that holds something worth keeping (a finished model, or an
+interrupted run's resume state) is trained again in ``fold{K}/.next/``, which has the files of a fold of its own
+(model, history.csv, tensorboard/, resume/, the OOF file and, last, summary.json). The fold itself is not touched,
+so predict and tune keep using it, until the retrain has written its summary; then :func:`finish_retrain` moves
+the new files in. ``.next/summary.json`` is the commit point: once it exists the swap is only ever completed,
+never undone, and every step of it can be repeated, so after a ``kill -9`` anywhere the next ``train`` finishes
+it before deciding anything. During the swap the fold has no summary, so it reads as unfinished (never as the
+old model with the new summary or the reverse), and its summary comes back last. An interrupted retrain leaves
+its resume state in ``.next/resume/``; ``--resume`` continues that one, not the fold's older state.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import shutil
 from pathlib import Path
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import numpy as np
 
@@ -117,24 +131,21 @@ class FoldAction(NamedTuple):
 
 
 def fold_action(cfg, fold: int, resume: bool = False, retrain: bool = False) -> FoldAction:
-    """What to do with one fold (see the module docstring). Refusals raise, before anything is written."""
+    """What to do with one fold (see the module docstring). Refusals raise, before anything is written.
+
+    A retrain whose swap was cut short is to be completed first (:func:`finish_retrain`); run_train does.
+    """
     run = RunFolder.from_config(cfg)
     files = run.fold(fold)
     split_id, settings = run.split_fingerprint(), model_settings(cfg)
     if retrain:
         return FoldAction("train")
+    # An interrupted retrain comes before the fold's own interrupted run: it is the latest word on this fold.
+    for interrupted in (files.staged, files):
+        if interrupted.has_resume_state():
+            _check_resumable(files, interrupted, resume, split_id, settings)
+            return FoldAction("resume")
     state = run.fold_state(fold, split_id)
-    if state is FoldState.INTERRUPTED and files.has_resume_state():
-        meta = read_json(files.resume_meta)
-        if not resume:
-            raise AmazonmineError(f"{files.dir}: an interrupted run is saved in resume/ (after epoch "
-                                  f"{meta.get('epoch', '?')}); continue it with --resume, or start the fold over "
-                                  f"with --retrain")
-        if meta.get("split_sha256") not in (None, split_id):
-            raise AmazonmineError(f"{files.dir}: the split changed since this fold's interrupted run; --retrain "
-                                  f"starts it over on the new split")
-        _refuse_changed_settings(files.dir, meta, settings, "this fold's interrupted run used")
-        return FoldAction("resume")
     if state is FoldState.OTHER_SPLIT:
         return FoldAction("train", "the split changed since this fold was trained: trained again on the new split")
     if state is FoldState.FINISHED:
@@ -146,6 +157,90 @@ def fold_action(cfg, fold: int, resume: bool = False, retrain: bool = False) -> 
         return FoldAction("skip")
     # Absent, or a model without summary and without resume state: nothing that can be continued.
     return FoldAction("train")
+
+
+def _check_resumable(files: FoldFiles, interrupted: FoldFiles, resume: bool, split_id: str, settings: dict) -> None:
+    """Refuse to pass over an interrupted run (``interrupted``: the fold, or its retrain in .next/) without
+    --resume, or to continue it on another split or with other settings."""
+    meta = read_json(interrupted.resume_meta)
+    run = "retrain" if interrupted.dir != files.dir else "run"
+    if not resume:
+        where = interrupted.resume_dir.relative_to(files.dir).as_posix()
+        raise AmazonmineError(f"{files.dir}: an interrupted {run} is saved in {where}/ (after epoch "
+                              f"{meta.get('epoch', '?')}); continue it with --resume, or start the fold over "
+                              f"with --retrain")
+    if meta.get("split_sha256") not in (None, split_id):
+        raise AmazonmineError(f"{files.dir}: the split changed since this fold's interrupted {run}; --retrain "
+                              f"starts it over on the new split")
+    _refuse_changed_settings(files.dir, meta, settings, f"this fold's interrupted {run} used")
+
+
+# --- retraining beside the fold, then the swap -------------------------------------------------------------
+
+def training_files(files: FoldFiles, kind: str) -> FoldFiles:
+    """Where fold ``files`` is trained for ``kind`` ("train" or "resume", from :func:`fold_action`): in
+    ``.next/`` when the fold holds a finished model or an interrupted run to keep until the new one is finished
+    (and to resume a retrain interrupted there), else in the fold itself, as a first training always was."""
+    staged = files.staged
+    if kind == "resume":
+        return staged if staged.has_resume_state() else files
+    return staged if files.summary.is_file() or files.has_resume_state() else files
+
+
+def finish_retrain(files: FoldFiles) -> bool:
+    """Swap the finished retrain in ``.next/`` into fold ``files`` (see the module docstring); False when there
+    is none. Safe to call again after being killed at any step: each step is a rename or removal that is
+    skipped once done. A ``.next/`` with neither a summary nor a resume state holds nothing that can be
+    continued (the swap's last step cut short, a retrain killed in its first epoch) and is removed."""
+    staged = files.staged
+    if staged.summary.is_file():
+        for step in swap_steps(files):
+            step()
+        return True
+    if not staged.has_resume_state():
+        _remove_tree(staged.dir)
+    return False
+
+
+def swap_steps(files: FoldFiles) -> list[Callable[[], None]]:
+    """The swap, step by step: each a rename or a removal that is skipped once done (the tests stop the swap
+    after each, as a kill would)."""
+    new = files.staged
+    return [
+        # The retrain is finished: its resume state must not outlive the summary's move as a run to continue.
+        lambda: _remove_tree(new.resume_dir),
+        # From here until the last move the fold reads as unfinished, never as a mix of old and new.
+        lambda: _remove_file(files.summary),
+        lambda: _remove_tree(files.resume_dir),
+        lambda: _move(new.model, files.model),
+        lambda: _move(new.history, files.history),
+        lambda: _remove_tree(files.tensorboard) if new.tensorboard.is_dir() else None,
+        lambda: _move(new.tensorboard, files.tensorboard),
+        lambda: _move(new.oof, files.oof),
+        lambda: _move(new.summary, files.summary),
+        lambda: _remove_tree(new.dir),
+    ]
+
+
+def discard_retrain(files: FoldFiles) -> None:
+    """Remove what an earlier start left in ``.next/`` (an interrupted retrain being started over, or one cut
+    short before its first epoch ended): called only once a new start has passed every check."""
+    _remove_tree(files.staged.dir)
+
+
+def _move(src: Path, dst: Path) -> None:
+    if src.exists():
+        os.replace(src, dst)
+
+
+def _remove_file(path: Path) -> None:
+    if path.is_file():
+        path.unlink()
+
+
+def _remove_tree(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path)
 
 
 def _refuse_changed_settings(fold_dir: Path, recorded: dict, settings: dict, who: str) -> None:

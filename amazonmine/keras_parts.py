@@ -213,8 +213,10 @@ def fold_callbacks(files, train_cfg, initial_best: float, resume_state):
     cbs = [
         best,
         meter,
-        ResumeSaver(),
+        # The epoch's history row before its resume state: after a kill between the two the history has a row
+        # too many, which a resume drops (trim_history), rather than one too few, which nothing could restore.
         keras.callbacks.CSVLogger(str(files.history), append=files.history.exists() and resume_state.resuming),
+        ResumeSaver(),
         keras.callbacks.TensorBoard(log_dir=str(files.tensorboard), write_graph=False, update_freq="epoch",
                                     profile_batch=0),
         keras.callbacks.EarlyStopping(monitor="val_f2", mode="max", patience=train_cfg.early_stopping_patience,
@@ -226,6 +228,33 @@ def fold_callbacks(files, train_cfg, initial_best: float, resume_state):
     if train_cfg.verbose == 0:  # with verbose 1 or 2 Keras prints its own progress; two would interleave
         cbs.append(EpochProgress(files.fold))
     return cbs, best, meter
+
+
+def trim_history(history_csv, epochs: int) -> None:
+    """Keep the rows of the first ``epochs`` epochs of a CSVLogger history, as a resume from that epoch needs.
+
+    Bytes are kept as written (line ends, numbers); the file is rewritten only if a row goes.
+    """
+    from pathlib import Path
+
+    from amazonmine.io import write_bytes_atomic
+
+    path = Path(history_csv)
+    if not path.is_file():
+        return
+    lines = path.read_bytes().splitlines(keepends=True)
+    kept = lines[:1] + [line for line in lines[1:] if _epoch_of(line) < epochs]
+    if kept != lines:
+        write_bytes_atomic(path, b"".join(kept))
+
+
+def _epoch_of(line: bytes) -> float:
+    if not line.endswith(b"\n"):  # cut short by a kill, maybe inside its epoch number: not a row
+        return float("inf")
+    try:
+        return float(line.split(b",", 1)[0])
+    except ValueError:
+        return float("inf")
 
 
 # --- BatchNorm recalibration -------------------------------------------------------------------------------

@@ -81,6 +81,17 @@ class FoldFiles:
     def name(self) -> str:
         return self.dir.name
 
+    @property
+    def staged(self) -> "FoldFiles":
+        """The same files under ``fold{K}/.next/``, where a retrain is made while the fold it replaces stays
+        usable (see :mod:`amazonmine.fold_policy`); the OOF file too, so it is swapped in with the rest."""
+        d = self.dir / ".next"
+        resume = d / "resume"
+        return FoldFiles(fold=self.fold, dir=d, model=d / self.model.name, summary=d / self.summary.name,
+                         history=d / self.history.name, tensorboard=d / self.tensorboard.name, resume_dir=resume,
+                         resume_weights=resume / self.resume_weights.name,
+                         resume_meta=resume / self.resume_meta.name, oof=d / self.oof.name)
+
     def has_resume_state(self) -> bool:
         return self.resume_weights.is_file() and self.resume_meta.is_file()
 

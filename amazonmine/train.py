@@ -9,11 +9,17 @@ folder gets (names from :class:`amazonmine.runfolder.RunFolder`)::
     fold{K}/tensorboard/        TensorBoard logs
     fold{K}/summary.json        best epoch, val loss, val F2, OOF F2, images/s, wall time (written last)
     fold{K}/resume/             last epoch's weights + optimizer + epoch (deleted when the fold finishes)
+    fold{K}/.next/              a retrain in progress, with the same files, moved into fold{K}/ when finished
     oof_fold{K}.csv             image_name + 17 probabilities for fold K's chips (test-time augmented)
 
 Resume (``--resume``) restores weights, optimizer state and epoch from ``resume/`` and the best score so far,
 so the best checkpoint is not overwritten by a worse epoch after a restart (the trap of combining Keras'
 BackupAndRestore with ModelCheckpoint(save_best_only)). Ctrl-C or SIGTERM writes the resume state before exiting.
+
+A fold that is trained again (``--retrain``, or a new split) is trained in ``fold{K}/.next/`` with files of its
+own and swapped in only when finished, so a refused, failed or interrupted retrain leaves the fold as it was
+(:mod:`amazonmine.fold_policy` has the swap). Everything that can refuse a fold (the model, ``train.init_from``,
+the resume state) is checked before the fold's folder is written. The run folder is locked for the whole run.
 
 This module is the fold loop; the rest of training lives by concern:
 
@@ -35,7 +41,17 @@ import numpy as np
 from amazonmine.data import LABELS
 from amazonmine.device import setup_device
 from amazonmine.errors import AmazonmineError
-from amazonmine.fold_policy import FoldPlan, ResumeState, fold_action, load_fold_plan, model_settings, resolve_folds
+from amazonmine.fold_policy import (
+    FoldPlan,
+    ResumeState,
+    discard_retrain,
+    finish_retrain,
+    fold_action,
+    load_fold_plan,
+    model_settings,
+    resolve_folds,
+    training_files,
+)
 from amazonmine.io import atomic_path, write_csv_atomic, write_json_atomic
 from amazonmine.keras_parts import (
     FLAT_THRESHOLD,
@@ -44,6 +60,7 @@ from amazonmine.keras_parts import (
     make_metric,
     make_optimizer,
     recalibrate_batchnorm,
+    trim_history,
 )
 from amazonmine.metrics import mean_f2
 from amazonmine.runfolder import FoldFiles, RunFolder
@@ -98,21 +115,32 @@ def run_train(cfg, folds: list[int] | None = None, gpu: bool = False, resume: bo
     if resume and retrain:
         raise AmazonmineError("--resume and --retrain exclude each other: continue a fold, or start it over")
     chosen = folds if folds is not None else resolve_folds(cfg)
-    actions = {fold: fold_action(cfg, fold, resume, retrain) for fold in chosen}  # refusals before any write
-    strategy = setup_device(gpu)
-    if not gpu and cfg.train.deterministic:
-        import tensorflow as tf
+    run = RunFolder.from_config(cfg)
+    if not run.root.exists():
+        run.split_fingerprint()  # no run folder, so no split: refused before the lock would make the folder
+    # The lock comes before the folds are judged: a run in progress looks like an interrupted one, and a
+    # second train must hear that the run is busy, not be told to --resume it.
+    with run.lock("train"):
+        for fold in chosen:  # a retrain killed while being swapped in is finished before anything is decided
+            finish_retrain(run.fold(fold))
+        actions = {fold: fold_action(cfg, fold, resume, retrain) for fold in chosen}  # refusals before any write
+        if any(a.kind == "train" for a in actions.values()):
+            _check_init_from_path(cfg.train.init_from)  # a typo heard now, not after minutes of preflight
+        strategy = setup_device(gpu)
+        if not gpu and cfg.train.deterministic:
+            import tensorflow as tf
 
-        # Same seed, same data -> same numbers on the CPU (tf.data order and kernels included).
-        tf.config.experimental.enable_op_determinism()
-    RunFolder.from_config(cfg).prepare(cfg)
-    results = []
-    with _terminate_as_interrupt():
-        for fold in chosen:
-            result = train_fold(cfg, fold, strategy, gpu=gpu, action=actions[fold].kind, note=actions[fold].note)
-            results.append(result)
-            if on_fold is not None:
-                on_fold(result)
+            # Same seed, same data -> same numbers on the CPU (tf.data order and kernels included).
+            tf.config.experimental.enable_op_determinism()
+        run.prepare(cfg)
+        results = []
+        with _terminate_as_interrupt():
+            for fold in chosen:
+                result = train_fold(cfg, fold, strategy, gpu=gpu, action=actions[fold].kind,
+                                    note=actions[fold].note)
+                results.append(result)
+                if on_fold is not None:
+                    on_fold(result)
     return results
 
 
@@ -126,11 +154,13 @@ def train_fold(cfg, fold: int, strategy, gpu: bool = False, action: str = "train
 
     tc = cfg.train
     run = RunFolder.from_config(cfg)
-    files = run.fold(fold)
+    final = run.fold(fold)
     if action == "skip":
-        return TrainResult(fold, files.model, {"skipped": True, "note": note})
-    state = ResumeState(files, run.split_fingerprint(), model_settings(cfg))
+        return TrainResult(fold, final.model, {"skipped": True, "note": note})
     resume = action == "resume"
+    files = training_files(final, action)  # the fold itself, or .next/ beside a fold to keep
+    staged = files.dir != final.dir
+    state = ResumeState(files, run.split_fingerprint(), model_settings(cfg))
     check_backbone(tc)
 
     plan = load_fold_plan(cfg, fold)
@@ -155,11 +185,6 @@ def train_fold(cfg, fold: int, strategy, gpu: bool = False, action: str = "train
     if tc.steps_per_epoch:
         train_ds = train_ds.repeat()
 
-    files.dir.mkdir(parents=True, exist_ok=True)  # only now: a run refused above leaves no empty folder
-    if not resume and files.summary.is_file():
-        # The fold is trained again: its old summary no longer describes the model being made, and a run
-        # interrupted from here on must not leave the fold looking finished.
-        files.summary.unlink()
     with strategy.scope():
         model = build_model(tc, channels=chips.channels, image_format=cfg.data.image_format)
         model.compile(optimizer=make_optimizer(tc, steps), loss=make_loss(tc), metrics=[make_metric()],
@@ -167,47 +192,83 @@ def train_fold(cfg, fold: int, strategy, gpu: bool = False, action: str = "train
     if tc.init_from and not resume:
         _init_from(model, Path(tc.init_from))
     initial_epoch = state.restore(model) if resume else 0
-    if not resume:
+    # Every check has passed; only now is the fold written (a refused run leaves no fold folder, and a
+    # refused retrain leaves the fold as it was).
+    if resume:
+        trim_history(files.history, initial_epoch)
+    else:
+        discard_retrain(final)
         state.clear()
+    files.dir.mkdir(parents=True, exist_ok=True)
     callbacks, _, meter = fold_callbacks(files, tc, state.best, state)
+    again = f"'amazonmine train --fold {fold}{' --retrain' if staged else ''}'"
 
-    started = time.perf_counter()
+    with _disk_refusals(fold, final, staged, state):
+        started = time.perf_counter()
+        try:
+            if initial_epoch < tc.epochs:
+                model.fit(train_ds, validation_data=val_ds, epochs=tc.epochs, initial_epoch=initial_epoch,
+                          steps_per_epoch=steps, callbacks=callbacks, shuffle=False, verbose=tc.verbose)
+        except KeyboardInterrupt:
+            # The interrupted epoch's progress is kept in the weights; it is counted as not done.
+            done = _epochs_done(files.history)
+            if done == 0 or not model.optimizer.built:
+                # Nothing finished, and an optimizer that never stepped saves empty slots that cannot be loaded.
+                state.clear()
+                if staged:
+                    discard_retrain(final)
+                raise AmazonmineError(f"interrupted during the first epoch of fold {fold}: nothing to resume; "
+                                      f"run {again} again") from None
+            state.save(model, done)
+            raise AmazonmineError(f"interrupted: resume state saved in {state.folder} after epoch {done}; "
+                                  f"continue with 'amazonmine train --fold {fold} --resume'") from None
+        wall = time.perf_counter() - started
+        if not files.model.is_file():
+            raise AmazonmineError(f"fold {fold}: no epoch produced a validation F2 (is the validation fold empty?)")
+        if state.exists():
+            # Training is over (early stopping included): a resume from here only finishes what follows.
+            state.save_progress(tc.epochs)
+        try:
+            result = _finish_fold(cfg, data, files, state, meter=meter, wall=wall, replicas=replicas, gpu=gpu,
+                                  note=note, model_path=final.model)
+        except KeyboardInterrupt:
+            raise AmazonmineError(f"interrupted after training fold {fold}, before its out-of-fold predictions: "
+                                  f"'amazonmine train --fold {fold} --resume' finishes them without training "
+                                  f"further") from None
+        try:
+            finish_retrain(final)
+        except KeyboardInterrupt:
+            raise AmazonmineError(f"interrupted while the retrained fold {fold} was moved into {final.dir}: the "
+                                  f"next 'amazonmine train --fold {fold}' completes the move") from None
+    return result
+
+
+@contextlib.contextmanager
+def _disk_refusals(fold: int, final: FoldFiles, staged: bool, state: ResumeState):
+    """A file the fold could not write (disk full, read-only): one line with the file and reason from
+    :mod:`amazonmine.io`, what is kept and how to go on."""
     try:
-        if initial_epoch < tc.epochs:
-            model.fit(train_ds, validation_data=val_ds, epochs=tc.epochs, initial_epoch=initial_epoch,
-                      steps_per_epoch=steps, callbacks=callbacks, shuffle=False, verbose=tc.verbose)
-    except KeyboardInterrupt:
-        # The interrupted epoch's progress is kept in the weights; it is counted as not done.
-        done = _epochs_done(files.history)
-        if done == 0 or not model.optimizer.built:
-            # Nothing finished, and an optimizer that never stepped saves empty slots that cannot be loaded.
-            state.clear()
-            raise AmazonmineError(f"interrupted during the first epoch of fold {fold}: nothing to resume; "
-                                  f"run 'amazonmine train --fold {fold}' again") from None
-        state.save(model, done)
-        raise AmazonmineError(f"interrupted: resume state saved in {state.folder} after epoch {done}; "
-                              f"continue with 'amazonmine train --fold {fold} --resume'") from None
-    wall = time.perf_counter() - started
-    if not files.model.is_file():
-        raise AmazonmineError(f"fold {fold}: no epoch produced a validation F2 (is the validation fold empty?)")
-    if state.exists():
-        # Training is over (early stopping included): a resume from here only finishes what follows.
-        state.save_progress(tc.epochs)
-    try:
-        return _finish_fold(cfg, data, files, state, meter=meter, wall=wall, replicas=replicas, gpu=gpu, note=note)
-    except KeyboardInterrupt:
-        raise AmazonmineError(f"interrupted after training fold {fold}, before its out-of-fold predictions: "
-                              f"'amazonmine train --fold {fold} --resume' finishes them without training "
-                              f"further") from None
+        yield
+    except OSError as exc:
+        where = exc.filename or final.dir
+        kept = f"; {final.dir} is as it was before this retrain" if staged else ""
+        if final.staged.summary.is_file():  # only the swap was left: it is completed, nothing is retrained
+            then = f"the next 'amazonmine train --fold {fold}' completes the move into {final.dir}"
+        elif state.exists():
+            then = f"'amazonmine train --fold {fold} --resume' continues from the last saved epoch"
+        else:
+            then = f"'amazonmine train --fold {fold}{' --retrain' if staged else ''}' starts it again"
+        raise AmazonmineError(f"{where}: {exc.strerror or exc}{kept}; then {then}") from None
 
 
 # --- finishing a trained fold ------------------------------------------------------------------------------
 
 def _finish_fold(cfg, data: FoldData, files: FoldFiles, state: ResumeState, *, meter, wall: float,
-                 replicas: int, gpu: bool, note: str | None) -> TrainResult:
+                 replicas: int, gpu: bool, note: str | None, model_path: Path) -> TrainResult:
     """BatchNorm recalibration, out-of-fold predictions and the summary of a trained fold.
 
-    ``meter`` is the fold's throughput callback, ``wall`` its training seconds this session.
+    ``meter`` is the fold's throughput callback, ``wall`` its training seconds this session; ``model_path`` is
+    where the model ends up (``files`` may be a retrain's ``.next/``, swapped in afterwards).
     """
     import keras
     import pandas as pd
@@ -251,7 +312,7 @@ def _finish_fold(cfg, data: FoldData, files: FoldFiles, state: ResumeState, *, m
     best_row = history.loc[history["val_f2"].idxmax()] if history is not None and len(history) else None
     summary = {
         "fold": fold,
-        "model": str(files.model),
+        "model": str(model_path),
         "backbone": tc.backbone,
         "image_size": tc.image_size,
         "epochs_run": int(len(history)) if history is not None else 0,
@@ -274,14 +335,23 @@ def _finish_fold(cfg, data: FoldData, files: FoldFiles, state: ResumeState, *, m
     write_json_atomic(files.summary, summary)  # last: its presence marks the fold finished
     state.clear()
     keras.backend.clear_session()
-    return TrainResult(fold, files.model, summary)
+    return TrainResult(fold, model_path, summary)
+
+
+def _check_init_from_path(init_from: str) -> None:
+    if init_from and not Path(init_from).is_file():
+        raise AmazonmineError(f"train.init_from: {init_from}: no such model file (check the path)")
 
 
 def _init_from(model, path: Path) -> None:
     """Copy every weight of a saved classifier into ``model``; both must be the same architecture."""
     from amazonmine.model import load_trained
 
-    source = load_trained(path)
+    _check_init_from_path(str(path))
+    try:
+        source = load_trained(path)
+    except AmazonmineError as exc:
+        raise AmazonmineError(f"train.init_from: {exc}") from None
     theirs, ours = source.get_weights(), model.get_weights()
     if len(theirs) != len(ours) or any(a.shape != b.shape for a, b in zip(theirs, ours)):
         raise AmazonmineError(f"train.init_from: {path} is not the same architecture as train.backbone="

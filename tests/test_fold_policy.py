@@ -135,3 +135,41 @@ def test_fold_plan_rows_and_chip_folder(cfg, make_cfg):
     dehazed = make_cfg(cfg.data_root, **{"split.folds": 2, "dehaze.enabled": "true"})
     with pytest.raises(DataError, match="dehazed chips not found: run 'amazonmine dehaze' first"):
         load_fold_plan(dehazed, 0)
+
+
+def test_an_interrupted_retrain_comes_first_and_is_trained_beside_the_fold(cfg):
+    from amazonmine.fold_policy import ResumeState, fold_action, model_settings, training_files
+    from amazonmine.runfolder import RunFolder
+
+    run = RunFolder.from_config(cfg)
+    split_id, settings = run.split_fingerprint(), model_settings(cfg)
+    files = run.fold(0)
+    assert training_files(files, "train") == files  # a first training: in the fold itself, as always
+    _finish(cfg, 0, split_sha256=split_id, settings=settings)
+    assert training_files(files, "train") == files.staged  # a finished fold is kept until the new one is done
+    assert files.staged.dir == files.dir / ".next" and files.staged.oof == files.dir / ".next" / files.oof.name
+    staged = files.staged
+    staged.resume_dir.mkdir(parents=True)
+    staged.resume_weights.write_bytes(b"weights")
+    ResumeState(staged, split_id, settings).save_progress(1)
+    with pytest.raises(AmazonmineError, match=r"interrupted retrain is saved in \.next/resume/ \(after epoch 1\); "
+                                              r"continue it with --resume"):
+        fold_action(cfg, 0)
+    assert fold_action(cfg, 0, resume=True) == ("resume", None)
+    assert training_files(files, "resume") == staged  # the retrain continues, not the fold's older state
+    assert fold_action(cfg, 0, retrain=True) == ("train", None)
+    ResumeState(staged, split_id, {**settings, "train.dropout": 0.9}).save_progress(1)
+    with pytest.raises(AmazonmineError, match=r"interrupted retrain used other settings \(train.dropout 0.9"):
+        fold_action(cfg, 0, resume=True)
+
+
+def test_a_staged_folder_with_nothing_to_continue_is_removed_not_swapped(cfg):
+    from amazonmine.fold_policy import finish_retrain
+    from amazonmine.runfolder import RunFolder
+
+    files = _finish(cfg, 0, which="old")
+    files.staged.dir.mkdir()
+    files.staged.model.write_bytes(b"a first epoch's checkpoint of a retrain killed before its resume state")
+    assert finish_retrain(files) is False
+    assert not files.staged.dir.exists() and files.model.read_bytes() == b"a model"
+    assert RunFolder.from_config(cfg).fold_state(0).value == "finished"

@@ -93,3 +93,16 @@ def test_precise_batchnorm_replaces_moving_stats_with_the_batch_average():
     np.testing.assert_allclose(bn.moving_mean.numpy(), np.mean([b.mean(0) for b in batches], axis=0), rtol=1e-5)
     np.testing.assert_allclose(bn.moving_variance.numpy(), np.mean([b.var(0) for b in batches], axis=0), rtol=1e-4)
     assert bn.momentum == 0.99  # restored
+
+
+def test_trim_history_keeps_the_rows_a_resume_continues_from(tmp_path):
+    from amazonmine.keras_parts import trim_history
+
+    history = tmp_path / "history.csv"
+    rows = "epoch,f2,loss\r\n0,0.5,0.123456789012\r\n1,0.6,0.1\r\n2,0.7,0.0\r\n"
+    history.write_bytes((rows + "1").encode())  # the row of epoch 13, cut short by a kill after its first digit
+    trim_history(history, 3)
+    assert history.read_bytes().decode() == rows  # the rows as written, their numbers untouched
+    trim_history(history, 2)  # a row written after the last saved resume state: that epoch is redone
+    assert history.read_bytes().decode() == "epoch,f2,loss\r\n0,0.5,0.123456789012\r\n1,0.6,0.1\r\n"
+    trim_history(tmp_path / "missing.csv", 1)

@@ -22,10 +22,10 @@ TINY = {
 
 @pytest.fixture(scope="module")
 def learn_root(tmp_path_factory):
-    from amazonmine.synth import make_dataset
+    from amazonmine.synth import paint_dataset
 
     root = tmp_path_factory.mktemp("learn") / "planet"
-    make_dataset(root, n_train=240, n_test=10, size=32, seed=5, rare_boost=1.0, progress=False)
+    paint_dataset(root, n_train=240, n_test=10, size=32, seed=5, rare_boost=1.0, progress=False)
     return root
 
 
