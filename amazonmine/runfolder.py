@@ -9,6 +9,7 @@ folder, as the stages leave it::
               dehazed/<train-jpg, test-jpg, ...>, dehaze_stats.csv, ...       dehaze (dehaze.out_dir)
               fold{K}/<train.artifact_name>, history.csv, summary.json,
                       tensorboard/, resume/state.weights.h5, resume/state.json train
+              fold{K}/.next/...   a retrain, swapped in when finished (the old fold stays usable until then)
               oof_fold{K}.csv                                                  train (out-of-fold probabilities)
               thresholds.json                                                  tune
               submission.csv, test_probabilities.csv, predict_failures.csv     predict (the Kaggle test set)
