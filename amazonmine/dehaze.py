@@ -53,7 +53,7 @@ import numpy as np
 from amazonmine.data import CHIP_FORMATS, DataError, chip_format, decode_image, encode_jpeg, encode_tif, read_chip_bytes
 from amazonmine.errors import AmazonmineError
 from amazonmine.haze import DehazeParams, DehazeResult, dehaze_image
-from amazonmine.io import write_bytes_atomic, write_text_atomic
+from amazonmine.io import remove_stale_temporaries, write_bytes_atomic, write_text_atomic
 from amazonmine.runfolder import DEHAZE_ERRORS_CSV, DEHAZE_STATS_CSV, RunFolder
 from amazonmine.workerpool import as_worker, worker_pool
 
@@ -168,15 +168,6 @@ def _folder_pairs(cfg, src: Path, dst: Path) -> list[tuple[str, Path, Path]]:
     if subdirs:
         return [(f"{n}/", src / n, dst / n) for n in subdirs]
     return [("", src, dst)]
-
-
-def _remove_stale_temporaries(folder: Path) -> None:
-    # A killed run (SIGKILL, power loss) leaves the temporary file of the write in flight (io's
-    # ".<stem>.<pid or random>.tmp<ext>"): never a finished chip, so safe to delete before starting again.
-    if folder.is_dir():
-        for entry in os.scandir(folder):
-            if entry.name.startswith(".") and ".tmp." in entry.name and entry.is_file():
-                os.unlink(entry.path)
 
 
 def _same_folder(a: Path, b: Path) -> bool:
@@ -348,7 +339,7 @@ def _dehaze_folders(cfg, params: DehazeParams, src: Path, dst: Path, pairs: list
 
     stats_path, errors_path = dst / DEHAZE_STATS_CSV, dst / DEHAZE_ERRORS_CSV
     for folder in {dst, *(out_dir for _, _, out_dir in pairs)}:
-        _remove_stale_temporaries(folder)
+        remove_stale_temporaries(folder)  # a killed run's write in flight: never a finished chip
     settings = settings_digest(params)
     previous = _read_stats(stats_path)
     rows = dict(previous)

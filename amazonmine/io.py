@@ -12,9 +12,12 @@ import contextlib
 import errno
 import json
 import os
+import re
 import secrets
 from pathlib import Path
 from typing import Any, Iterator
+
+_TEMPORARY = re.compile(r"^\..+\.(?:\d+|[0-9a-f]{8})\.tmp[^/]*$")
 
 
 @contextlib.contextmanager
@@ -184,6 +187,31 @@ def _json_default(obj: Any) -> Any:
     if isinstance(obj, Path):
         return str(obj)
     raise TypeError(f"cannot serialise {type(obj).__name__}")
+
+
+def is_temporary_name(name: str) -> bool:
+    """Whether a file name is one of our write temporaries (".<stem>.<pid or random>.tmp<ext>")."""
+    return name.startswith(".") and ".tmp" in name and _TEMPORARY.match(name) is not None
+
+
+def remove_stale_temporaries(folder: str | Path, recursive: bool = False, skip: tuple[Path, ...] = ()) -> int:
+    """Delete the temporaries a killed writer left in ``folder``. Call it only while no other process writes
+    there (under the run-folder lock, or for a stage's own output folder): a temporary is never a finished
+    artifact, so nothing is lost. Returns how many were removed."""
+    folder = Path(folder)
+    removed = 0
+    if not folder.is_dir():
+        return 0
+    skipped = {os.path.realpath(p) for p in skip}
+    for entry in os.scandir(folder):
+        if entry.is_dir(follow_symlinks=False):
+            if recursive and os.path.realpath(entry.path) not in skipped:
+                removed += remove_stale_temporaries(entry.path, True, skip)
+        elif is_temporary_name(entry.name) and entry.is_file(follow_symlinks=False):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(entry.path)
+                removed += 1
+    return removed
 
 
 class LockedError(OSError):

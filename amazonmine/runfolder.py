@@ -24,6 +24,7 @@ split it was trained on (:meth:`RunFolder.split_fingerprint`), so a fold left fr
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import hashlib
 import json
@@ -37,7 +38,7 @@ import numpy as np
 from amazonmine.data import LABELS, DataError, PlanetLayout, _offenders, load_matrix_csv
 from amazonmine.decisions import DecisionRule
 from amazonmine.errors import AmazonmineError
-from amazonmine.io import exclusive_lock, read_json, write_text_atomic
+from amazonmine.io import exclusive_lock, read_json, remove_stale_temporaries, write_text_atomic
 
 CONFIG_YAML = "config.yaml"
 FOLDS_CSV = "folds.csv"
@@ -235,7 +236,7 @@ class RunFolder:
         training, ...) is refused at once with one line naming the holder; a killed holder's lock is gone."""
         if self.root.exists() and not self.root.is_dir():
             raise AmazonmineError(f"{self.root}: run.dir is a file, not a folder; set run.dir to a folder")
-        return exclusive_lock(self.root / ".lock", f"amazonmine {stage}")
+        return _locked_and_swept(self, stage)
 
     # --- where the chips are -------------------------------------------------------------------------------
     def chip_dir(self, subdir: str) -> Path:
@@ -382,6 +383,15 @@ class RunFolder:
             return DecisionRule.from_saved(saved, values, weather_decoding), weather_decoding
         except ValueError as exc:
             raise DataError(f"{path}: {exc}") from None
+
+
+@contextlib.contextmanager
+def _locked_and_swept(run: RunFolder, stage: str):
+    """The lock, then the temporaries a killed writer left anywhere in the run folder (only a writer holding
+    this lock writes there, so every temporary found is stale; dehaze sweeps its own chip folders)."""
+    with exclusive_lock(run.root / ".lock", f"amazonmine {stage}"):
+        remove_stale_temporaries(run.root, recursive=True, skip=(run.dehazed,))
+        yield
 
 
 def _read_split_csv(path: Path, columns: Sequence[str]):

@@ -119,3 +119,18 @@ def test_lock_is_exclusive_within_one_process_too(tmp_path):
             with exclusive_lock(tmp_path / ".lock", "second"):
                 pass
         assert time.perf_counter() - started < 1  # refused at once, no waiting
+
+
+def test_taking_the_lock_sweeps_what_a_killed_writer_left(tmp_path):
+    # What kill -9 during a write leaves (found by scripts/fault_drill.py): io's hidden temporaries.
+    run = RunFolder(tmp_path / "run")
+    stale = [run.report_dir / ".curves.4242.tmp.png", run.root / ".test_probabilities.77.tmp.csv",
+             run.fold(0).resume_dir / ".state.weights.13.tmp.weights.h5"]
+    kept = [run.root / ".next_note", run.fold(0).dir / ".next" / "summary.json", run.submission,
+            run.dehazed / "train-jpg" / ".a.5.tmp.jpg"]  # dehaze sweeps its own folders when it runs
+    for path in stale + kept:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("x")
+    with run.lock("evaluate"):
+        assert [p.exists() for p in stale] == [False] * 3
+        assert all(p.exists() for p in kept)
