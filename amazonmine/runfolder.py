@@ -132,8 +132,13 @@ class RunFolder:
     root: Path
     artifact_name: str = "b01_dense121.h5"
     data_root: Path = Path("data/planet")
-    dehazed: Path = Path("dehazed")
+    dehazed: Path | None = None  # dehaze.out_dir; None = <root>/dehazed
     dehaze_enabled: bool = False
+
+    def __post_init__(self):
+        self.root = Path(self.root)
+        if self.dehazed is None:
+            self.dehazed = self.root / "dehazed"
 
     @classmethod
     def from_config(cls, cfg) -> "RunFolder":
