@@ -143,18 +143,33 @@ def split(config_path, overrides):
 @click.option("--resume", is_flag=True,
               help="Continue interrupted folds from their last epoch; finished folds are kept, new ones start.")
 @click.option("--retrain", is_flag=True, help="Train the folds again from scratch, replacing finished models.")
+@click.option("--cluster", "cluster_mode", type=click.Choice(["auto", "tf-config", "slurm", "none"]),
+              default="auto", show_default=True,
+              help="Train with other machines, each running this same command: auto joins the workers TF_CONFIG "
+                   "names when it is set; slurm joins the tasks of the srun job step; none trains alone.")
+@click.option("--cluster-timeout", type=click.FloatRange(min=0), default=600.0, show_default=True,
+              help="Seconds a training step waits for the other workers (0: no limit); a worker that dies or "
+                   "goes silent is noticed within seconds either way.")
 @_friendly
-def train(config_path, overrides, folds, all_folds, gpu, resume, retrain):
+def train(config_path, overrides, folds, all_folds, gpu, resume, retrain, cluster_mode, cluster_timeout):
     """Train the DenseNet121 multi-label classifier; writes b01_dense121.h5 and out-of-fold predictions.
 
     A fold already trained on the current split is kept, not retrained, unless --retrain.
     """
+    from amazonmine.cluster import join
     from amazonmine.fold_policy import resolve_folds
     from amazonmine.train import run_train
 
     cfg = _load(config_path, overrides)
-    run_train(cfg, folds=resolve_folds(cfg, folds, all_folds), gpu=gpu, resume=resume, retrain=retrain,
-              on_fold=lambda result: click.echo(result.headline()))
+    chosen = resolve_folds(cfg, folds, all_folds)
+    # Joining a cluster must be the process's first TensorFlow call; everything above is plain Python.
+    cluster = join(cluster_mode, gpu=gpu, step_timeout=cluster_timeout)
+    try:
+        run_train(cfg, folds=chosen, gpu=gpu, resume=resume, retrain=retrain, cluster=cluster,
+                  on_fold=lambda result: click.echo(result.headline()))
+    finally:
+        if cluster is not None:
+            cluster.close()
 
 
 @main.command(short_help="Fit per-label F2 thresholds on out-of-fold predictions.")

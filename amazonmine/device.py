@@ -1,8 +1,9 @@
 """Where TensorFlow computes: the CPU unless ``--gpu``; with ``--gpu``, every GPU it sees.
 
 Shared by the stages that run a model (train, predict) and the benchmark scripts, so they all compute the same
-way: float32 on the CPU; mixed float16 on GPUs, mirrored over several. Training across machines would swap the
-strategy for ``tf.distribute.MultiWorkerMirroredStrategy`` (TF_CONFIG) here and nowhere else.
+way: float32 on the CPU; mixed float16 on GPUs, mirrored over several. Training across machines configures
+the same devices (:func:`configure_devices`) under ``tf.distribute.MultiWorkerMirroredStrategy`` instead
+(:mod:`amazonmine.cluster`).
 """
 
 from __future__ import annotations
@@ -14,6 +15,17 @@ def setup_device(gpu: bool):
     """CPU unless --gpu. With --gpu: require a GPU, mixed precision, MirroredStrategy over several GPUs.
 
     Returns the ``tf.distribute`` strategy to build models under.
+    """
+    gpus = configure_devices(gpu)  # imports TensorFlow quietly first
+    import tensorflow as tf
+
+    return tf.distribute.MirroredStrategy() if gpus > 1 else tf.distribute.get_strategy()
+
+
+def configure_devices(gpu: bool) -> int:
+    """Hide the GPUs and compute in float32 (no --gpu), or require a GPU and compute in mixed float16 on all
+    of them (--gpu). Returns the number of GPUs in use. Touches only settings that must precede TensorFlow's
+    start-up, so a distribution strategy can still be created afterwards (the multi-worker one needs that).
     """
     from amazonmine.tfquiet import import_tensorflow
 
@@ -28,7 +40,7 @@ def setup_device(gpu: bool):
         except RuntimeError:  # devices already initialised in this process; stays as it was
             pass
         keras.mixed_precision.set_global_policy("float32")
-        return tf.distribute.get_strategy()
+        return 0
     if not gpus:
         raise AmazonmineError("--gpu given but TensorFlow sees no GPU (check `nvidia-smi`, and install "
                               "`pip install 'tensorflow[and-cuda]'`); run without --gpu to train on the CPU")
@@ -38,4 +50,4 @@ def setup_device(gpu: bool):
         except RuntimeError:  # already initialised: growth can no longer be changed, and need not be
             pass
     keras.mixed_precision.set_global_policy("mixed_float16")
-    return tf.distribute.MirroredStrategy() if len(gpus) > 1 else tf.distribute.get_strategy()
+    return len(gpus)

@@ -135,11 +135,13 @@ def epoch_line(fold: int, epoch: int, epochs: int, logs: dict, elapsed: float, e
             f"{clock(elapsed)} elapsed{tail}")
 
 
-def fold_callbacks(files, train_cfg, initial_best: float, resume_state):
+def fold_callbacks(files, train_cfg, initial_best: float, resume_state, global_batch: int | None = None):
     """The callbacks of one fold's ``fit``: returns (callbacks, best checkpoint, throughput meter).
 
     ``files`` is the fold's :class:`amazonmine.runfolder.FoldFiles`; ``resume_state`` (a
     :class:`amazonmine.fold_policy.ResumeState`) is saved after every epoch and carries the best score.
+    ``global_batch`` is the chips of one step over every replica (default ``train.batch_size``), which the
+    throughput counts.
     """
     import click
     import keras
@@ -209,7 +211,7 @@ def fold_callbacks(files, train_cfg, initial_best: float, resume_state):
                                   now - self._started, sum(later) / len(later)))
 
     best = BestCheckpoint(files.model, initial_best)
-    meter = Throughput(train_cfg.batch_size)
+    meter = Throughput(global_batch or train_cfg.batch_size)
     cbs = [
         best,
         meter,

@@ -26,6 +26,8 @@ This module is the fold loop; the rest of training lives by concern:
 * :mod:`amazonmine.fold_policy` -- skip / resume / retrain, the resume state, settings, a fold's rows;
 * :mod:`amazonmine.keras_parts` -- metric, loss, optimizer, callbacks, BatchNorm recalibration;
 * :mod:`amazonmine.device` -- CPU or GPUs, precision, distribution strategy.
+* :mod:`amazonmine.cluster` -- training across machines (MultiWorkerMirroredStrategy): the same fold loop on
+  every worker, each reading its share of the manifest, the chief alone writing the run folder.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from amazonmine.data import LABELS
 from amazonmine.device import setup_device
 from amazonmine.errors import AmazonmineError
 from amazonmine.fold_policy import (
+    FoldAction,
     FoldPlan,
     ResumeState,
     discard_retrain,
@@ -66,7 +69,12 @@ from amazonmine.metrics import mean_f2
 from amazonmine.runfolder import FoldFiles, RunFolder
 
 if TYPE_CHECKING:
+    from amazonmine.cluster import Cluster
     from amazonmine.pipeline import ChipSet
+
+# What a worker that lost the cluster is told to do.
+CLUSTER_RESUME = ("once every worker can run again, start the same command with --resume on each of them: "
+                  "training continues from the last finished epoch")
 
 
 @dataclass
@@ -77,11 +85,17 @@ class TrainResult:
 
     def headline(self) -> str:
         s = self.summary
+        if s.get("follower"):
+            return (f"fold {self.fold}: trained by {s['follower']} with the other workers (weights sha256 "
+                    f"{s['weights_sha256'][:16]}); the chief wrote its artifacts")
         if s.get("skipped"):
             line = f"fold {self.fold}: already trained ({self.model_path}), kept; --retrain trains it again"
             return line + (f"\n  note: {s['note']}" if s.get("note") else "")
         line = (f"fold {self.fold}: best epoch {s['best_epoch']} val F2@0.2 {s['best_val_f2']:.4f} "
                 f"(OOF with TTA {s['oof_f2_flat']:.4f}), {s['train_images_per_s']:.0f} img/s -> {self.model_path}")
+        if s.get("workers", 1) > 1:
+            line += (f"\n  {s['workers']} workers, global batch {s['global_batch']}, weights sha256 "
+                     f"{s['weights_sha256'][:16]}")
         return line + (f"\n  note: {s['note']}" if s.get("note") else "")
 
 
@@ -106,38 +120,73 @@ class FoldData:
 # --- the stage ---------------------------------------------------------------------------------------------
 
 def run_train(cfg, folds: list[int] | None = None, gpu: bool = False, resume: bool = False,
-              retrain: bool = False, on_fold: Callable[[TrainResult], None] | None = None) -> list[TrainResult]:
+              retrain: bool = False, on_fold: Callable[[TrainResult], None] | None = None,
+              cluster: Cluster | None = None) -> list[TrainResult]:
     """Train each requested fold in turn; ``on_fold(result)`` is called as each one finishes.
 
     A fold already trained on the current split is kept (its result says skipped) unless ``retrain``; one
     with an interrupted run saved needs ``resume`` (continue) or ``retrain`` (start over).
+
+    With a ``cluster`` (:func:`amazonmine.cluster.join`, called before anything else touched TensorFlow) every
+    worker runs this with the same arguments: they must agree on what they train, the chief decides what each
+    fold needs and is the only one to write the run folder.
     """
     if resume and retrain:
         raise AmazonmineError("--resume and --retrain exclude each other: continue a fold, or start it over")
     chosen = folds if folds is not None else resolve_folds(cfg)
+    if cluster is None:
+        return _train_folds(cfg, chosen, gpu, resume, retrain, on_fold, None)
+    from amazonmine.cluster import training_facts
+
+    with cluster.errors(CLUSTER_RESUME):
+        facts = cluster.settle(lambda: training_facts(cfg, chosen, resume=resume, retrain=retrain, gpu=gpu,
+                                                      local_replicas=cluster.local_replicas))
+        cluster.require_same(facts)
+        results = _train_folds(cfg, chosen, gpu, resume, retrain, on_fold, cluster)
+        cluster.barrier()  # no worker leaves while the chief still writes the last fold
+    return results
+
+
+def _train_folds(cfg, chosen: list[int], gpu: bool, resume: bool, retrain: bool, on_fold,
+                 cluster: Cluster | None) -> list[TrainResult]:
     run = RunFolder.from_config(cfg)
-    if not run.root.exists():
+    lead = cluster is None or cluster.is_chief  # the one process that writes the run folder
+    if lead and not run.root.exists():
         run.split_fingerprint()  # no run folder, so no split: refused before the lock would make the folder
     # The lock comes before the folds are judged: a run in progress looks like an interrupted one, and a
     # second train must hear that the run is busy, not be told to --resume it.
-    with run.lock("train"):
-        for fold in chosen:  # a retrain killed while being swapped in is finished before anything is decided
-            finish_retrain(run.fold(fold))
-        actions = {fold: fold_action(cfg, fold, resume, retrain) for fold in chosen}  # refusals before any write
-        if any(a.kind == "train" for a in actions.values()):
-            _check_init_from_path(cfg.train.init_from)  # a typo heard now, not after minutes of preflight
-        strategy = setup_device(gpu)
+    with run.lock("train") if lead else contextlib.nullcontext():
+
+        def decide() -> dict[int, FoldAction]:
+            for fold in chosen:  # a retrain killed while being swapped in is finished before anything is decided
+                finish_retrain(run.fold(fold))
+            actions = {fold: fold_action(cfg, fold, resume, retrain) for fold in chosen}  # refusals before writes
+            if any(a.kind == "train" for a in actions.values()):
+                _check_init_from_path(cfg.train.init_from)  # a typo heard now, not after minutes of preflight
+            return actions
+
+        if cluster is None:
+            actions = decide()
+            strategy = setup_device(gpu)
+        else:
+            # The run folder's state (finished, interrupted, resume epochs) is the chief's: the other workers
+            # follow it, whether or not they see the same folder.
+            decided = cluster.settle(decide, chief_only=True)
+            shared = cluster.from_chief({str(k): list(a) for k, a in decided.items()} if decided else None)
+            actions = {int(k): FoldAction(*a) for k, a in shared.items()}
+            strategy = cluster.strategy
         if not gpu and cfg.train.deterministic:
             import tensorflow as tf
 
             # Same seed, same data -> same numbers on the CPU (tf.data order and kernels included).
             tf.config.experimental.enable_op_determinism()
-        run.prepare(cfg)
+        if lead:
+            run.prepare(cfg)
         results = []
         with _terminate_as_interrupt():
             for fold in chosen:
                 result = train_fold(cfg, fold, strategy, gpu=gpu, action=actions[fold].kind,
-                                    note=actions[fold].note)
+                                    note=actions[fold].note, cluster=cluster)
                 results.append(result)
                 if on_fold is not None:
                     on_fold(result)
@@ -145,18 +194,24 @@ def run_train(cfg, folds: list[int] | None = None, gpu: bool = False, resume: bo
 
 
 def train_fold(cfg, fold: int, strategy, gpu: bool = False, action: str = "train",
-               note: str | None = None) -> TrainResult:
-    """Train one fold (``action`` "train" or "resume" from :func:`fold_action`; "skip" returns at once)."""
+               note: str | None = None, cluster: Cluster | None = None) -> TrainResult:
+    """Train one fold (``action`` "train" or "resume" from :func:`fold_action`; "skip" returns at once).
+
+    In a ``cluster`` each worker trains on its own share of the fold's training rows; the chief alone reads
+    and writes the fold's files and finishes the fold (BatchNorm recalibration, out-of-fold predictions).
+    """
     import keras
 
+    from amazonmine.cluster import weights_digest
     from amazonmine.model import build_model, check_backbone, pixel_scale
     from amazonmine.pipeline import make_dataset, preflight
 
     tc = cfg.train
     run = RunFolder.from_config(cfg)
-    final = run.fold(fold)
+    lead = cluster is None or cluster.is_chief
+    final = (run if cluster is None else cluster.writable(run)).fold(fold)  # another worker's is private
     if action == "skip":
-        return TrainResult(fold, final.model, {"skipped": True, "note": note})
+        return TrainResult(fold, run.fold(fold).model, {"skipped": True, "note": note})
     resume = action == "resume"
     files = training_files(final, action)  # the fold itself, or .next/ beside a fold to keep
     staged = files.dir != final.dir
@@ -164,34 +219,57 @@ def train_fold(cfg, fold: int, strategy, gpu: bool = False, action: str = "train
     check_backbone(tc)
 
     plan = load_fold_plan(cfg, fold)
-    used = plan.used_rows()
-    # Preflight reads only the chips this fold uses; row indices are remapped into that subset.
+    # A worker trains on every n-th row of the manifest, from its own position in the cluster.
+    share = slice(0, None, 1) if cluster is None else slice(cluster.index, None, cluster.num_workers)
+    # Preflight reads only the chips this worker uses; row indices are remapped into that subset. The chief
+    # finishes the fold alone (recalibration, out-of-fold predictions), so it reads all of them.
+    used = plan.used_rows() if lead else np.union1d(np.unique(plan.train_rows[share]), plan.val_rows)
     remap = -np.ones(len(plan.names), dtype=np.int64)
     remap[used] = np.arange(len(used))
-    chips = preflight(plan.chip_paths(used), tc.image_size, cache=tc.cache, expected_size=cfg.data.chip_size,
-                      progress=tc.verbose > 0)
+
+    def check_chips():
+        return preflight(plan.chip_paths(used), tc.image_size, cache=tc.cache, expected_size=cfg.data.chip_size,
+                         progress=tc.verbose > 0)
+
+    chips = check_chips() if cluster is None else cluster.settle(check_chips)
     data = FoldData(plan, chips, remap, pixel_scale(cfg.data.image_format))
     labels_used = plan.labels[used]
 
     keras.utils.set_random_seed(cfg.run.seed + fold)
     replicas = strategy.num_replicas_in_sync
-    batch = tc.batch_size * replicas
-    train_ds = make_dataset(chips, remap[plan.train_rows], labels_used, plan.transforms, tc.image_size, batch,
-                            training=True, seed=cfg.run.seed + fold, augment=tc.augment,
-                            brightness=tc.brightness_jitter, contrast=tc.contrast_jitter, pixel_scale=data.scale)
+    batch = tc.batch_size * replicas  # the global batch: train.batch_size on each replica of each worker
+
+    def training_input(part: int, parts: int, part_batch: int):
+        rows = slice(part, None, parts)
+        return make_dataset(chips, remap[plan.train_rows[rows]], labels_used, plan.transforms[rows],
+                            tc.image_size, part_batch, training=True, seed=(cfg.run.seed + fold) * parts + part,
+                            augment=tc.augment, brightness=tc.brightness_jitter, contrast=tc.contrast_jitter,
+                            pixel_scale=data.scale)
+
     val_ds = make_dataset(chips, remap[plan.val_rows], labels_used, None, tc.image_size, cfg.predict.batch_size,
                           training=False, pixel_scale=data.scale)
     steps = tc.steps_per_epoch or int(np.ceil(len(plan.train_rows) / batch))
-    if tc.steps_per_epoch:
-        train_ds = train_ds.repeat()
+    if cluster is None:
+        train_ds = training_input(0, 1, batch)
+        if tc.steps_per_epoch:
+            train_ds = train_ds.repeat()
+    else:
+        # Endless on every worker, so all of them take the same steps whatever the size of their share.
+        train_ds = cluster.distribute(lambda part, parts, size: training_input(part, parts, size).repeat(), batch)
+        val_ds = cluster.evaluation_input(val_ds)
 
     with strategy.scope():
         model = build_model(tc, channels=chips.channels, image_format=cfg.data.image_format)
+        # XLA stays off across workers, as in TensorFlow's multi-worker recipe.
         model.compile(optimizer=make_optimizer(tc, steps), loss=make_loss(tc), metrics=[make_metric()],
-                      jit_compile=bool(gpu))
-    if tc.init_from and not resume:
-        _init_from(model, Path(tc.init_from))
-    initial_epoch = state.restore(model) if resume else 0
+                      jit_compile=bool(gpu) and cluster is None)
+    if cluster is None:
+        if tc.init_from and not resume:
+            _init_from(model, Path(tc.init_from))
+        initial_epoch = state.restore(model) if resume else 0
+    else:
+        cluster.prepare_model(model)
+        initial_epoch = _start_from_chief(cluster, model, state, tc, resume)
     # Every check has passed; only now is the fold written (a refused run leaves no fold folder, and a
     # refused retrain leaves the fold as it was).
     if resume:
@@ -200,7 +278,9 @@ def train_fold(cfg, fold: int, strategy, gpu: bool = False, action: str = "train
         discard_retrain(final)
         state.clear()
     files.dir.mkdir(parents=True, exist_ok=True)
-    callbacks, _, meter = fold_callbacks(files, tc, state.best, state)
+    callbacks, _, meter = fold_callbacks(files, tc, state.best, state, batch)
+    if cluster is not None:
+        callbacks.insert(0, cluster.same_statistics())  # before the checkpoints look at the model
     again = f"'amazonmine train --fold {fold}{' --retrain' if staged else ''}'"
 
     with _disk_refusals(fold, final, staged, state):
@@ -212,6 +292,11 @@ def train_fold(cfg, fold: int, strategy, gpu: bool = False, action: str = "train
         except KeyboardInterrupt:
             # The interrupted epoch's progress is kept in the weights; it is counted as not done.
             done = _epochs_done(files.history)
+            if cluster is not None and done > 0:
+                # Saving now would wait for workers that may be gone: the state of the last finished epoch,
+                # saved by the chief, is what every worker resumes from.
+                raise AmazonmineError(f"interrupted in fold {fold} after epoch {done}: continue with "
+                                      f"'amazonmine train --fold {fold} --resume' on every worker") from None
             if done == 0 or not model.optimizer.built:
                 # Nothing finished, and an optimizer that never stepped saves empty slots that cannot be loaded.
                 state.clear()
@@ -223,6 +308,11 @@ def train_fold(cfg, fold: int, strategy, gpu: bool = False, action: str = "train
             raise AmazonmineError(f"interrupted: resume state saved in {state.folder} after epoch {done}; "
                                   f"continue with 'amazonmine train --fold {fold} --resume'") from None
         wall = time.perf_counter() - started
+        digest = weights_digest(model)
+        if cluster is not None:
+            cluster.require_same({"weights after training": digest})
+            if not lead:
+                return TrainResult(fold, run.fold(fold).model, {"follower": cluster.name, "weights_sha256": digest})
         if not files.model.is_file():
             raise AmazonmineError(f"fold {fold}: no epoch produced a validation F2 (is the validation fold empty?)")
         if state.exists():
@@ -230,7 +320,9 @@ def train_fold(cfg, fold: int, strategy, gpu: bool = False, action: str = "train
             state.save_progress(tc.epochs)
         try:
             result = _finish_fold(cfg, data, files, state, meter=meter, wall=wall, replicas=replicas, gpu=gpu,
-                                  note=note, model_path=final.model)
+                                  note=note, model_path=final.model,
+                                  cluster={"workers": 1 if cluster is None else cluster.num_workers,
+                                           "global_batch": batch, "weights_sha256": digest})
         except KeyboardInterrupt:
             raise AmazonmineError(f"interrupted after training fold {fold}, before its out-of-fold predictions: "
                                   f"'amazonmine train --fold {fold} --resume' finishes them without training "
@@ -264,11 +356,12 @@ def _disk_refusals(fold: int, final: FoldFiles, staged: bool, state: ResumeState
 # --- finishing a trained fold ------------------------------------------------------------------------------
 
 def _finish_fold(cfg, data: FoldData, files: FoldFiles, state: ResumeState, *, meter, wall: float,
-                 replicas: int, gpu: bool, note: str | None, model_path: Path) -> TrainResult:
+                 replicas: int, gpu: bool, note: str | None, model_path: Path, cluster: dict) -> TrainResult:
     """BatchNorm recalibration, out-of-fold predictions and the summary of a trained fold.
 
     ``meter`` is the fold's throughput callback, ``wall`` its training seconds this session; ``model_path`` is
-    where the model ends up (``files`` may be a retrain's ``.next/``, swapped in afterwards).
+    where the model ends up (``files`` may be a retrain's ``.next/``, swapped in afterwards); ``cluster`` holds
+    the workers, the global batch and the digest of the trained weights.
     """
     import keras
     import pandas as pd
@@ -326,6 +419,7 @@ def _finish_fold(cfg, data: FoldData, files: FoldFiles, state: ResumeState, *, m
         "train_images_per_s": meter.images / meter.seconds if meter.seconds else 0.0,
         "train_seconds_this_session": wall,
         "replicas": replicas,
+        **cluster,
         "mixed_precision": bool(gpu),
         "bn_recalibration": recalibration,
         "split_sha256": state.split_id,
@@ -336,6 +430,26 @@ def _finish_fold(cfg, data: FoldData, files: FoldFiles, state: ResumeState, *, m
     state.clear()
     keras.backend.clear_session()
     return TrainResult(fold, model_path, summary)
+
+
+def _start_from_chief(cluster: Cluster, model, state: ResumeState, tc, resume: bool) -> int:
+    """The chief loads what the fold starts from (``train.init_from``, or the resume state, from its own run
+    folder) and every worker takes its weights, optimizer state, epoch and best score."""
+    if resume and not model.optimizer.built:
+        with cluster.strategy.scope():  # every worker makes the slots the chief restores, in step
+            model.optimizer.build(model.trainable_variables)
+
+    def start() -> int:
+        if tc.init_from and not resume:
+            _init_from(model, Path(tc.init_from))
+        return state.restore(model) if resume else 0
+
+    # Outside the strategy's scope: loading makes helper variables of its own, which inside it would be made in
+    # step with the other workers, who load nothing.
+    epoch = cluster.settle(start, chief_only=True)
+    epoch, state.best = cluster.from_chief([epoch, state.best])
+    cluster.broadcast(list(model.weights) + (list(model.optimizer.variables) if model.optimizer.built else []))
+    return int(epoch)
 
 
 def _check_init_from_path(init_from: str) -> None:
