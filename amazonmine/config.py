@@ -183,6 +183,9 @@ class SplitConfig:
     rare_target: Annotated[int, Range(ge=0)] = 500
     # but no chip is repeated more than this many times in all (8 = every rotation/flip once).
     rare_max_factor: Annotated[int, Range(ge=1, le=8)] = 8
+    # A stratified share of the chips set aside before the folds (fold -1 in folds.csv): no fold trains or
+    # tunes on it, and evaluate scores it once with the final decisions (the lockbox). 0 = none.
+    holdout: Annotated[float, Range(ge=0, lt=0.5)] = 0.0
 
 
 @dataclass
@@ -238,6 +241,19 @@ class TuneConfig:
     # weather decoding row), and thresholds.json records the F2 with and without it on every run. Without it
     # every chip still gets at least one weather label (its likeliest, when none passes its threshold).
     weather_decoding: bool = False
+    # "thresholds": a label is on when its probability clears its tuned threshold. "expected_f2": per chip,
+    # the label set with the highest expected F2 given the (calibrated) probabilities (exact under
+    # independence); tune reports both, cross-fitted, in thresholds.json.
+    decoder: Literal["thresholds", "expected_f2"] = "thresholds"
+    # Per-label calibration fitted on the OOF probabilities, used by the expected-F2 decoder only.
+    calibration: Literal["none", "temperature", "platt", "isotonic"] = "platt"
+    # Per-label operating points instead of the Kaggle F2, e.g. {artisinal_mine: {recall: 0.85}} (a recall
+    # floor), {precision: 0.8} (a precision floor) or {fbeta: 0.5} (F-beta with another beta).
+    objectives: dict[Label, dict[Literal["recall", "precision", "fbeta"], Annotated[float, Range(gt=0)]]] = \
+        field(default_factory=dict)
+    # Bootstrap draws (chips resampled) for the 95% intervals in thresholds.json and the report, and their seed.
+    bootstrap: Annotated[int, Range(ge=1)] = 1000
+    bootstrap_seed: Annotated[int, Range(ge=0)] = 0
 
 
 @dataclass
@@ -422,6 +438,13 @@ def validate(cfg: Config, source: str = "config") -> Config:
         if p < cfg.scan.min_probability.get(label, 0.0):
             raise ConfigError(f"{source}: scan.isolated_min_probability.{label} ({p:g}) must not be below "
                               f"scan.min_probability.{label} ({cfg.scan.min_probability[label]:g})")
+    for label, objective in cfg.tune.objectives.items():
+        if len(objective) != 1:
+            raise ConfigError(f"{source}: tune.objectives.{label} must hold one of recall, precision or fbeta, "
+                              f"got {sorted(objective)}")
+        kind, value = next(iter(objective.items()))
+        if kind in ("recall", "precision") and value > 1:
+            raise ConfigError(f"{source}: tune.objectives.{label}.{kind} must be in (0, 1], got {value:g}")
     return cfg
 
 

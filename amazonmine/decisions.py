@@ -1,4 +1,4 @@
-"""Decisions from probabilities: decoding with per-label thresholds, and fitting those thresholds.
+"""Decisions from probabilities: per-label thresholds or expected-F2 decoding, operating points, calibration.
 
 ``tune`` fits the thresholds; ``predict``, ``evaluate`` and ``scan`` decide with them. Kaggle scores the mean
 over images of F2, not a per-label metric, so the best threshold of a label depends on what the other labels
@@ -17,14 +17,34 @@ cloudy chip no land label. With ``weather_decoding`` on, the weather is the argm
 probabilities (their thresholds are unused) and a cloudy decision drops the land labels; the land thresholds
 are fitted under that decoding. With it off, each label is thresholded on its own, and a chip with no weather
 label above threshold still gets the most probable one, so every submitted chip has its weather label.
+
+Expected-F2 decoding (``decoder: expected_f2``) needs no thresholds: per chip it predicts the label set with the
+highest expected F2 under the model's probabilities, taken as independent. Under independence the best set of
+any size k is the k likeliest labels (Lewis 1995; Ye, Chai, Lee and Chieu 2012, "Optimizing F-measure: a tale
+of two approaches", ICML), so only 18 sets per chip are candidates, and the expected F2 of each is exact: the
+number of true positives among the chosen labels and the number of missed labels among the others are
+independent Poisson-binomial counts, whose distributions a running convolution gives (O(L^2) per set; the tests
+check it against brute force over every label set). The same paper finds thresholds fitted on the data more
+robust when the probabilities are off (correlated labels, miscalibration), which is why both decoders stay and
+tune reports each cross-fitted. Weather decoding keeps its meaning: the weather is the argmax, treated as one categorical
+label (exactly one weather is true, with the group's normalised probability), and a cloudy chip gets no land
+label. Without it, the likeliest weather label is always predicted and the others compete like land labels.
+The probabilities may first be recalibrated per label (:class:`Calibration`, fitted on the OOF), since the
+decoder reads them as probabilities where thresholds only need their order.
+
+Operating points: a label given its own objective (a recall floor, a precision floor, or F-beta with another
+beta) is decided by its own threshold under either decoder, fitted on the chips' own decisions
+(:func:`operating_point`); the other labels are then fitted or decoded around it.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import numpy as np
 
-from amazonmine.data import LABELS, LAND_INDEX, WEATHER_INDEX, WEATHER_LABELS
-from amazonmine.metrics import per_image_f2
+from amazonmine.data import LABEL_INDEX, LABELS, LAND_INDEX, WEATHER_INDEX, WEATHER_LABELS
+from amazonmine.metrics import BETA, per_image_f2
 
 _CLOUDY = WEATHER_LABELS.index("cloudy")  # column of cloudy within the weather group
 _TIE = 1e-12  # mean-F2 differences below this are ties (float noise of the cumulative sums)
@@ -46,12 +66,16 @@ def _decode(probs: np.ndarray, thresholds: np.ndarray, weather_decoding: bool) -
     return pred
 
 
-def decode(probs: np.ndarray, thresholds: np.ndarray, weather_decoding: bool) -> np.ndarray:
+def decode(probs: np.ndarray, thresholds, weather_decoding: bool) -> np.ndarray:
     """(N, 17) probabilities -> (N, 17) bool decisions; a probability equal to its threshold counts as on.
 
     Every row gets at least one weather label; with ``weather_decoding`` exactly one, and none of the land
-    labels when that one is cloudy.
+    labels when that one is cloudy. ``thresholds`` is 17 numbers, or a :class:`DecisionRule` (what
+    ``RunFolder.read_thresholds`` returns): the rule then decides with its own decoder, calibration and
+    weather decoding, so predict and scan follow whatever tune wrote.
     """
+    if isinstance(thresholds, DecisionRule):
+        return thresholds.decide(probs)
     probs = np.asarray(probs, dtype=np.float64)
     thresholds = np.asarray(thresholds, dtype=np.float64)
     if probs.ndim != 2 or probs.shape[1] != len(LABELS):
@@ -109,18 +133,24 @@ def _best(candidates, scores, current):
     return float(candidates[ties[np.argmin(np.abs(candidates[ties] - current))]])
 
 
-def fit_thresholds(y_true, probs, start=0.2, passes=3, grid=101, weather_decoding=True) -> np.ndarray:
+def fit_thresholds(y_true, probs, start=0.2, passes=3, grid=101, weather_decoding=True,
+                   hold: dict[int, float] | None = None) -> np.ndarray:
     """Coordinate ascent over labels on the mean per-image F2. Returns 17 thresholds in LABELS order.
 
     ``grid`` >= 3 searches the interior of linspace(0, 1, grid); 0 searches every distinct probability.
     Under ``weather_decoding`` the weather thresholds do not affect the decisions and stay at ``start``.
+    ``hold`` maps label index -> threshold for labels fixed elsewhere (operating points): they keep it, and the
+    others are fitted around their decisions.
     """
     y_true = np.asarray(y_true, dtype=bool)
     probs = np.asarray(probs, dtype=np.float64)
     if y_true.shape != probs.shape or probs.ndim != 2 or probs.shape[1] != len(LABELS):
         raise ValueError(f"labels {y_true.shape} and probabilities {probs.shape} must both be (N, {len(LABELS)})")
     thresholds = np.full(len(LABELS), float(start))
-    labels = LAND_INDEX if weather_decoding else range(len(LABELS))
+    hold = hold or {}
+    for j, value in hold.items():
+        thresholds[j] = value
+    labels = [j for j in (LAND_INDEX if weather_decoding else range(len(LABELS))) if j not in hold]
     for _ in range(passes):
         changed = False
         for j in labels:
@@ -131,3 +161,460 @@ def fit_thresholds(y_true, probs, start=0.2, passes=3, grid=101, weather_decodin
         if not changed:
             break
     return thresholds
+
+
+# --- expected-F2 decoding ----------------------------------------------------------------------------------
+
+_CHUNK = 4096  # chips per block: a block's count distributions stay a few MB
+
+
+def _add_bernoulli(dist: np.ndarray, p: np.ndarray) -> np.ndarray:
+    """(N, D) distributions of a count -> those of the count plus an independent Bernoulli(p) per row."""
+    out = dist * (1.0 - p)[:, None]
+    out[:, 1:] += dist[:, :-1] * p[:, None]
+    return out
+
+
+def _fbeta_table(size: int, n_predicted: int, beta: float, extra_tp: int, extra_missed: int) -> np.ndarray:
+    """[a, b]: F-beta of a chip with a (+ extra_tp) true positives and b (+ extra_missed) missed labels among
+    n_predicted predictions. Nothing true and nothing predicted is a perfect row, as in per_image_f2."""
+    b2 = beta * beta
+    a = np.arange(size)[:, None] + extra_tp
+    b = np.arange(size)[None, :] + extra_missed
+    denom = b2 * (a + b) + n_predicted  # (1 + b2) TP + b2 FN + FP, with FP = predicted - TP
+    return np.where(denom > 0, (1 + b2) * a / np.maximum(denom, 1e-12), 1.0)
+
+
+def expected_fbeta_topk(probs, free, on, beta: float = BETA, hit=None) -> tuple[np.ndarray, np.ndarray]:
+    """Exact expected F-beta of predicting the ``on`` labels plus the k likeliest ``free`` ones, k = 0..L.
+
+    ``probs`` (N, L) are taken as independent; ``free`` and ``on`` (N, L) bool, disjoint. A label neither free
+    nor on is predicted off; its probability still counts toward what is missed. ``hit`` (N,), optional: one
+    more predicted label from a group with exactly one true member (the weather), right with this probability;
+    when it is wrong, the group's true member is missed.
+
+    Returns (expected, order): expected (N, L + 1), -inf where k exceeds the chip's free labels; order (N, L)
+    the label columns, the free ones first by falling probability (the k of a set are ``order[:, :k]``).
+    """
+    probs = np.clip(np.asarray(probs, dtype=np.float64), 0.0, 1.0)
+    free = np.asarray(free, dtype=bool)
+    on = np.asarray(on, dtype=bool) & ~free
+    n, n_labels = probs.shape
+    order = np.argsort(np.where(free, -probs, np.inf), axis=1, kind="stable")
+    expected = np.empty((n, n_labels + 1))
+    for start in range(0, n, _CHUNK):
+        rows = slice(start, start + _CHUNK)
+        expected[rows] = _expected_block(probs[rows], free[rows], on[rows], order[rows], beta,
+                                         None if hit is None else np.asarray(hit, dtype=np.float64)[rows])
+    expected[np.arange(n_labels + 1)[None, :] > free.sum(axis=1)[:, None]] = -np.inf
+    return expected, order
+
+
+def _expected_block(p, free, on, order, beta, hit) -> np.ndarray:
+    n, n_labels = p.shape
+    size = n_labels + 1  # a count of labels is 0..L
+    start = np.zeros((n, size))
+    start[:, 0] = 1.0
+    tp, missed = start, start.copy()
+    off = ~free & ~on
+    for j in range(n_labels):
+        tp = _add_bernoulli(tp, np.where(on[:, j], p[:, j], 0.0))
+        missed = _add_bernoulli(missed, np.where(off[:, j], p[:, j], 0.0))
+    # Non-free labels sort last with probability 0: they add nothing to either count.
+    ranked = np.take_along_axis(np.where(free, p, 0.0), order, axis=1)
+    prefix = np.empty((n_labels + 1, n, size))  # [k]: true positives among on + the k likeliest free labels
+    prefix[0] = tp
+    for k in range(1, n_labels + 1):
+        prefix[k] = _add_bernoulli(prefix[k - 1], ranked[:, k - 1])
+    suffix = np.empty((n_labels + 1, n, size))  # [k]: true labels among off + the free labels after the k-th
+    suffix[n_labels] = missed
+    for k in range(n_labels - 1, -1, -1):
+        suffix[k] = _add_bernoulli(suffix[k + 1], ranked[:, k])
+    n_on = on.sum(axis=1) + (0 if hit is None else 1)
+    out = np.empty((n, n_labels + 1))
+    for k in range(n_labels + 1):
+        n_predicted = k + n_on
+        for value in np.unique(n_predicted):
+            rows = n_predicted == value
+            tp_k, missed_k = prefix[k][rows], suffix[k][rows]
+            if hit is None:
+                out[rows, k] = _expectation(tp_k, _fbeta_table(size, value, beta, 0, 0), missed_k)
+            else:
+                right = _expectation(tp_k, _fbeta_table(size, value, beta, 1, 0), missed_k)
+                wrong = _expectation(tp_k, _fbeta_table(size, value, beta, 0, 1), missed_k)
+                out[rows, k] = hit[rows] * right + (1.0 - hit[rows]) * wrong
+    return out
+
+
+def _expectation(tp: np.ndarray, table: np.ndarray, missed: np.ndarray) -> np.ndarray:
+    # einsum, not `@`: a multithreaded BLAS spends far longer starting threads than on an (N, 18) x (18, 18)
+    # product, and worse on cores another job is using.
+    return (np.einsum("na,ab->nb", tp, table) * missed).sum(axis=1)
+
+
+def decode_expected_f2(probs, weather_decoding: bool, thresholds=None, fixed=None, calibration=None,
+                       beta: float = BETA) -> tuple[np.ndarray, np.ndarray]:
+    """(N, 17) probabilities -> ((N, 17) decisions of highest expected F-beta, (N,) that expectation).
+
+    ``fixed`` (17,) bool marks labels decided by their ``thresholds`` instead (operating points). The
+    expectation reads the ``calibration``-mapped probabilities; thresholds and the weather argmax read the raw
+    ones, as :func:`decode` does, so both decoders agree on the weather of a chip.
+    """
+    raw = _check_probs(probs)
+    cal = calibration.apply(raw) if calibration is not None else raw
+    n = len(raw)
+    rows = np.arange(n)
+    free = np.ones(raw.shape, dtype=bool)
+    on = np.zeros(raw.shape, dtype=bool)
+    if fixed is not None and np.any(fixed):
+        fixed = np.asarray(fixed, dtype=bool)
+        free[:, fixed] = False
+        on[:, fixed] = raw[:, fixed] >= np.asarray(thresholds, dtype=np.float64)[fixed]
+    top = WEATHER_INDEX[raw[:, WEATHER_INDEX].argmax(axis=1)]
+    p = cal.copy()
+    hit = None
+    if weather_decoding:
+        free[:, WEATHER_INDEX] = on[:, WEATHER_INDEX] = False
+        hit = cal[rows, top] / np.maximum(cal[:, WEATHER_INDEX].sum(axis=1), 1e-12)
+        p[:, WEATHER_INDEX] = 0.0  # the group is counted through `hit`
+        cloudy = top == WEATHER_INDEX[_CLOUDY]
+        free[np.ix_(cloudy, LAND_INDEX)] = on[np.ix_(cloudy, LAND_INDEX)] = False
+    else:
+        free[rows, top], on[rows, top] = False, True
+    expected, order = expected_fbeta_topk(p, free, on, beta, hit)
+    best = expected.argmax(axis=1)
+    chosen = np.arange(len(LABELS))[None, :] < best[:, None]  # in rank order
+    pred = on.copy()
+    np.put_along_axis(pred, order, np.take_along_axis(pred, order, axis=1) | chosen, axis=1)
+    if weather_decoding:
+        pred[rows, top] = True
+    return pred, expected[rows, best]
+
+
+def _check_probs(probs) -> np.ndarray:
+    probs = np.asarray(probs, dtype=np.float64)
+    if probs.ndim != 2 or probs.shape[1] != len(LABELS):
+        raise ValueError(f"expected (N, {len(LABELS)}) probabilities, got shape {probs.shape}")
+    return probs
+
+
+# --- calibration -------------------------------------------------------------------------------------------
+
+CALIBRATIONS = ("none", "temperature", "platt", "isotonic")
+_EPS = 1e-6  # probabilities are clipped this far from 0 and 1 before a logit
+_RIDGE = 1.0  # pulls a label with few positives toward the identity map instead of a separating fit
+
+
+def expit(z: np.ndarray) -> np.ndarray:
+    """The logistic function without overflow (scipy's would cost tune half a second of imports)."""
+    return 0.5 * (1.0 + np.tanh(0.5 * z))
+
+
+def _logit(p: np.ndarray) -> np.ndarray:
+    p = np.clip(p, _EPS, 1 - _EPS)
+    return np.log(p) - np.log1p(-p)
+
+
+@dataclass
+class Calibration:
+    """A per-label increasing map of the model's probabilities: ``temperature`` scales the logit, ``platt``
+    scales and shifts it, ``isotonic`` is a fitted step function (interpolated between its knots)."""
+
+    kind: str = "none"
+    scale: list[float] = field(default_factory=list)
+    shift: list[float] = field(default_factory=list)
+    knots: list[tuple[list[float], list[float]]] = field(default_factory=list)
+
+    def apply(self, probs) -> np.ndarray:
+        probs = np.asarray(probs, dtype=np.float64)
+        if self.kind == "none":
+            return probs
+        if self.kind in ("temperature", "platt"):
+            shift = np.asarray(self.shift) if self.shift else 0.0
+            return expit(_logit(probs) * np.asarray(self.scale) + shift)
+        out = np.empty_like(probs)
+        for j, (x, y) in enumerate(self.knots):
+            out[:, j] = np.interp(probs[:, j], x, y)
+        return out
+
+    def to_json(self) -> dict:
+        saved: dict = {"kind": self.kind}
+        if self.kind in ("temperature", "platt"):
+            saved["scale"] = dict(zip(LABELS, (round(float(v), 6) for v in self.scale)))
+        if self.kind == "platt":
+            saved["shift"] = dict(zip(LABELS, (round(float(v), 6) for v in self.shift)))
+        if self.kind == "isotonic":
+            # Unrounded: two knots a hair apart would round onto one x with two y values.
+            saved["knots"] = {name: [[float(v) for v in x], [float(v) for v in y]]
+                              for name, (x, y) in zip(LABELS, self.knots)}
+        return saved
+
+    @classmethod
+    def from_json(cls, saved) -> "Calibration":
+        """The inverse of :meth:`to_json`; ValueError says what is wrong."""
+        if not isinstance(saved, dict) or saved.get("kind") not in CALIBRATIONS:
+            raise ValueError(f"calibration must name a kind among {', '.join(CALIBRATIONS)}, got {saved!r}")
+        kind = saved["kind"]
+        try:
+            if kind in ("temperature", "platt"):
+                scale = [float(saved["scale"][name]) for name in LABELS]
+                shift = [float(saved["shift"][name]) for name in LABELS] if kind == "platt" else []
+                if not np.isfinite(scale + shift).all():
+                    raise ValueError("calibration parameters must be finite numbers")
+                return cls(kind, scale, shift)
+            if kind == "isotonic":
+                knots = []
+                for name in LABELS:
+                    x, y = (np.asarray(v, dtype=np.float64) for v in saved["knots"][name])
+                    if x.ndim != 1 or x.shape != y.shape or len(x) == 0 or np.any(np.diff(x) < 0):
+                        raise ValueError(f"isotonic knots of {name} must be two equal, non-empty, sorted lists")
+                    knots.append((x.tolist(), y.tolist()))
+                return cls(kind, knots=knots)
+        except (KeyError, TypeError) as exc:
+            raise ValueError(f"{kind} calibration incomplete ({type(exc).__name__}: {exc})") from None
+        return cls()
+
+
+def fit_calibration(y_true, probs, kind: str) -> Calibration:
+    """Fit a :class:`Calibration` of ``kind`` per label by log loss (temperature, Platt) or least squares
+    (isotonic, scikit-learn) on (N, 17) labels and probabilities."""
+    if kind not in CALIBRATIONS:
+        raise ValueError(f"calibration must be one of {', '.join(CALIBRATIONS)}, got {kind!r}")
+    y = np.asarray(y_true, dtype=np.float64)
+    probs = np.asarray(probs, dtype=np.float64)
+    if kind == "none":
+        return Calibration()
+    if kind == "isotonic":
+        from sklearn.isotonic import IsotonicRegression
+
+        knots = []
+        for j in range(probs.shape[1]):
+            fit = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip").fit(probs[:, j], y[:, j])
+            knots.append((fit.X_thresholds_.tolist(), fit.y_thresholds_.tolist()))
+        return Calibration("isotonic", knots=knots)
+    scale, shift = _fit_logistic(y, _logit(probs), with_shift=kind == "platt")
+    return Calibration(kind, scale.tolist(), shift.tolist() if kind == "platt" else [])
+
+
+def _fit_logistic(y: np.ndarray, z: np.ndarray, with_shift: bool, steps: int = 100):
+    """Per column, a and b minimising the log loss of sigmoid(a z + b) plus a ridge toward (1, 0): Newton's
+    method on all columns at once, each step halved until it lowers that column's loss (a full step overshoots
+    on labels the model nearly separates, such as cloudy)."""
+    n_labels = z.shape[1]
+    a, b = np.ones(n_labels), np.zeros(n_labels)
+
+    def loss(a, b):
+        t = a * z + b
+        return (np.logaddexp(0.0, t) - y * t).sum(axis=0) + 0.5 * _RIDGE * ((a - 1) ** 2 + b ** 2)
+
+    current = loss(a, b)
+    for _ in range(steps):
+        s = expit(a * z + b)
+        r, w = s - y, s * (1 - s)
+        g_a = (r * z).sum(axis=0) + _RIDGE * (a - 1)
+        h_aa = (w * z * z).sum(axis=0) + _RIDGE
+        if with_shift:
+            g_b = r.sum(axis=0) + _RIDGE * b
+            h_ab, h_bb = (w * z).sum(axis=0), w.sum(axis=0) + _RIDGE
+            det = h_aa * h_bb - h_ab * h_ab
+            step_a, step_b = (h_bb * g_a - h_ab * g_b) / det, (h_aa * g_b - h_ab * g_a) / det
+        else:
+            step_a, step_b = g_a / h_aa, np.zeros(n_labels)
+        size = np.ones(n_labels)
+        for _ in range(40):
+            trial = loss(a - size * step_a, b - size * step_b)
+            worse = trial > current
+            if not worse.any():
+                break
+            size[worse] /= 2
+        a, b = a - size * step_a, b - size * step_b
+        current = loss(a, b)
+        if max(np.abs(size * step_a).max(), np.abs(size * step_b).max()) < 1e-9:
+            break
+    return a, b
+
+
+# --- operating points --------------------------------------------------------------------------------------
+
+OBJECTIVES = ("recall", "precision", "fbeta")
+_T_MIN, _T_MAX = 1e-9, 1 - 1e-9  # thresholds.json keeps thresholds strictly inside (0, 1)
+
+
+@dataclass(frozen=True)
+class Objective:
+    """A label's own target: ``recall`` or ``precision`` at least ``value``, or the best F-beta, beta = value."""
+
+    kind: str
+    value: float
+
+    def describe(self) -> str:
+        return f"F{self.value:g}" if self.kind == "fbeta" else f"{self.kind} >= {self.value:g}"
+
+    def to_json(self) -> dict:
+        return {self.kind: self.value}
+
+
+def parse_objectives(spec) -> dict[int, Objective]:
+    """{label: {"recall": 0.9}} (the config's tune.objectives, thresholds.json's objectives) -> {column:
+    Objective}. ValueError names the entry that is wrong."""
+    out = {}
+    for name, entry in (spec or {}).items():
+        if name not in LABEL_INDEX:
+            raise ValueError(f"objectives: unknown label {name!r} (known: {', '.join(LABELS)})")
+        if name in WEATHER_LABELS:
+            raise ValueError(f"objectives: {name} is a weather label, decided with its group, not on its own")
+        example = f"one of {', '.join(OBJECTIVES)} with a number, e.g. {{recall: 0.9}}"
+        if not isinstance(entry, dict) or len(entry) != 1:
+            raise ValueError(f"objectives.{name}: expected {example}, got {entry!r}")
+        ((kind, value),) = entry.items()
+        if kind not in OBJECTIVES:
+            raise ValueError(f"objectives.{name}: {kind!r} is not {example}")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value):
+            raise ValueError(f"objectives.{name}.{kind} must be a number, got {value!r}")
+        if kind in ("recall", "precision") and not 0 < value <= 1:
+            raise ValueError(f"objectives.{name}.{kind} must be in (0, 1], got {value}")
+        if kind == "fbeta" and value <= 0:
+            raise ValueError(f"objectives.{name}.fbeta must be a positive beta, got {value}")
+        out[LABEL_INDEX[name]] = Objective(kind, float(value))
+    return out
+
+
+@dataclass(frozen=True)
+class OperatingPoint:
+    threshold: float
+    precision: float
+    recall: float
+    met: bool  # the floor is reached on the chips it was fitted on (always true for F-beta)
+
+
+def _sum_above(column: np.ndarray, weights: np.ndarray, candidates: np.ndarray) -> np.ndarray:
+    """sum(weights[column >= c]) for every sorted candidate c."""
+    n_below = np.searchsorted(candidates, column, side="right")
+    by_count = np.bincount(n_below, weights=weights, minlength=len(candidates) + 1)
+    return np.cumsum(by_count[::-1])[::-1][1:]
+
+
+def label_curve_counts(y_true, probs, thresholds, j: int, weather_decoding: bool):
+    """Label j decided as decode decides it, at every candidate threshold (each distinct probability, clipped
+    into (0, 1), and the two extremes): returns (candidates, true positives, predicted, positives)."""
+    y_true = np.asarray(y_true, dtype=bool)
+    probs = np.asarray(probs, dtype=np.float64)
+    t = np.array(thresholds, dtype=np.float64)
+    t[j] = -np.inf
+    on = _decode(probs, t, weather_decoding)[:, j].astype(np.float64)
+    t[j] = np.inf
+    off = _decode(probs, t, weather_decoding)[:, j].astype(np.float64)
+    column, truth = probs[:, j], y_true[:, j].astype(np.float64)
+    candidates = np.union1d(np.clip(column, _T_MIN, _T_MAX), [_T_MIN, _T_MAX])
+    tp = (truth * off).sum() + _sum_above(column, truth * (on - off), candidates)
+    predicted = off.sum() + _sum_above(column, on - off, candidates)
+    return candidates, tp, predicted, float(truth.sum())
+
+
+def operating_point(y_true, probs, thresholds, j: int, objective: Objective,
+                    weather_decoding: bool) -> OperatingPoint:
+    """Label j's threshold for its objective, exact on these chips: every distinct probability is a candidate,
+    and the label is decided as decode decides it (under weather decoding a cloudy chip keeps no land label
+    whatever the threshold, so a recall floor may be out of reach: then ``met`` is false).
+
+    Recall floor: the highest threshold that still reaches it (the most precise such point). Precision floor:
+    the lowest threshold that keeps it (the most recall). F-beta: the threshold of the best F-beta.
+    """
+    candidates, tp, predicted, positives = label_curve_counts(y_true, probs, thresholds, j, weather_decoding)
+    recall = tp / positives if positives else np.ones(len(candidates))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        precision = np.where(predicted > 0, tp / predicted, np.nan)
+    met = True
+    if objective.kind == "recall":
+        ok = np.flatnonzero(recall >= objective.value - 1e-12)
+        k = ok[-1] if ok.size else int(np.flatnonzero(recall == recall.max())[-1])
+        met = bool(ok.size)
+    elif objective.kind == "precision":
+        ok = np.flatnonzero(precision >= objective.value - 1e-12)
+        k = ok[0] if ok.size else int(np.nanargmax(np.nan_to_num(precision, nan=-1.0)))
+        met = bool(ok.size)
+    else:
+        b2 = objective.value ** 2
+        denom = b2 * positives + predicted
+        fbeta = np.divide((1 + b2) * tp, denom, out=np.zeros(len(candidates)), where=denom > 0)
+        k = int(np.argmax(fbeta))
+    # Halfway down to the next lower probability decides these chips exactly as candidate k does, and keeps the
+    # decisions when the same probabilities come back a little off (a float32 CSV, 6 decimals in predict's).
+    threshold = candidates[k] if k == 0 else 0.5 * (candidates[k - 1] + candidates[k])
+    return OperatingPoint(float(threshold), float(np.nan_to_num(precision[k])), float(recall[k]), met)
+
+
+# --- the rule tune writes ----------------------------------------------------------------------------------
+
+DECODERS = ("thresholds", "expected_f2")
+
+
+@dataclass
+class DecisionRule:
+    """Everything decode needs, as tune writes it to thresholds.json: the thresholds, weather decoding, the
+    decoder, its calibration and the labels held at their operating points (decided by threshold under
+    either decoder)."""
+
+    thresholds: np.ndarray
+    weather_decoding: bool
+    decoder: str = "thresholds"
+    calibration: Calibration = field(default_factory=Calibration)
+    fixed: np.ndarray = field(default_factory=lambda: np.zeros(len(LABELS), dtype=bool))
+
+    def __post_init__(self):
+        self.thresholds = np.asarray(self.thresholds, dtype=np.float64)
+        self.fixed = np.asarray(self.fixed, dtype=bool)
+        if self.thresholds.shape != (len(LABELS),) or self.fixed.shape != (len(LABELS),):
+            raise ValueError(f"expected {len(LABELS)} thresholds, got shape {self.thresholds.shape}")
+        if self.decoder not in DECODERS:
+            raise ValueError(f"decoder must be one of {', '.join(DECODERS)}, got {self.decoder!r}")
+
+    def __array__(self, dtype=None, copy=None):
+        # Code written for the bare 17 thresholds (tables, curves, a scan's per-label override) keeps working.
+        return np.array(self.thresholds, dtype=dtype)
+
+    def decide(self, probs) -> np.ndarray:
+        probs = _check_probs(probs)
+        if self.decoder == "thresholds":
+            return _decode(probs, self.thresholds, self.weather_decoding)
+        return decode_expected_f2(probs, self.weather_decoding, self.thresholds, self.fixed, self.calibration)[0]
+
+    def describe(self) -> str:
+        if self.decoder == "thresholds":
+            text = "per-label thresholds"
+        else:
+            cal = "" if self.calibration.kind == "none" else f", {self.calibration.kind} calibration"
+            text = f"expected-F2 decoding{cal}"
+        held = [name for name, f in zip(LABELS, self.fixed) if f]
+        return text + (f"; operating points for {', '.join(held)}" if held else "")
+
+    @classmethod
+    def from_saved(cls, saved: dict, thresholds, weather_decoding: bool) -> "DecisionRule":
+        """The rule of a thresholds.json whose thresholds and weather flag are already read; a file written
+        before decoders existed decides by thresholds. ValueError says what is wrong."""
+        decoder = saved.get("decoder", "thresholds")
+        if decoder not in DECODERS:
+            raise ValueError(f"decoder must be one of {', '.join(DECODERS)}, got {decoder!r}")
+        calibration = Calibration.from_json(saved.get("calibration") or {"kind": "none"})
+        objectives = parse_objectives(saved.get("objectives") or {})
+        fixed = np.isin(np.arange(len(LABELS)), list(objectives))
+        return cls(np.asarray(thresholds, dtype=np.float64), bool(weather_decoding), decoder, calibration, fixed)
+
+
+def fit_rule(y_true, probs, weather_decoding: bool, decoder: str = "thresholds", calibration: str = "none",
+             objectives: dict[int, Objective] | None = None, start: float = 0.2, passes: int = 3,
+             grid: int = 101) -> tuple[DecisionRule, dict[int, OperatingPoint]]:
+    """The whole fit tune makes: each label with an objective at its operating point, the others' thresholds
+    by coordinate ascent around them, and the decoder's calibration. Returns the rule and the points."""
+    y_true = np.asarray(y_true, dtype=bool)
+    probs = np.asarray(probs, dtype=np.float64)
+    objectives = objectives or {}
+    # Only land labels take objectives, and a land label's decisions depend on the weather argmax alone, not on
+    # the other thresholds: its point is final before the others are fitted.
+    flat = np.full(len(LABELS), float(start))
+    points = {j: operating_point(y_true, probs, flat, j, obj, weather_decoding) for j, obj in objectives.items()}
+    thresholds = fit_thresholds(y_true, probs, start, passes, grid, weather_decoding,
+                                hold={j: point.threshold for j, point in points.items()})
+    fixed = np.isin(np.arange(len(LABELS)), list(points))
+    fitted = fit_calibration(y_true, probs, calibration) if decoder == "expected_f2" else Calibration()
+    return DecisionRule(thresholds, weather_decoding, decoder, fitted, fixed), points

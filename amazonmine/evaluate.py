@@ -1,17 +1,24 @@
-"""An HTML report of a run that a person can open offline: scores, threshold curves, confusions, mine chips.
+"""Evaluate stage: an HTML report of a run that a person can open offline: scores, threshold curves, confusions, mine chips.
 
 ``<run_dir>/report/index.html`` has no script and no remote resource: CSS is inline and every picture is a PNG
 or JPEG file beside it (``curves.png``, ``cooccurrence.png``, ``gallery/``, ``dehaze/``), so the folder can be
 zipped and mailed. Sections, in the order a reviewer asks the questions:
 
 1. per-label precision, recall, F2 and counts on the out-of-fold chips, decided as ``predict`` would decide
-   (tuned thresholds and weather decoding from thresholds.json, else the flat ``tune.start`` threshold);
-2. threshold curves: the dataset's mean F2 as each label's threshold moves, the others held (what ``tune``
+   (the rule tune wrote to thresholds.json, else the flat ``tune.start`` threshold), each precision and recall
+   with its bootstrap 95% interval (chips resampled): a rare label's recall moves by a whole chip per positive;
+2. the lockbox: the chips ``split.holdout`` set aside, which no fold trained or tuned on, scored once with the
+   same decisions and reported apart from the out-of-fold figures. Their probabilities come from the run's
+   finished fold models (``holdout_probabilities.csv``), recomputed when absent or older than a model or the
+   split;
+3. precision-recall curves of the mine labels with the operating point marked (and its objective, when tune
+   was given one);
+4. threshold curves: the dataset's mean F2 as each label's threshold moves, the others held (what ``tune``
    climbs), with the label's own F2 beside it and the chosen threshold marked;
-3. true versus predicted labels: which true labels the model reports as which;
-4. the chips the model is surest contain a mine, with their true tags (false alarms stand out);
-5. raw versus dehazed hazy chips, when the dehaze stage has run;
-6. the submission's label frequencies next to the training set's, when predict has run.
+5. true versus predicted labels: which true labels the model reports as which;
+6. the chips the model is surest contain a mine, with their true tags (false alarms stand out);
+7. raw versus dehazed hazy chips, when the dehaze stage has run;
+8. the submission's label frequencies next to the training set's, when predict has run.
 
 Optional inputs that are absent make their section say what is missing; only the OOF predictions are required.
 Plots use matplotlib's Agg canvas through the object API (no pyplot state, no display needed).
@@ -26,11 +33,21 @@ from urllib.parse import quote
 
 import numpy as np
 
-from amazonmine.data import LABEL_INDEX, LABELS, MINE_LABELS, WEATHER_LABELS, DataError, PlanetLayout, read_image
-from amazonmine.decisions import decode, threshold_curve
-from amazonmine.io import atomic_path, write_bytes_atomic, write_text_atomic
-from amazonmine.metrics import mean_f2, per_label_scores
-from amazonmine.runfolder import THRESHOLDS_JSON, OofSet, RunFolder
+from amazonmine.data import (
+    LABEL_INDEX,
+    LABELS,
+    MINE_LABELS,
+    WEATHER_LABELS,
+    DataError,
+    PlanetLayout,
+    load_matrix_csv,
+    read_image,
+)
+from amazonmine.decisions import DecisionRule, Objective, decode, label_curve_counts, parse_objectives, threshold_curve
+from amazonmine.errors import AmazonmineError
+from amazonmine.io import atomic_path, read_json, write_bytes_atomic, write_text_atomic
+from amazonmine.metrics import bootstrap_intervals, mean_f2, per_label_scores
+from amazonmine.runfolder import HOLDOUT_FOLD, THRESHOLDS_JSON, OofSet, RunFolder
 
 DEHAZE_PAIRS = 8
 _CSS = """
@@ -55,11 +72,31 @@ class EvaluateResult:
     n_chips: int
     thresholds_source: str
     missing: list[str] = field(default_factory=list)
+    oof_interval: tuple[float, float] | None = None
+    lockbox: "Lockbox | None" = None
 
     def headline(self) -> str:
         gaps = f"; not shown: {', '.join(self.missing)}" if self.missing else ""
-        return (f"wrote {self.path} (OOF mean F2 {self.oof_f2:.4f} over {self.n_chips} chips, "
-                f"{self.thresholds_source}){gaps}")
+        interval = f" (95% {self.oof_interval[0]:.4f}-{self.oof_interval[1]:.4f})" if self.oof_interval else ""
+        lockbox = ""
+        if self.lockbox is not None:
+            lo, hi = self.lockbox.interval
+            lockbox = f"; lockbox mean F2 {self.lockbox.f2:.4f} (95% {lo:.4f}-{hi:.4f}) over {self.lockbox.n} chips"
+        return (f"wrote {self.path} (OOF mean F2 {self.oof_f2:.4f}{interval} over {self.n_chips} chips, "
+                f"{self.thresholds_source}{lockbox}){gaps}")
+
+
+@dataclass
+class Lockbox:
+    """The hold-out chips scored once with the run's decisions."""
+
+    n: int
+    f2: float
+    interval: tuple[float, float]
+    y_true: np.ndarray
+    pred: np.ndarray
+    intervals: dict
+    unscored: list[str] = field(default_factory=list)
 
 
 # --- small helpers -----------------------------------------------------------------------------------------
@@ -114,14 +151,36 @@ def _table(header: list[str], rows: list[list], numeric_from: int = 1) -> str:
 
 # --- decisions ---------------------------------------------------------------------------------------------
 
-def _decision_rule(cfg) -> tuple[np.ndarray, bool, str]:
-    """The thresholds predict would use: thresholds.json if tune has run, else the flat start threshold."""
+def _decision_rule(cfg) -> tuple[DecisionRule | np.ndarray, bool, str]:
+    """The rule predict would use: thresholds.json if tune has run, else the flat start threshold."""
     run = RunFolder.from_config(cfg)
     if run.thresholds.is_file():
-        thresholds, weather = run.read_thresholds()
-        return thresholds, weather, "tuned thresholds"
+        rule, weather = run.read_thresholds()
+        source = "tuned thresholds" if rule.decoder == "thresholds" else f"tuned {rule.describe()}"
+        return rule, weather, source
     flat = np.full(len(LABELS), cfg.tune.start)
     return flat, cfg.tune.weather_decoding, f"flat threshold {cfg.tune.start:g} (no {THRESHOLDS_JSON})"
+
+
+def _tuned(run: RunFolder) -> tuple[dict, dict[int, Objective]]:
+    """What tune recorded beside the rule (cross-fitted figures, objectives); empty without a thresholds.json."""
+    if not run.thresholds.is_file():
+        return {}, {}
+    saved = read_json(run.thresholds)
+    try:
+        return saved, parse_objectives(saved.get("objectives") or {})
+    except ValueError as exc:
+        raise DataError(f"{run.thresholds}: {exc}") from None
+
+
+def _bootstrap_settings(cfg) -> tuple[int, int]:
+    # getattr: read with tune's defaults until the config section has the fields.
+    return int(getattr(cfg.tune, "bootstrap", 1000)), int(getattr(cfg.tune, "bootstrap_seed", 0))
+
+
+def _interval(pair) -> str:
+    lo, hi = pair
+    return "n/a" if not (np.isfinite(lo) and np.isfinite(hi)) else f"{lo:.3f}-{hi:.3f}"
 
 
 def _label_curve(y, probs, thresholds, j, candidates, weather_decoding) -> np.ndarray:
@@ -140,29 +199,52 @@ def _label_curve(y, probs, thresholds, j, candidates, weather_decoding) -> np.nd
 
 # --- sections ----------------------------------------------------------------------------------------------
 
-def _summary(cfg, oof: OofSet, source: str, weather: bool, f2: float, f2_flat: float) -> str:
+def _summary(cfg, oof: OofSet, source: str, weather: bool, f2: float, f2_flat: float,
+             interval: tuple[float, float], saved: dict, lockbox: Lockbox | None) -> str:
     rows = [
         ["run folder", str(Path(cfg.run.dir).resolve())],
         ["out-of-fold chips", f"{len(oof.names)} of {oof.n_labelled} labelled, folds {', '.join(map(str, oof.folds))}"],
         ["decisions", f"{source}, weather decoding {'on' if weather else 'off'}"],
-        ["OOF mean F2 (Kaggle metric)", f"{f2:.4f}"],
+        ["OOF mean F2 (Kaggle metric)", f"{f2:.4f} (95% interval {interval[0]:.4f}-{interval[1]:.4f})"],
         [f"OOF mean F2 at a flat {cfg.tune.start:g}, no decoding", f"{f2_flat:.4f}"],
     ]
+    if saved.get("crossfit_f2"):
+        rows.append(["OOF mean F2 cross-fitted (rule fitted on one half, scored on the other)",
+                     ", ".join(f"{k} {v:.4f}" for k, v in saved["crossfit_f2"].items())])
+    if lockbox is not None:
+        rows.append(["lockbox mean F2 (held-out chips, scored once)",
+                     f"{lockbox.f2:.4f} (95% interval {lockbox.interval[0]:.4f}-{lockbox.interval[1]:.4f}) over "
+                     f"{lockbox.n} chips"])
     return "<h2>Summary</h2>" + _table([], rows, numeric_from=2)
 
 
-def _scores(oof: OofSet, pred: np.ndarray, thresholds: np.ndarray, weather: bool) -> str:
-    s = per_label_scores(oof.y_true, pred)
-    tp = (oof.y_true & pred).sum(axis=0)
-    rows = []
-    for j, name in enumerate(LABELS):
-        t = "argmax" if weather and name in WEATHER_LABELS else f"{thresholds[j]:.2f}"
-        rows.append([name, t, int(s["support"][j]), int(s["predicted"][j]), int(tp[j]),
-                     int(s["predicted"][j] - tp[j]), int(s["support"][j] - tp[j]),
-                     f"{s['precision'][j]:.3f}", f"{s['recall'][j]:.3f}", f"{s['f2'][j]:.3f}"])
-    header = ["label", "threshold", "positives", "predicted", "TP", "FP", "FN", "precision", "recall", "F2"]
+def _score_rows(y: np.ndarray, pred: np.ndarray, intervals: dict, first_columns) -> list[list]:
+    s = per_label_scores(y, pred)
+    tp = (y & pred).sum(axis=0)
+    return [[name, *first_columns(j, name), int(s["support"][j]), int(s["predicted"][j]), int(tp[j]),
+             int(s["predicted"][j] - tp[j]), int(s["support"][j] - tp[j]),
+             f"{s['precision'][j]:.3f}", f"{s['recall'][j]:.3f}", f"{s['f2'][j]:.3f}",
+             _interval(intervals["precision"][j]), _interval(intervals["recall"][j])]
+            for j, name in enumerate(LABELS)]
+
+
+_COUNT_HEADER = ["positives", "predicted", "TP", "FP", "FN", "precision", "recall", "F2", "precision 95%",
+                 "recall 95%"]
+
+
+def _scores(oof: OofSet, pred: np.ndarray, thresholds: np.ndarray, weather: bool, intervals: dict,
+            objectives: dict[int, Objective]) -> str:
+    def first(j, name):
+        return ["argmax" if weather and name in WEATHER_LABELS else f"{thresholds[j]:.2f}"]
+
+    rows = _score_rows(oof.y_true, pred, intervals, first)
+    for j, row in enumerate(rows):
+        row.append(objectives[j].describe() if j in objectives else "mean F2")
+    header = ["label", "threshold", *_COUNT_HEADER, "objective"]
     note = ("<p>Label-wise scores over the out-of-fold chips (each chip was predicted by the fold model that did "
-            "not train on it). The competition metric is the per-image mean F2 in the summary.</p>")
+            "not train on it). The competition metric is the per-image mean F2 in the summary. The 95% intervals "
+            "resample the chips (bootstrap); a label with a dozen positives has a wide one. A label with an "
+            "objective (a recall or precision floor, or F-beta) is held at its own operating point.</p>")
     return '<h2 id="scores">Per-label scores</h2>' + note + _table(header, rows)
 
 
@@ -202,6 +284,53 @@ def _curves(out: Path, oof: OofSet, thresholds, weather: bool, grid: int) -> str
         note += " Weather labels are decided by the argmax of the weather group, so their curves are flat."
     return ('<h2 id="curves">Threshold curves</h2>' + note + "</p>"
             + _img("curves.png", "F2 against threshold for each label", "plot"))
+
+
+def _pr_curves(out: Path, oof: OofSet, rule, thresholds: np.ndarray, weather: bool, pred: np.ndarray,
+               objectives: dict[int, Objective], lockbox: Lockbox | None) -> str:
+    from matplotlib.figure import Figure
+
+    decoder = getattr(rule, "decoder", "thresholds")
+    fig = Figure(figsize=(6 * len(MINE_LABELS), 5))
+    axes = np.atleast_1d(fig.subplots(1, len(MINE_LABELS)))
+    for ax, name in zip(axes, MINE_LABELS):
+        j = LABEL_INDEX[name]
+        _, tp, predicted, positives = label_curve_counts(oof.y_true, oof.probs, thresholds, j, weather)
+        if positives == 0:
+            ax.text(0.5, 0.5, f"no {name} chip among the OOF chips", ha="center", va="center")
+            ax.set_title(name)
+            continue
+        keep = predicted > 0
+        ax.plot(tp[keep] / positives, tp[keep] / predicted[keep], color="tab:blue", lw=1.5,
+                label="OOF, threshold moved")
+        s = per_label_scores(oof.y_true[:, [j]], pred[:, [j]])
+        held = j in objectives
+        label = f"decisions: {objectives[j].describe()}" if held else (
+            f"decisions: threshold {thresholds[j]:.3f}" if decoder == "thresholds" else "decisions: expected F2")
+        ax.plot(s["recall"][0], s["precision"][0], "o", color="k", ms=8, label=f"{label} (OOF)")
+        if held and objectives[j].kind == "recall":
+            ax.axvline(objectives[j].value, color="k", ls=":", lw=1, label="recall floor")
+        if held and objectives[j].kind == "precision":
+            ax.axhline(objectives[j].value, color="k", ls=":", lw=1, label="precision floor")
+        if lockbox is not None and lockbox.y_true[:, j].any():
+            h = per_label_scores(lockbox.y_true[:, [j]], lockbox.pred[:, [j]])
+            ax.plot(h["recall"][0], h["precision"][0], "s", color="tab:green", ms=8, label="decisions (lockbox)")
+        ax.set_xlim(0, 1.02)
+        ax.set_ylim(0, 1.02)
+        ax.set_xlabel("recall")
+        ax.set_ylabel("precision")
+        ax.set_title(f"{name}, {int(positives)} positives")
+        ax.legend(loc="lower left", fontsize=8)
+    fig.tight_layout()
+    _save_figure(fig, out / "pr_curves.png")
+    note = ("<p>Each curve moves the label's threshold over every out-of-fold probability, the other labels as "
+            "decided; the black dot is where the run's decisions put the label (its operating point), the green "
+            "square the same decisions on the lockbox chips.")
+    if decoder != "thresholds":
+        note += (" Under expected-F2 decoding a label without an objective is not decided by a threshold, so its "
+                 "dot may lie off the curve.")
+    return ('<h2 id="pr">Precision and recall of the mine labels</h2>' + note + "</p>"
+            + _img("pr_curves.png", "precision against recall for each mine label", "plot"))
 
 
 def _cooccurrence(out: Path, y: np.ndarray, pred: np.ndarray) -> str:
@@ -337,7 +466,7 @@ def _dehaze_pairs(out: Path, cfg, frame, matrix) -> tuple[str, bool]:
 
 
 def _submission(run: RunFolder, train_matrix: np.ndarray) -> tuple[str, bool]:
-    from amazonmine.data import load_matrix_csv, read_labels, tags_to_matrix
+    from amazonmine.data import read_labels, tags_to_matrix
 
     head = '<h2 id="submission">Submission</h2>'
     sub_path, prob_path = run.submission, run.test_probabilities
@@ -368,6 +497,71 @@ def _submission(run: RunFolder, train_matrix: np.ndarray) -> tuple[str, bool]:
             + _table(["label", *columns], rows)), True
 
 
+def _holdout_is_stale(run: RunFolder, held: list[str]) -> bool:
+    """Absent, older than the split or a finished fold's summary (a fold retrained or added since), or listing
+    chips that are no longer held out."""
+    path = run.holdout_probabilities
+    if not path.is_file():
+        return True
+    try:
+        sources = [run.folds_csv] + [files.summary for files in run.finished_models().folds]
+    except AmazonmineError:  # no model left to recompute with: the file is the best there is
+        sources = [run.folds_csv]
+    written = path.stat().st_mtime
+    if any(p.is_file() and p.stat().st_mtime > written for p in sources):
+        return True
+    names, _ = load_matrix_csv(path)
+    return not set(names) <= set(held)
+
+
+def _predict_holdout(cfg, run: RunFolder, layout: PlanetLayout, held: list[str]) -> None:
+    from amazonmine.predictor import Predictor
+
+    subdir = cfg.data.tif_dir if cfg.data.image_format == "tif" else cfg.data.train_dir
+    folder = run.require_chip_dir(subdir)
+    chips = [(name, folder / f"{name}{layout.ext}") for name in held]
+    predictor = Predictor.from_run(cfg)
+    # Chips in chip_dir are already dehazed when dehazing is on; the predictor dehazes raw ones itself when
+    # the folds learnt from dehazed chips.
+    predictor.predict_files(chips, run.holdout_probabilities, dehazed=run.dehaze_enabled,
+                            expected_size=cfg.data.chip_size, progress=False)
+
+
+def _lockbox(cfg, run: RunFolder, layout: PlanetLayout, frame, matrix, rule, weather: bool,
+             draws: int, seed: int) -> tuple[str, Lockbox | None, bool]:
+    """The lockbox section, its scores, and whether a hold-out that exists could be scored."""
+    head = '<h2 id="lockbox">Lockbox: the held-out chips</h2>'
+    folds = run.read_folds() if run.folds_csv.is_file() else None
+    held = [] if folds is None else folds.loc[folds["fold"] == HOLDOUT_FOLD, "image_name"].tolist()
+    if not held:
+        return (head + "<p>No hold-out in this run's split (<code>split.holdout</code> is 0): the out-of-fold "
+                "figures are the only test of these decisions.</p>"), None, True
+    try:
+        if _holdout_is_stale(run, held):
+            _predict_holdout(cfg, run, layout, held)
+        names, probs = load_matrix_csv(run.holdout_probabilities)
+    except (AmazonmineError, OSError) as exc:
+        return head + _missing(f"{len(held)} chips are held out but could not be scored: {exc}"), None, False
+    row_of = {name: i for i, name in enumerate(frame["image_name"])}
+    keep = [i for i, name in enumerate(names) if name in row_of]
+    y = matrix[[row_of[names[i]] for i in keep]].astype(bool)
+    pred = decode(probs[keep], rule, weather)
+    intervals = bootstrap_intervals(y, pred, draws, seed)
+    scored = {names[i] for i in keep}
+    box = Lockbox(len(y), mean_f2(y, pred), intervals["mean_f2"], y, pred, intervals,
+                  sorted(set(held) - scored))
+    rows = _score_rows(y, pred, intervals, lambda j, name: [])
+    note = (f"<p>{box.n} chips that <code>split</code> set aside before the folds (fold {HOLDOUT_FOLD} in "
+            f"folds.csv): no model trained on them and no threshold was tuned on them. Scored once with the "
+            f"decisions above, by every finished fold model averaged as <code>predict</code> averages them "
+            f"({_e(run.holdout_probabilities.name)}). Mean F2 {box.f2:.4f}, 95% interval "
+            f"{box.interval[0]:.4f}-{box.interval[1]:.4f}.</p>")
+    if box.unscored:
+        note += _missing(f"{len(box.unscored)} held-out chips could not be read and are not scored: "
+                         + ", ".join(box.unscored[:5]) + (" ..." if len(box.unscored) > 5 else ""))
+    return head + note + _table(["label", *_COUNT_HEADER], rows), box, True
+
+
 def _credit(layout: PlanetLayout) -> str:
     """Credit what the report shows: Planet's imagery, or chips that amazonmine synth painted (a synth set
     carries its known truth in truth/test_labels.csv, which no real download has)."""
@@ -382,16 +576,28 @@ def _credit(layout: PlanetLayout) -> str:
 def run_evaluate(cfg) -> EvaluateResult:
     """Write <run_dir>/report/index.html (+ PNG/JPEG files) from the run's OOF predictions and outputs."""
     run = RunFolder.from_config(cfg)
+    with run.lock("evaluate"):
+        return _evaluate(cfg, run)
+
+
+def _evaluate(cfg, run: RunFolder) -> EvaluateResult:
     run_dir, out = run.root, run.report_dir
     layout = PlanetLayout.from_config(cfg.data)
     oof = run.read_oof(layout)
     frame, matrix = layout.load_train(check_files=False)
-    thresholds, weather, source = _decision_rule(cfg)
-    pred = decode(oof.probs, thresholds, weather)
+    rule, weather, source = _decision_rule(cfg)
+    thresholds = np.asarray(rule, dtype=np.float64)
+    saved, objectives = _tuned(run)
+    pred = decode(oof.probs, rule, weather)
     f2 = mean_f2(oof.y_true, pred)
     f2_flat = mean_f2(oof.y_true, oof.probs >= cfg.tune.start)
+    draws, seed = _bootstrap_settings(cfg)
+    intervals = bootstrap_intervals(oof.y_true, pred, draws, seed)
 
     missing = []
+    lockbox_html, lockbox, ok = _lockbox(cfg, run, layout, frame, matrix, rule, weather, draws, seed)
+    if not ok:
+        missing.append("lockbox")
     gallery, ok = _gallery(out, cfg, oof, pred)
     if not ok:
         missing.append("some gallery chips")
@@ -402,8 +608,10 @@ def run_evaluate(cfg) -> EvaluateResult:
     if not ok:
         missing.append("submission")
     body = "".join([
-        _summary(cfg, oof, source, weather, f2, f2_flat),
-        _scores(oof, pred, thresholds, weather),
+        _summary(cfg, oof, source, weather, f2, f2_flat, intervals["mean_f2"], saved, lockbox),
+        _scores(oof, pred, thresholds, weather, intervals, objectives),
+        lockbox_html,
+        _pr_curves(out, oof, rule, thresholds, weather, pred, objectives, lockbox),
         _curves(out, oof, thresholds, weather, cfg.tune.grid),
         _cooccurrence(out, oof.y_true, pred),
         gallery,
@@ -416,4 +624,4 @@ def run_evaluate(cfg) -> EvaluateResult:
             f"<footer>Written by amazonmine evaluate. {_e(_credit(layout))}</footer></body></html>\n")
     index = out / "index.html"
     write_text_atomic(index, page)
-    return EvaluateResult(index, f2, len(oof.names), source, missing)
+    return EvaluateResult(index, f2, len(oof.names), source, missing, intervals["mean_f2"], lockbox)

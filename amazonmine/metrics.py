@@ -42,3 +42,67 @@ def per_label_scores(y_true: np.ndarray, y_pred: np.ndarray, beta: float = BETA)
     denom = b2 * precision + recall
     fbeta = np.divide((1 + b2) * precision * recall, denom, out=np.zeros_like(tp), where=denom > 0)
     return {"precision": precision, "recall": recall, "f2": fbeta, "support": true_pos, "predicted": pred_pos}
+
+
+# --- uncertainty -------------------------------------------------------------------------------------------
+
+def bootstrap_intervals(y_true: np.ndarray, y_pred: np.ndarray, draws: int = 1000, seed: int = 0,
+                        level: float = 0.95, beta: float = BETA, chunk: int = 0) -> dict:
+    """Percentile bootstrap intervals (chips resampled with replacement) for the mean F-beta and each label's
+    precision and recall.
+
+    Returns {"mean_f2": (lo, hi), "precision": (L, 2), "recall": (L, 2)}; a label's bound is NaN when (almost)
+    no resample has anything to divide by (no positive, or nothing predicted). A rare label's recall moves by
+    a whole chip per positive, so its interval is what says how far the point estimate can be trusted.
+
+    A resample's sums are a count vector times a per-chip table: the draws are index matrices, turned into
+    counts per chip with one bincount per chunk, then one matrix product gives every statistic of every draw.
+    """
+    y_true = np.asarray(y_true, dtype=bool)
+    y_pred = np.asarray(y_pred, dtype=bool)
+    if y_true.shape != y_pred.shape or y_true.ndim != 2:
+        raise ValueError(f"labels {y_true.shape} and decisions {y_pred.shape} must both be (N, L)")
+    if draws < 1:
+        raise ValueError(f"draws must be at least 1, got {draws}")
+    n, n_labels = y_true.shape
+    if n == 0:
+        nan = np.full((n_labels, 2), np.nan)
+        return {"mean_f2": (float("nan"), float("nan")), "precision": nan, "recall": nan.copy()}
+    table = np.concatenate([per_image_f2(y_true, y_pred, beta)[:, None], y_true & y_pred, y_pred, y_true],
+                           axis=1).astype(np.float64)
+    # A chunk holds about two million indices: memory stays bounded for any number of chips, and the chunks are
+    # still large enough for the bincount and the product to run at full speed.
+    chunk = chunk or max(1, min(draws, 2_000_000 // n))
+    from threadpoolctl import threadpool_limits  # scikit-learn's own dependency
+
+    rng = np.random.default_rng(seed)
+    sums = np.empty((draws, table.shape[1]))
+    # One BLAS thread: on cores another job is using, a threaded BLAS spends far longer waiting for its threads
+    # than multiplying these thin products.
+    with threadpool_limits(limits=1, user_api="blas"):
+        for start in range(0, draws, chunk):
+            c = min(chunk, draws - start)
+            index = rng.integers(0, n, size=(c, n)) + (np.arange(c) * n)[:, None]
+            counts = np.bincount(index.ravel(), minlength=c * n).reshape(c, n).astype(np.float64)
+            sums[start:start + c] = counts @ table
+    tp, predicted, positives = (sums[:, 1 + i * n_labels:1 + (i + 1) * n_labels] for i in range(3))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        precision = np.where(predicted > 0, tp / predicted, np.nan)
+        recall = np.where(positives > 0, tp / positives, np.nan)
+    tail = 100 * (1 - level) / 2
+    q = [tail, 100 - tail]
+    f2 = np.percentile(sums[:, 0] / n, q)
+    return {"mean_f2": (float(f2[0]), float(f2[1])), "precision": _nan_percentile(precision, q),
+            "recall": _nan_percentile(recall, q)}
+
+
+def _nan_percentile(values: np.ndarray, q: list[float]) -> np.ndarray:
+    """(L, 2) percentiles per column over the draws where the statistic exists; NaN where it (almost) never does."""
+    out = np.full((values.shape[1], 2), np.nan)
+    defined = np.isfinite(values).mean(axis=0)
+    # Fewer than half the draws defining a label's statistic: its resamples mostly lack the label, and an
+    # interval over the lucky few would look narrower than the truth.
+    for j in np.flatnonzero(defined >= 0.5):
+        column = values[:, j]
+        out[j] = np.percentile(column[np.isfinite(column)], q)
+    return out

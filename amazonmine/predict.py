@@ -92,7 +92,7 @@ def list_inputs(cfg, inputs: list[Path] | None) -> list[tuple[str, Path]]:
                 raise DataError(f"{item}: no chip files ({', '.join(CHIP_SUFFIXES)}) in this folder")
             found += chips
         elif item.suffix.lower() == ".csv":
-            found += _list_from_csv(item)
+            found += _list_from_csv(item, layout.ext)
         else:
             raise DataError(f"{item}: not a folder of chips or a CSV list")
     names = [n for n, _ in found]
@@ -101,8 +101,9 @@ def list_inputs(cfg, inputs: list[Path] | None) -> list[tuple[str, Path]]:
     return found
 
 
-def _list_from_csv(path: Path) -> list[tuple[str, Path]]:
-    """A CSV with image_name (and optionally path) columns; names resolve next to the CSV."""
+def _list_from_csv(path: Path, ext: str = ".jpg") -> list[tuple[str, Path]]:
+    """A CSV with an image_name column; each names a chip file beside the CSV (the input-path rule of
+    amazonmine.data: chips are named, never given as paths)."""
     frame = read_text_csv(path, "chip list", "no chips listed; expected an 'image_name' column")
     if "image_name" not in frame.columns:
         raise DataError(f"{path}: expected an 'image_name' column")
@@ -111,10 +112,9 @@ def _list_from_csv(path: Path) -> list[tuple[str, Path]]:
     bad = [n for n in frame["image_name"] if not is_safe_name(n)]
     if bad:
         raise DataError(f"{path}: image names that would escape their folder: {bad[:5]}")
-    base = path.parent
     if "path" in frame.columns:
-        return [(n, base / p) for n, p in zip(frame["image_name"], frame["path"])]
-    return [(n, base / f"{n}.jpg") for n in frame["image_name"]]
+        raise DataError(f"{path}: a 'path' column is not read: list image_name only, with the chips beside the CSV")
+    return [(n, path.parent / f"{n}{ext}") for n in frame["image_name"]]
 
 
 # --- the submission ----------------------------------------------------------------------------------------

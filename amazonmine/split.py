@@ -12,14 +12,21 @@ Each fold's *training* rows repeat the chips of rare labels under distinct dihed
 numbered as :data:`amazonmine.data.DIHEDRAL`), so a rare label reaches ``split.rare_target`` training rows.
 Validation folds are never oversampled: they must measure the real label mix.
 
+The lockbox: with ``split.holdout`` > 0 that share of the chips is set aside first, by the same iterative
+stratification (``MultilabelStratifiedShuffleSplit``), and never enters a fold: no model trains on it, no
+threshold is tuned on it. ``evaluate`` scores it once with the final decisions, apart from the out-of-fold
+figures, which is the honest measure of what tuning and ensembling bought. Those chips have fold
+``HOLDOUT_FOLD`` (-1) in folds.csv, so the file still lists every labelled chip and the split's fingerprint
+covers the hold-out too.
+
 Files written to the run folder (``run.dir``)::
 
-    folds.csv           image_name,fold          the validation fold of every chip, in the labels file's order
-    fold_counts.csv     fold,<17 labels>,n_chips  positives per validation fold, then a 'total' row
+    folds.csv           image_name,fold          the validation fold of every chip (-1: hold-out), labels' order
+    fold_counts.csv     fold,<17 labels>,n_chips  positives per validation fold, a 'holdout' row, a 'total' row
     train_manifest.csv  image_name,fold,transform
 
 Manifest semantics: the rows with ``fold == K`` are what a model validated on fold K trains on. Every chip
-*not* in fold K appears once with transform 0 (the chip as stored); a chip carrying a rare label appears
+in another fold (not in fold K, not held out) appears once with transform 0 (the chip as stored); a chip carrying a rare label appears
 ``copies`` times in all, with distinct transforms: 0 plus ``copies - 1`` of 1..7. A chip of fold K never
 appears among fold K's rows, and no (image_name, transform) pair repeats within a fold. Rows are grouped by
 fold, then in the labels file's order, a chip's extra views right after its transform-0 row.
@@ -47,9 +54,10 @@ import numpy as np
 from amazonmine.config import ConfigError
 from amazonmine.data import LABEL_INDEX, LABELS, DataError, PlanetLayout
 from amazonmine.io import write_csv_atomic
-from amazonmine.runfolder import FOLD_COUNTS_CSV, FOLDS_CSV, MANIFEST_CSV, RunFolder
+from amazonmine.runfolder import FOLD_COUNTS_CSV, FOLDS_CSV, HOLDOUT_FOLD, MANIFEST_CSV, RunFolder
 
 N_VIEWS = 8  # the dihedral group of the square
+HOLDOUT_ROW = "holdout"  # fold_counts.csv's row of the held-out chips
 _MAX_SEED = 2**32 - 1  # numpy's RandomState, which iterstrat uses, takes seeds in [0, 2**32)
 
 
@@ -76,6 +84,35 @@ def make_folds(matrix: np.ndarray, k: int, seed: int) -> np.ndarray:
     return folds
 
 
+def make_holdout(matrix: np.ndarray, share: float, seed: int) -> np.ndarray:
+    """(N,) bool: the rows set aside as the lockbox, ``share`` of them, stratified over the labels."""
+    from iterstrat.ml_stratifiers import MultilabelStratifiedShuffleSplit
+
+    matrix = np.asarray(matrix)
+    if not 0 <= share < 0.5:
+        raise ConfigError(f"split.holdout must be in [0, 0.5) (a share of the chips), got {share}")
+    held = np.zeros(len(matrix), dtype=bool)
+    if share == 0:
+        return held
+    if round(share * len(matrix)) < 1:
+        raise ConfigError(f"split.holdout={share} of {len(matrix)} chips holds out no chip; raise it or set 0")
+    # Its own seed stream: the same run.seed must not deal the hold-out and the folds from one sequence.
+    splitter = MultilabelStratifiedShuffleSplit(n_splits=1, test_size=share, random_state=(seed + 1) % (_MAX_SEED + 1))
+    _, test_index = next(splitter.split(np.zeros(len(matrix)), matrix.astype(bool)))
+    held[test_index] = True
+    return held
+
+
+def make_folds_with_holdout(matrix: np.ndarray, k: int, seed: int, share: float) -> np.ndarray:
+    """Validation fold of every row, HOLDOUT_FOLD for the stratified hold-out (see :func:`make_holdout`)."""
+    held = make_holdout(matrix, share, seed)
+    if not held.any():
+        return make_folds(matrix, k, seed)
+    folds = np.full(len(matrix), HOLDOUT_FOLD, dtype=np.int64)
+    folds[~held] = make_folds(np.asarray(matrix)[~held], k, seed)
+    return folds
+
+
 def _check_k(k: int, n_chips: int) -> None:
     if k < 2:
         raise ConfigError(f"split.folds must be at least 2, got {k}")
@@ -84,20 +121,28 @@ def _check_k(k: int, n_chips: int) -> None:
 
 
 def fold_label_counts(matrix: np.ndarray, folds: np.ndarray, k: int):
-    """DataFrame: one row per validation fold plus 'total'; the 17 label counts and n_chips."""
+    """DataFrame: one row per validation fold, 'holdout' when chips are held out, then 'total' (every chip); the
+    17 label counts and n_chips."""
     import pandas as pd
 
     matrix = np.asarray(matrix, dtype=np.int64)
-    rows = [matrix[folds == fold].sum(axis=0) for fold in range(k)] + [matrix.sum(axis=0)]
-    frame = pd.DataFrame(np.array(rows), columns=list(LABELS))
-    frame["n_chips"] = [*np.bincount(folds, minlength=k)[:k].tolist(), len(folds)]
-    frame.insert(0, "fold", [str(fold) for fold in range(k)] + ["total"])
+    folds = np.asarray(folds)
+    groups = [str(fold) for fold in range(k)]
+    masks = [folds == fold for fold in range(k)]
+    if (folds == HOLDOUT_FOLD).any():
+        groups.append(HOLDOUT_ROW)
+        masks.append(folds == HOLDOUT_FOLD)
+    groups.append("total")
+    masks.append(np.ones(len(folds), dtype=bool))
+    frame = pd.DataFrame(np.array([matrix[m].sum(axis=0) for m in masks]), columns=list(LABELS))
+    frame["n_chips"] = [int(m.sum()) for m in masks]
+    frame.insert(0, "fold", groups)
     return frame
 
 
 def labels_missing_from_folds(counts) -> list[str]:
     """'label (n chips)' for each label that has no positive in at least one fold of a fold_label_counts table."""
-    per_fold = counts[counts["fold"] != "total"]
+    per_fold = counts[~counts["fold"].isin(["total", HOLDOUT_ROW])]
     total = counts[counts["fold"] == "total"].iloc[0]
     return [f"{label} ({int(total[label])} chip{'' if int(total[label]) == 1 else 's'})" for label in LABELS if (per_fold[label] == 0).any()]
 
@@ -175,7 +220,7 @@ def build_manifest(names: Sequence[str], matrix: np.ndarray, folds: np.ndarray, 
     views = view_orders(len(names), seed)
     parts = []
     for fold in range(k):
-        train = np.flatnonzero(folds != fold)
+        train = np.flatnonzero((folds != fold) & (folds != HOLDOUT_FOLD))
         copies = oversample_copies(matrix[train], rare_index, target, max_factor, priority[train])
         rows = np.repeat(train, copies)
         # copy number of each row within its chip: 0 for the stored chip, 1.. for its extra views
@@ -217,6 +262,7 @@ class SplitSummary:
     train_counts: object  # DataFrame from manifest_label_counts (training rows after oversampling)
     seconds: float
     warnings: list[str] = field(default_factory=list)
+    n_holdout: int = 0
 
     def short_of_target(self) -> list[str]:
         """Rare labels whose training rows stay under the target in some fold (too few chips for the cap)."""
@@ -232,7 +278,7 @@ class SplitSummary:
             f"split {self.n_chips} chips of {self.labels_csv} into {self.k} folds (seed {self.seed}, "
             f"{self.seconds:.1f} s) -> {self.run_dir}/{{{FOLDS_CSV},{FOLD_COUNTS_CSV},{MANIFEST_CSV}}}",
         ]
-        per_fold = self.fold_counts[self.fold_counts["fold"] != "total"]
+        per_fold = self.fold_counts[~self.fold_counts["fold"].isin(["total", HOLDOUT_ROW])]
         total = self.fold_counts[self.fold_counts["fold"] == "total"].iloc[0]
         # without rare labels, still show the three rarest: they are the ones a fold could lack
         shown = self.rare_labels or _rarest(total, 3)
@@ -252,6 +298,11 @@ class SplitSummary:
         if short and self.rare_target > 0 and self.rare_max_factor > 1:
             lines.append(f"note: too few chips to reach {self.rare_target} even at {self.rare_max_factor} views: "
                          f"{', '.join(short)}")
+        if self.n_holdout:
+            held = self.fold_counts[self.fold_counts["fold"] == HOLDOUT_ROW].iloc[0]
+            lines.append(f"hold-out (lockbox): {self.n_holdout} chips in no fold (fold {HOLDOUT_FOLD} in {FOLDS_CSV}), "
+                         "never trained or tuned on; 'amazonmine evaluate' scores them once. "
+                         + ", ".join(f"{label} {int(held[label])}" for label in shown))
         lines += [f"warning: {w}" for w in self.warnings]
         return "\n".join(lines)
 
@@ -273,8 +324,6 @@ def run_split(cfg, check_files: bool = True) -> SplitSummary:
     import pandas as pd
 
     split_cfg = cfg.split
-    if split_cfg.rare_target < 0:
-        raise ConfigError(f"split.rare_target must be 0 (no oversampling) or more, got {split_cfg.rare_target}")
     layout = PlanetLayout.from_config(cfg.data)
     frame, matrix = layout.load_train(check_files=check_files)
     names = frame["image_name"].tolist()
@@ -283,7 +332,8 @@ def run_split(cfg, check_files: bool = True) -> SplitSummary:
         raise DataError(f"{layout.labels_csv}: {len(names)} chips cannot fill split.folds={split_cfg.folds} folds")
 
     started = time.perf_counter()
-    folds = make_folds(matrix, split_cfg.folds, cfg.run.seed)
+    # getattr: read with its default until the config section has the field.
+    folds = make_folds_with_holdout(matrix, split_cfg.folds, cfg.run.seed, float(getattr(split_cfg, "holdout", 0.0)))
     manifest = build_manifest(names, matrix, folds, split_cfg.folds, rare, split_cfg.rare_target,
                               split_cfg.rare_max_factor, cfg.run.seed)
     seconds = time.perf_counter() - started
@@ -297,13 +347,14 @@ def run_split(cfg, check_files: bool = True) -> SplitSummary:
         warnings.warn(problems[-1], SplitWarning, stacklevel=2)
 
     run = RunFolder.from_config(cfg)
-    run_dir = run.prepare(cfg)
-    write_csv_atomic(run.folds_csv, pd.DataFrame({"image_name": names, "fold": folds}))
-    write_csv_atomic(run.fold_counts_csv, counts)
-    write_csv_atomic(run.manifest_csv, manifest)
+    with run.lock("split"):
+        run_dir = run.prepare(cfg)
+        write_csv_atomic(run.folds_csv, pd.DataFrame({"image_name": names, "fold": folds}))
+        write_csv_atomic(run.fold_counts_csv, counts)
+        write_csv_atomic(run.manifest_csv, manifest)
     return SplitSummary(
         labels_csv=layout.labels_csv, run_dir=run_dir, k=split_cfg.folds, seed=cfg.run.seed, n_chips=len(names),
         rare_labels=rare, rare_target=split_cfg.rare_target, rare_max_factor=split_cfg.rare_max_factor,
         fold_counts=counts, train_counts=manifest_label_counts(manifest, names, matrix, split_cfg.folds),
-        seconds=seconds, warnings=problems,
+        seconds=seconds, warnings=problems, n_holdout=int((folds == HOLDOUT_FOLD).sum()),
     )

@@ -17,8 +17,8 @@ import pytest
 
 from amazonmine.data import LABEL_INDEX, LABELS, DataError, PlanetLayout, matrix_to_tags, read_image
 from amazonmine.decisions import decode
-from amazonmine.metrics import mean_f2
 from amazonmine.evaluate import run_evaluate
+from amazonmine.metrics import mean_f2
 from amazonmine.tune import run_tune, simulate_oof
 
 MINE = LABEL_INDEX["artisinal_mine"]
@@ -218,3 +218,103 @@ def test_report_on_real_chips(real256, tmp_path, make_cfg):
         assert pair.shape[1] > 2 * pair.shape[0]  # raw and dehazed side by side
         assert f"dehaze/{name}.jpg" in text
     assert "dehaze pairs" not in result.headline()
+
+
+# --- intervals, operating points, the lockbox --------------------------------------------------------------
+
+def test_report_shows_intervals_operating_points_and_pr_curves(synth_cfg):
+    write_oof(synth_cfg, seed=4)
+    synth_cfg.tune.objectives = {"artisinal_mine": {"recall": 0.9}}  # set directly: the field may be new
+    tuned = run_tune(synth_cfg)
+    result = run_evaluate(synth_cfg)
+    text = result.path.read_text()
+    lo, hi = result.oof_interval
+    assert lo < result.oof_f2 < hi
+    assert f"(95% interval {lo:.4f}-{hi:.4f})" in text and f"(95% {lo:.4f}-{hi:.4f})" in result.headline()
+    assert "precision 95%" in text and "recall 95%" in text
+    assert re.search(r"<tr><td>artisinal_mine</td>.*?<td[^>]*>recall &gt;= 0.9</td></tr>", text)
+    assert "cross-fitted" in text and "thresholds" in text
+    pr = result.path.parent / "pr_curves.png"
+    assert "pr_curves.png" in {s.name for s in image_sources(result.path)}
+    assert_valid_image(pr, min_side=300)
+    # No hold-out in this split: the section says so, and nothing is missing for it.
+    assert "No hold-out in this run" in text and "lockbox" not in result.headline()
+    assert tuned.points["artisinal_mine"][1].met
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore::amazonmine.split.SplitWarning")  # the synthetic set has labels on < k chips
+def test_lockbox_is_scored_once_by_the_fold_models_and_reported_apart(synth_root, make_cfg):
+    """split with a hold-out -> train one tiny fold -> tune -> evaluate: the held-out chips get probabilities
+    from the fold model, are scored with the tuned decisions and reported beside (not inside) the OOF scores."""
+    import os
+
+    from amazonmine.split import run_split
+    from amazonmine.train import run_train
+
+    cfg = make_cfg(synth_root, **{
+        "dehaze.enabled": "false", "split.folds": 2, "split.rare_target": 4, "train.backbone": "densenet_mini",
+        "train.mini_blocks": "[2]", "train.image_size": 32, "train.batch_size": 16, "train.epochs": 1,
+        "train.steps_per_epoch": 2, "train.verbose": 0, "predict.tta": 2, "predict.batch_size": 16,
+        "evaluate.gallery_size": 2, "evaluate.thumbnail": 32})
+    cfg.split.holdout = 0.2  # set directly: the field may be new to the config
+    run_split(cfg)
+    list(run_train(cfg, folds=[0]))
+    run_tune(cfg)
+    run = Path(cfg.run.dir)
+    folds = pd.read_csv(run / "folds.csv", dtype={"image_name": str})
+    held = folds.loc[folds["fold"] == -1, "image_name"].tolist()
+    assert len(held) == 12
+
+    result = run_evaluate(cfg)
+    probs_csv = run / "holdout_probabilities.csv"
+    written = pd.read_csv(probs_csv, dtype={"image_name": str})
+    assert sorted(written["image_name"]) == sorted(held)
+    box = result.lockbox
+    assert box is not None and box.n == 12
+    frame, matrix = PlanetLayout.from_config(cfg.data).load_train(check_files=False)
+    row = {n: i for i, n in enumerate(frame["image_name"])}
+    y = matrix[[row[n] for n in written["image_name"]]].astype(bool)
+    from amazonmine.runfolder import RunFolder
+
+    rule, weather = RunFolder(run).read_thresholds()
+    expected = mean_f2(y, decode(written[list(LABELS)].to_numpy(), rule, weather))
+    assert box.f2 == pytest.approx(expected)
+    assert box.interval[0] <= box.f2 <= box.interval[1]
+    text = result.path.read_text()
+    assert "Lockbox: the held-out chips" in text and "12 chips that <code>split</code> set aside" in text
+    assert f"lockbox mean F2 {box.f2:.4f}" in result.headline()
+    assert not set(held) & set(pd.read_csv(run / "oof_fold0.csv", dtype={"image_name": str})["image_name"])
+
+    # Scored once: a second report reuses the probabilities; a fold trained since makes them stale.
+    stamp = probs_csv.stat().st_mtime_ns
+    run_evaluate(cfg)
+    assert probs_csv.stat().st_mtime_ns == stamp
+    summary = run / "fold0" / "summary.json"
+    later = probs_csv.stat().st_mtime + 10
+    os.utime(summary, (later, later))
+    run_evaluate(cfg)
+    assert probs_csv.stat().st_mtime_ns != stamp
+
+
+@pytest.mark.filterwarnings("ignore::amazonmine.split.SplitWarning")
+def test_lockbox_without_models_is_reported_missing(synth_root, make_cfg):
+    from amazonmine.split import run_split
+
+    cfg = make_cfg(synth_root, **{"dehaze.enabled": "false", "split.folds": 2})
+    cfg.split.holdout = 0.2
+    run_split(cfg)
+    write_oof(cfg)
+    result = run_evaluate(cfg)
+    assert "lockbox" in result.headline() and result.lockbox is None
+    assert "12 chips are held out but could not be scored" in result.path.read_text()
+
+
+def test_report_follows_the_expected_f2_decoder(synth_cfg):
+    write_oof(synth_cfg, seed=6)
+    synth_cfg.tune.decoder, synth_cfg.tune.calibration = "expected_f2", "platt"  # the fields may be new
+    tuned = run_tune(synth_cfg)
+    result = run_evaluate(synth_cfg)
+    assert result.thresholds_source.startswith("tuned expected-F2 decoding, platt calibration")
+    assert result.oof_f2 == pytest.approx(tuned.f2_tuned, abs=2e-3)  # calibration rounded in the file
+    assert "dot may lie off the curve" in result.path.read_text()

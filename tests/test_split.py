@@ -300,3 +300,66 @@ def test_manifest_reader_refuses_a_bad_fold_or_a_stale_manifest(synth_root, make
     folds.to_csv(cfg.run_dir / "folds.csv", index=False)
     with pytest.raises(DataError, match="does not match folds.csv"):
         load_training_manifest(cfg.run_dir, 0)
+
+
+# --- the hold-out (lockbox) --------------------------------------------------------------------------------
+
+def test_holdout_is_stratified_and_the_folds_split_the_rest(real_matrix):
+    from amazonmine.split import make_folds_with_holdout
+
+    folds = make_folds_with_holdout(real_matrix, 5, 42, 0.1)
+    held = folds == -1
+    assert abs(held.mean() - 0.1) < 0.001
+    overall = real_matrix.mean(axis=0)
+    common = real_matrix.sum(axis=0) >= 300
+    share = real_matrix[held].mean(axis=0)
+    assert np.all(np.abs(share[common] / overall[common] - 1) < 0.05), share / overall
+    assert np.all(real_matrix[held].sum(axis=0) > 0)  # even blow_down and conventional_mine are in the lockbox
+    rest = real_matrix[~held]
+    strays, absent = _shares_ok(rest, folds[~held], 5)
+    assert strays == set() and absent == set()
+    np.testing.assert_array_equal(folds[~held], make_folds(rest, 5, 42))
+
+
+def test_no_holdout_is_the_plain_split(real_matrix):
+    from amazonmine.split import make_folds_with_holdout
+
+    np.testing.assert_array_equal(make_folds_with_holdout(real_matrix[:3000], 4, 7, 0.0),
+                                  make_folds(real_matrix[:3000], 4, 7))
+
+
+@pytest.mark.filterwarnings("ignore::amazonmine.split.SplitWarning")  # the synthetic set has labels on < k chips
+def test_holdout_chips_are_in_no_fold_and_no_training_manifest(synth_root, make_cfg):
+    from amazonmine.fold_policy import load_fold_plan
+
+    cfg = make_cfg(synth_root, **{"split.folds": 2, "dehaze.enabled": "false"})
+    cfg.split.holdout = 0.2  # set directly: works whether or not the config section declares the field yet
+    summary = run_split(cfg)
+    labels = read_labels(synth_root / "train_v2.csv")
+    folds = load_folds(cfg.run_dir)
+    assert folds["image_name"].tolist() == labels["image_name"].tolist()  # every chip still listed
+    held = set(folds.loc[folds["fold"] == -1, "image_name"])
+    assert len(held) == round(0.2 * len(labels)) == summary.n_holdout
+    manifest = pd.read_csv(cfg.run_dir / "train_manifest.csv", dtype={"image_name": str})
+    assert held.isdisjoint(manifest["image_name"])
+    for fold in (0, 1):
+        rows = load_training_manifest(cfg.run_dir, fold)  # the consistency check accepts the hold-out
+        in_fold = set(folds.loc[folds["fold"] == fold, "image_name"])
+        assert set(rows["image_name"]) == set(labels["image_name"]) - held - in_fold
+        plan = load_fold_plan(cfg, fold)
+        assert held.isdisjoint(plan.names[plan.used_rows()])
+    counts = pd.read_csv(cfg.run_dir / "fold_counts.csv", dtype={"fold": str})
+    assert counts["fold"].tolist() == ["0", "1", "holdout", "total"]
+    assert counts["n_chips"].tolist() == [int((folds["fold"] == 0).sum()), int((folds["fold"] == 1).sum()),
+                                          len(held), len(labels)]
+    assert counts.iloc[:3][list(LABELS)].sum().tolist() == counts.iloc[3][list(LABELS)].tolist()
+    assert f"hold-out (lockbox): {len(held)} chips" in summary.headline()
+
+
+@pytest.mark.parametrize("share", [-0.1, 0.5, 0.9])
+def test_a_holdout_outside_its_range_is_refused(synth_root, make_cfg, share):
+    cfg = make_cfg(synth_root, **{"split.folds": 2})
+    cfg.split.holdout = share
+    with pytest.raises(ConfigError, match=r"split.holdout must be in \[0, 0.5\)"):
+        run_split(cfg)
+    assert not (cfg.run_dir / "folds.csv").exists()

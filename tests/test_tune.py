@@ -239,3 +239,97 @@ def test_cli_tune(tmp_path):
     empty = CliRunner().invoke(main, ["tune", "--set", f"data.root={root}", "--set", f"run.dir={tmp_path / 'none'}"])
     assert empty.exit_code == 2
     assert "error: no out-of-fold predictions" in empty.output
+
+
+# --- decoders, operating points, intervals ---------------------------------------------------------------
+
+def test_a_recall_floor_is_met_on_the_oof_it_was_fitted_on(tmp_path, make_cfg):
+    root, run, y, p = write_run(tmp_path, n=1500, seed=2)
+    cfg = make_cfg(root)
+    # Set directly: works whether or not the config section declares the field yet.
+    cfg.tune.objectives = {"artisinal_mine": {"recall": 0.9}, "blow_down": {"recall": 0.5},
+                           "road": {"precision": 0.8}}
+    result = run_tune(cfg)
+    saved = json.loads((run / "thresholds.json").read_text())
+    assert saved["objectives"] == cfg.tune.objectives
+    rule, weather = load_thresholds(run)
+    pred = decode(p, rule, weather)  # what predict decides from the file
+    for name, floor in (("artisinal_mine", 0.9), ("blow_down", 0.5)):
+        j = LABEL_INDEX[name]
+        recall = (pred[:, j] & y[:, j]).sum() / y[:, j].sum()
+        assert recall >= floor, (name, recall)
+        entry = saved["per_label"][name]
+        assert entry["objective"] == {"recall": floor} and entry["floor_met"] is True
+        assert entry["recall"] == pytest.approx(recall)
+        assert entry["recall_interval"][0] <= recall <= entry["recall_interval"][1]
+        assert f"operating point {name} recall >= {floor:g}" in result.headline()
+    road = LABEL_INDEX["road"]
+    assert (pred[:, road] & y[:, road]).sum() / pred[:, road].sum() >= 0.8
+    assert saved["per_label"]["primary"]["objective"] == "mean F2"
+
+
+def test_every_label_recall_is_listed_and_the_switched_off_ones_flagged(tmp_path, make_cfg):
+    root, run, y, p = write_run(tmp_path, n=800, seed=3)
+    result = run_tune(make_cfg(root))
+    saved = json.loads((run / "thresholds.json").read_text())
+    recall = {name: saved["per_label"][name]["recall"] for name in LABELS}
+    low = [name for name in LABELS if recall[name] < 0.1]
+    assert saved["low_recall"] == low == result.low_recall
+    assert low, "the simulated run should leave some rare label near recall 0"
+    headline = result.headline()
+    assert "recall at the decision rule: " + ", ".join(f"{k} {v:.2f}" for k, v in recall.items()) in headline
+    assert "warning: recall below 0.1" in headline and all(name in headline.split("warning:")[1] for name in low)
+
+
+def test_intervals_and_crossfit_are_written(tmp_path, make_cfg):
+    root, run, _, _ = write_run(tmp_path, n=600)
+    run_tune(make_cfg(root))
+    saved = json.loads((run / "thresholds.json").read_text())
+    lo, hi = saved["oof_f2_interval"]
+    assert lo < saved["oof_f2_tuned"] < hi and hi - lo < 0.1
+    assert saved["bootstrap"]["draws"] == 1000
+    assert set(saved["crossfit_f2"]) == {"thresholds", "expected_f2"}
+    # Fitted on half and scored on the other half: below the in-sample figure it is fitted on.
+    assert saved["crossfit_f2"]["thresholds"] < saved["oof_f2_tuned"]
+    assert saved["decoder"] == "thresholds" and saved["calibration"] == {"kind": "none"}
+
+
+@pytest.mark.parametrize("calibration", ["none", "platt", "isotonic"])
+def test_expected_f2_decoder_is_written_and_followed_by_decode(tmp_path, make_cfg, calibration):
+    root, run, y, p = write_run(tmp_path, n=600, seed=4)
+    cfg = make_cfg(root, **{"tune.weather_decoding": "true"})
+    cfg.tune.decoder, cfg.tune.calibration = "expected_f2", calibration
+    cfg.tune.objectives = {"artisinal_mine": {"recall": 0.8}}
+    result = run_tune(cfg)
+    saved = json.loads((run / "thresholds.json").read_text())
+    assert saved["decoder"] == "expected_f2" and saved["calibration"]["kind"] == calibration
+    rule, weather = load_thresholds(run)
+    assert rule.decoder == "expected_f2" and rule.calibration.kind == calibration and weather is True
+    pred = decode(p, rule, weather)
+    assert mean_f2(y, pred) == pytest.approx(saved["oof_f2_tuned"], abs=2e-3)  # parameters rounded in the file
+    assert mean_f2(y, pred) == pytest.approx(result.f2_tuned, abs=2e-3)
+    mine = LABEL_INDEX["artisinal_mine"]
+    assert (pred[:, mine] & y[:, mine]).sum() / y[:, mine].sum() >= 0.8  # held at its point under this decoder too
+    assert "expected-F2 decoding" in result.headline()
+
+
+def test_bad_tune_settings_are_one_line_config_errors(tmp_path, make_cfg):
+    from amazonmine.config import ConfigError
+
+    root, run, _, _ = write_run(tmp_path, n=50)
+    cfg = make_cfg(root)
+    cfg.tune.decoder = "oracle"
+    with pytest.raises(ConfigError, match="tune.decoder must be one of thresholds, expected_f2"):
+        run_tune(cfg)
+    cfg.tune.decoder = "thresholds"
+    cfg.tune.objectives = {"artisanal_mine": {"recall": 0.9}}
+    with pytest.raises(ConfigError, match="tune.objectives: unknown label 'artisanal_mine'"):
+        run_tune(cfg)
+    assert not (run / "thresholds.json").exists()
+
+
+def test_a_thresholds_file_with_a_bad_decoder_is_refused(tmp_path):
+    (tmp_path / "thresholds.json").write_text(json.dumps({
+        "thresholds": dict.fromkeys(LABELS, 0.2), "weather_decoding": False, "decoder": "oracle"}))
+    with pytest.raises(DataError, match="thresholds.json: decoder must be one of"):
+        load_thresholds(tmp_path)
