@@ -97,6 +97,17 @@ class Predictor:
                    batch_size=batch_size or cfg.predict.batch_size, thresholds=thresholds,
                    weather_decoding=weather, unfinished=finished.unfinished)
 
+    def one_fold(self, model_path: Path, tta: int | None = None) -> "Predictor":
+        """The same predictor with one fold's model alone (its out-of-fold chips are the other folds' training
+        chips, so averaging the others in would leak), sharing the loaded model; optionally another TTA."""
+        import dataclasses
+
+        if model_path not in self.model_paths:
+            raise AmazonmineError(f"{model_path}: not one of this run's finished fold models")
+        index = self.model_paths.index(model_path)
+        return dataclasses.replace(self, models=[self.models[index]], model_paths=[model_path],
+                                   tta=tta or self.tta, _infers=[])
+
     # --- arrays --------------------------------------------------------------------------------------------
     def prepare(self, chip: np.ndarray, dehazed: bool = False) -> np.ndarray:
         """One chip in file band order -> the model's input (its own dtype, model band order, input size)."""

@@ -4,7 +4,7 @@
                                                      [--batch-size 256] [--seed 0] [--keep DIR]
 
 Builds one trained-looking run folder (a ``densenet_mini`` classifier from ``amazonmine.model.build_model`` saved
-as ``fold0/b01_dense121.h5``, and a ``thresholds.json`` that ``amazonmine.tune.load_thresholds`` accepts), makes
+where :class:`amazonmine.runfolder.RunFolder` puts fold 0's model, and a ``thresholds.json`` it reads back), makes
 a synthetic test set per count with ``amazonmine.synth`` (the Kaggle layout: test-jpg/, test-jpg-additional/,
 sample_submission_v2.csv), and runs ``amazonmine.predict.run_predict`` on each set in a fresh subprocess, so that
 each run's peak resident memory (``ru_maxrss`` of the child itself) is its own. Each child also reports its
@@ -12,7 +12,7 @@ resident peak just before predict starts (Python + TensorFlow + the amazonmine i
 the fixed cost from what the chips add.
 
 Target: peak(1000) / peak(250) close to 1 (< 1.1). Add 4000 to ``--counts`` to see past one read chunk
-(``amazonmine.predict.CHUNK`` = 1024 chips): below it the whole set is one chunk, so chunk buffers still grow
+(``amazonmine.predictor.CHUNK``): below it the whole set is one chunk, so chunk buffers still grow
 with the count there.
 """
 
@@ -31,7 +31,6 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 TARGET = 1.1
-ARTIFACT = "b01_dense121.h5"
 
 
 def _rss_mb() -> float:
@@ -45,24 +44,24 @@ def child(args) -> int:
     import keras  # noqa: F401 - counted in the baseline, as any predict run pays them
     import tensorflow  # noqa: F401
 
-    import amazonmine.predict as predict
     from amazonmine.config import load_config
+    from amazonmine.predict import run_predict
+    from amazonmine.predictor import CHUNK
 
     before = _rss_mb()
     cfg = load_config(None, [f"data.root={args.data}", f"run.dir={args.run}", "dehaze.enabled=false",
-                             f"predict.tta={args.tta}", f"predict.batch_size={args.batch_size}",
-                             f"train.artifact_name={ARTIFACT}"])
+                             f"predict.tta={args.tta}", f"predict.batch_size={args.batch_size}"])
     began = time.perf_counter()
-    summary = predict.run_predict(cfg, progress=False)
+    summary = run_predict(cfg, progress=False)
     wall = time.perf_counter() - began
     print(json.dumps({"n_chips": summary.n_chips, "predict_seconds": summary.seconds, "wall_seconds": wall,
                       "failed": len(summary.failed), "rss_before_mb": before, "peak_rss_mb": _rss_mb(),
-                      "chunk": predict.CHUNK}))
+                      "chunk": CHUNK}))
     return 0
 
 
 def build_run(run: Path, size: int, seed: int) -> None:
-    """fold0/<artifact> (densenet_mini, saved as train.py saves it), its summary.json and thresholds.json."""
+    """Fold 0's model (densenet_mini, saved as train saves it), its summary.json and thresholds.json."""
     import keras
     import numpy as np
 
@@ -70,20 +69,23 @@ def build_run(run: Path, size: int, seed: int) -> None:
     from amazonmine.data import LABELS
     from amazonmine.io import write_json_atomic
     from amazonmine.model import build_model
-    from amazonmine.tune import THRESHOLDS_FILE, load_thresholds
+    from amazonmine.runfolder import RunFolder
 
-    cfg = load_config(None, ["train.backbone=densenet_mini", "train.weights=none", f"train.image_size={size}"])
+    cfg = load_config(None, ["train.backbone=densenet_mini", "train.weights=none", f"train.image_size={size}",
+                             f"run.dir={run}"])
+    folder = RunFolder.from_config(cfg)
+    fold = folder.fold(0)
     keras.utils.set_random_seed(seed)
     model = build_model(cfg.train, channels=3, image_format="jpg")
-    (run / "fold0").mkdir(parents=True, exist_ok=True)
-    model.save(run / "fold0" / ARTIFACT, include_optimizer=False)
+    fold.dir.mkdir(parents=True, exist_ok=True)
+    model.save(fold.model, include_optimizer=False)
     # predict averages finished folds only (a summary.json beside the model); this stand-in has no split.
-    write_json_atomic(run / "fold0" / "summary.json", {"fold": 0, "note": "bench_predict_memory.py: untrained"})
+    write_json_atomic(fold.summary, {"fold": 0, "note": "bench_predict_memory.py: untrained"})
     rng = np.random.default_rng(seed)
     thresholds = {name: round(float(rng.uniform(0.1, 0.3)), 6) for name in LABELS}
-    write_json_atomic(run / THRESHOLDS_FILE, {"thresholds": thresholds, "weather_decoding": True,
-                                              "note": "bench_predict_memory.py: stand-in thresholds"})
-    load_thresholds(run)  # the file must be one predict accepts
+    write_json_atomic(folder.thresholds, {"thresholds": thresholds, "weather_decoding": True,
+                                          "note": "bench_predict_memory.py: stand-in thresholds"})
+    folder.read_thresholds()  # the file must be one predict accepts
     keras.backend.clear_session()
 
 
@@ -105,7 +107,7 @@ def main(argv=None) -> int:
     if args.size < 32:
         parser.error("--size must be at least 32 (train.image_size's lower bound)")
 
-    from amazonmine.synth import make_dataset
+    from amazonmine.synth import paint_dataset
 
     work = args.keep or Path(tempfile.mkdtemp(prefix="bench_predict_"))
     work.mkdir(parents=True, exist_ok=True)
@@ -121,7 +123,7 @@ def main(argv=None) -> int:
         rows = []
         for n in counts:
             data = work / f"data{n}"
-            make_dataset(data, n_train=1, n_test=n, size=args.size, seed=args.seed, progress=False)
+            paint_dataset(data, n_train=1, n_test=n, size=args.size, seed=args.seed, progress=False)
             run = work / f"run{n}"
             if run.exists():
                 shutil.rmtree(run)

@@ -17,8 +17,9 @@ from pathlib import Path
 import numpy as np
 
 from amazonmine.data import read_labels, tags_to_matrix
+from amazonmine.decisions import decode, fit_thresholds
 from amazonmine.metrics import mean_f2
-from amazonmine.tune import decode, fit_thresholds, simulate_oof
+from amazonmine.tune import simulate_oof
 
 DEFAULT_LABELS = Path(__file__).resolve().parents[2] / "shared" / "data" / "planet_train_v2_labels.csv"
 
