@@ -91,8 +91,10 @@ class TrainResult:
         if s.get("skipped"):
             line = f"fold {self.fold}: already trained ({self.model_path}), kept; --retrain trains it again"
             return line + (f"\n  note: {s['note']}" if s.get("note") else "")
+        speed = (f"{s['train_images_per_s']:.0f} img/s" if s.get("train_images_per_s")
+                 else "no epoch trained in this session")  # a resume that only finished the fold
         line = (f"fold {self.fold}: best epoch {s['best_epoch']} val F2@0.2 {s['best_val_f2']:.4f} "
-                f"(OOF with TTA {s['oof_f2_flat']:.4f}), {s['train_images_per_s']:.0f} img/s -> {self.model_path}")
+                f"(OOF with TTA {s['oof_f2_flat']:.4f}), {speed} -> {self.model_path}")
         if s.get("workers", 1) > 1:
             line += (f"\n  {s['workers']} workers, global batch {s['global_batch']}, weights sha256 "
                      f"{s['weights_sha256'][:16]}")
@@ -416,7 +418,8 @@ def _finish_fold(cfg, data: FoldData, files: FoldFiles, state: ResumeState, *, m
         "oof_tta_views": cfg.predict.tta,
         "train_chips": int(len(plan.train_rows)),
         "val_chips": int(len(val_rows)),
-        "train_images_per_s": meter.images / meter.seconds if meter.seconds else 0.0,
+        # None when this session trained no epoch (a resume after training): no speed was measured.
+        "train_images_per_s": meter.images / meter.seconds if meter.seconds else None,
         "train_seconds_this_session": wall,
         "replicas": replicas,
         **cluster,

@@ -82,6 +82,11 @@ class StageFailed(BenchError):
         self.run = run
 
 
+
+def _rate(fold_summary: dict) -> str:
+    rate = fold_summary.get("train_images_per_s")
+    return f"{rate:.0f} img/s" if rate else "no epoch trained in the session that finished it"
+
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(
         description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -550,7 +555,7 @@ def render(report: dict) -> str:
     lines.append("")
     for k, f in sorted((report.get("train") or {}).items()):
         origin = " (from an earlier run)" if f["source"] != "this run" else (" (resumed)" if f["resumed"] else "")
-        lines.append(f"train fold {k}: {f['train_images_per_s']:.0f} img/s, {f['epochs_run']} epoch(s), best epoch "
+        lines.append(f"train fold {k}: {_rate(f)}, {f['epochs_run']} epoch(s), best epoch "
                      f"{f['best_epoch']} (val F2@0.2 {f['best_val_f2']:.4f}), {f['train_chips']} training rows, "
                      f"{hms(f['train_seconds_this_session'])} training this session{origin}")
     if report.get("train_images_per_s") is not None:
@@ -637,7 +642,7 @@ def run_bench(args, bench: Bench, report: dict) -> None:
     for s in bench.stages:
         if s.name.startswith("train fold ") and s.seconds is not None:
             f = report["train"][int(s.name.split()[-1])]
-            s.note = f"{f['epochs_run']} epoch(s), {f['train_images_per_s']:.0f} img/s" + (" (resumed)" if f["resumed"]
+            s.note = f"{f['epochs_run']} epoch(s), {_rate(f)}" + (" (resumed)" if f["resumed"]
                                                                                           else "")
 
     tune_run = bench.stage("tune", "tune", run.root)
