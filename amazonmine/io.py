@@ -17,7 +17,7 @@ import secrets
 from pathlib import Path
 from typing import Any, Iterator
 
-_TEMPORARY = re.compile(r"^\..+\.(?:\d+|[0-9a-f]{8})\.tmp[^/]*$")
+_TEMPORARY = re.compile(r"^\..+\.[0-9A-Za-z]+\.tmp[^/]*$")
 
 
 @contextlib.contextmanager

@@ -193,6 +193,13 @@ def _predict(cfg, run: RunFolder, inputs: list[Path] | None, gpu: bool, progress
     explicit = bool(inputs or cfg.predict.inputs)
     chips = list_inputs(cfg, inputs)
     predictor = Predictor.from_run(cfg, gpu=gpu)
+    learnt_dehazed = predictor.dehaze is not None
+    if not explicit and learnt_dehazed != bool(cfg.dehaze.enabled):
+        # The test folders are read from the dehazed copies or the raw data by dehaze.enabled: it must say what
+        # the folds learnt from, or the models would see chips unlike their training chips.
+        raise AmazonmineError(f"{run.root}: the fold models learnt from {'dehazed' if learnt_dehazed else 'raw'} "
+                              f"chips but dehaze.enabled is {str(cfg.dehaze.enabled).lower()}; set "
+                              f"dehaze.enabled={str(learnt_dehazed).lower()}")
     if explicit:
         # Not the competition's test set: keep the Kaggle files of the run as they are.
         out_dir = run.predictions_dir

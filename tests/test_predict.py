@@ -253,7 +253,9 @@ def test_explicit_inputs_are_dehazed_in_memory_and_kept_apart_from_the_submissio
         path.write_text("left alone\n")
 
     def predict(folder, dehaze: bool):
+        # The predictor follows what the folds recorded they learnt from: make the copied run say it.
         cfg.dehaze.enabled = dehaze
+        _record_dehaze(RunFolder.from_config(cfg), cfg, dehaze)
         summary = run_predict(cfg, inputs=[folder], progress=False)
         assert not summary.failed
         return summary, pd.read_csv(summary.probabilities, dtype={"image_name": str}, keep_default_na=False)
@@ -325,3 +327,19 @@ def test_each_model_is_traced_once_whatever_the_batch_sizes(run):
     predictor.predict(chips)  # batches of 4, 4, 3
     predictor.predict(chips[:2])
     assert [f.experimental_get_tracing_count() for f in predictor._infers] == [1] * len(predictor.models)
+
+
+def _record_dehaze(run, cfg, enabled: bool) -> None:
+    """Rewrite the folds' recorded settings as if they had been trained with dehazing on (or off)."""
+    import dataclasses
+    import json
+
+    for k in run.fold_numbers():
+        summary = json.loads(run.fold(k).summary.read_text())
+        settings = {key: v for key, v in summary["settings"].items() if not key.startswith("dehaze.")}
+        settings["dehaze.enabled"] = enabled
+        if enabled:
+            settings.update({f"dehaze.{f}": v for f, v in dataclasses.asdict(cfg.dehaze).items()
+                             if f not in ("enabled", "workers", "out_dir")})
+        summary["settings"] = settings
+        run.fold(k).summary.write_text(json.dumps(summary))
