@@ -227,5 +227,30 @@ def demo(out, config_path, overrides):
     run_demo(out, config_path=config_path, overrides=list(overrides))
 
 
+@main.command(short_help="Map mines in satellite scenes (GeoTIFF/COG) with a trained run.")
+@click.argument("scenes", nargs=-1, required=True, metavar="SCENE...")
+@_config_options
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Output folder (default: <run.dir>/scans/<scene name>).")
+@click.option("--scheduler", metavar="ADDRESS", default=None,
+              help="Send the blocks to a running dask.distributed scheduler, e.g. tcp://10.0.0.5:8786.")
+@click.option("--since", "since", type=click.Path(exists=True, path_type=Path), default=None,
+              metavar="PREVIOUS_SCAN", help="An earlier scan's folder: also write new_sites.geojson.")
+@_friendly
+def scan(scenes, config_path, overrides, out, scheduler, since):
+    """Scan SCENE... (GeoTIFFs or COGs in any CRS, folders of them, or URLs) with the run's models.
+
+    Writes tiles.geojson, sites.geojson, one probability COG per mine label, scan_report.html and scan.json.
+    Finished blocks are kept in blocks/, so a stopped scan re-run does only the rest.
+    """
+    from amazonmine.scan import run_scan
+
+    cfg = _load(config_path, overrides)
+    summary = run_scan(cfg, list(scenes), out=out, scheduler=scheduler, since=since)
+    click.echo(summary.headline())
+    if summary.failed_blocks:
+        sys.exit(1)
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

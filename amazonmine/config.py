@@ -288,13 +288,16 @@ class ScanConfig:
     stretch_percentiles: Annotated[list[Percentile], Rule(_low_below_high, "must be two percentiles [lo, hi] "
                                                                           "with lo < hi")] = field(
         default_factory=lambda: [2.0, 98.0])
+    # Gamma applied after that stretch (1 = linear); see scan's docs for how it was compared on real TIF/JPEG pairs.
+    stretch_gamma: Annotated[float, Range(gt=0)] = 1.0
     # Tiles per work unit (one Dask task reads, predicts and writes a block of this many tiles).
     block_tiles: Annotated[int, Range(ge=1)] = 256
     # Tiles per model batch; 0 = predict.batch_size.
     batch_size: Annotated[int, Range(ge=0)] = 0
     # A scene whose pixel size is farther than this factor from the training chips' (either way) is refused.
     max_resolution_ratio: Annotated[float, Range(gt=1)] = 4.0
-    # Local Dask worker processes; 0 = all cores.
+    # 0 or 1: blocks are scored in this process; N >= 2: on a local Dask cluster of N worker processes
+    # (--scheduler ADDRESS sends them to a running cluster instead).
     workers: Annotated[int, Range(ge=0)] = 0
 
 

@@ -87,6 +87,12 @@ def run_demo(out: Path, config_path: Path | None = None, overrides: list[str] | 
     stage("evaluate")
     report = run_evaluate(cfg)
     done("evaluate", report.headline())
+    stage("scan")
+    from amazonmine.scan import scan_chip_mosaic
+
+    # The synthetic test chips (no fold trained on them) laid out as a georeferenced scene, then mapped.
+    scanned = scan_chip_mosaic(cfg, data_root / "test-jpg", data_root / "truth" / "test_labels.csv", out / "scene")
+    done("scan", scanned.headline())
     test_f2 = score_submission(predicted.submission, data_root / "truth" / "test_labels.csv")
     click.secho(f"\nheld-out test F2 (the {n_test} synthetic test chips, labels known): {test_f2:.4f}", bold=True)
     click.echo(f"submission: {predicted.submission}\nreport:     {report.path}")

@@ -436,3 +436,17 @@ def run_synth(cfg, out: str | Path | None = None, n_train: int = 200, n_test: in
     return paint_dataset(out if out is not None else cfg.data.root, n_train=n_train, n_test=n_test,
                          size=size or cfg.data.chip_size or 256, seed=cfg.run.seed if seed is None else seed,
                          rare_boost=rare_boost, tif=tif, progress=progress, overwrite=overwrite)
+
+
+def make_synthetic_scene(out_dir: Path, cols: int = 6, rows: int = 5, size: int = 32, ground_m: float = 768.0,
+                         seed: int = 0, nodata_cells: int = 2, name: str = "synth_scene"):
+    """A tiny scene of freshly painted synthetic chips (``amazonmine synth``, rare labels boosted so mines are
+    present), for the demo and the tests: fast, and with its truth. Returns the scene's ``MosaicResult``."""
+    from amazonmine.scene import mosaic_folder
+
+    out_dir = Path(out_dir)
+    n = rows * cols - nodata_cells
+    data = out_dir / f"{name}_chips"
+    paint_dataset(data, n_train=n, n_test=0, size=size, seed=seed, rare_boost=60.0, progress=False, overwrite=True)
+    return mosaic_folder(data / "train-jpg", data / "train_v2.csv", out_dir / f"{name}.tif", cols, rows,
+                         ground_m=ground_m, seed=seed)

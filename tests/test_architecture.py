@@ -11,7 +11,7 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "amazonmine"
 STAGES = {"synth", "dehaze", "split", "train", "tune", "predict", "evaluate", "scan"}
 # A stage may own helper modules that only it uses; they count as part of it (synth paints the test scene).
-PART_OF = {"scene": "synth"}
+PART_OF: dict[str, str] = {}
 ORCHESTRATORS = {"cli", "demo"}  # they call the stages in order; nothing imports them
 
 

@@ -1,0 +1,746 @@
+"""Scan stage: satellite scenes -> tiles -> the run's models -> a map of mine sites.
+
+``amazonmine scan SCENE... --config FILE`` takes GeoTIFFs/COGs (any CRS, 3 or 4 bands, 8 or 16 bit; or folders
+of them) and a trained run, and writes, in ``<run.dir>/scans/<name>`` unless ``--out`` says otherwise:
+
+* ``tiles.geojson``  every scored tile as a lon/lat polygon with its 17 probabilities (``prob_<label>``) and
+  decisions (``has_<label>``) and its scene;
+* ``sites.geojson``  the tiles decided positive for each mine label (``scan.labels``), dissolved into sites
+  (touching or overlapping tiles), with area in hectares, tile count, max/mean probability, first/last scene;
+* ``<label>_probability.tif``  a Cloud-Optimized GeoTIFF per mine label (one per scene and label when there are
+  several scenes: ``<scene>_<label>_probability.tif``) on the tile grid: one float32 cell per tile position,
+  centred on the tile's centre, NaN where no tile was scored;
+* ``scan_report.html``  the map and table a person opens (offline);
+* ``new_sites.geojson``  with ``--since PREVIOUS_SCAN``: sites, or growth of sites, that the earlier scan lacked;
+* ``scan.json``  config, versions, models, the chip look, every scene's grid and counts, skipped blocks, timing.
+
+How a tile becomes a chip the model can score (ground size, bands, bit depth, JPEG look) is
+:mod:`amazonmine.tiling`; dissolving and GeoJSON are :mod:`amazonmine.sites`; the report is
+:mod:`amazonmine.scanmap`. This module runs the work and keeps it safe to stop:
+
+* **Blocks.** The unit of work is a block of about ``scan.block_tiles`` tiles, read as one window. Each block's
+  probabilities are written to ``blocks/<scene>-<key>_<k>.npz`` as soon as it is done, atomically; ``<key>``
+  fingerprints everything the numbers depend on (scene file, grid, bands, stretch, chip look, models, TTA), so a
+  re-run skips exactly the blocks already scored for the same question and the outputs are then built from the
+  block files alone: a scan killed half-way and re-run writes the same files as one never interrupted.
+* **Where blocks run.** In this process by default (the next block is read in a thread while the models work);
+  ``scan.workers`` >= 2 starts a local Dask cluster of that many worker processes, and ``--scheduler ADDRESS``
+  sends the blocks to a running ``dask.distributed`` cluster. Each worker process loads the models once (a
+  cache per process, keyed by the run's models) and keeps them for every block it is given; the scenes must be
+  paths or URLs the workers can read. Results come back to this process, which writes the block files.
+* **Bad input** is refused before any work with one line (not georeferenced, resolution too far from the
+  chips', bands the model cannot use); a block that cannot be read is skipped, listed in scan.json and the
+  report, and retried by the next run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from amazonmine.data import LABEL_INDEX, LABELS, LAND_INDEX, WEATHER_INDEX
+from amazonmine.errors import AmazonmineError
+from amazonmine.io import write_bytes_atomic, write_json_atomic
+from amazonmine.tiling import ChipLook, Grid, Scene, check_scene_file, chip_look, open_scene, read_block
+
+TILES_GEOJSON = "tiles.geojson"
+SITES_GEOJSON = "sites.geojson"
+NEW_SITES_GEOJSON = "new_sites.geojson"
+REPORT_HTML = "scan_report.html"
+SCAN_JSON = "scan.json"
+BLOCKS_DIR = "blocks"
+SCENE_SUFFIXES = (".tif", ".tiff")
+MINE_LABELS = ("artisinal_mine", "conventional_mine")
+# Bump when a change alters the probabilities a block would hold, so old block files are not reused.
+BLOCK_FORMAT = 1
+
+
+# --- settings ----------------------------------------------------------------------------------------------
+
+@dataclass
+class ScanSettings:
+    """The ``scan`` config section (with its defaults where an older config lacks a field)."""
+
+    stride: float = 0.5
+    labels: list = field(default_factory=lambda: list(MINE_LABELS))
+    min_probability: dict = field(default_factory=dict)
+    isolated_min_probability: dict = field(default_factory=dict)
+    min_site_ha: float = 0.0
+    stretch_percentiles: list = field(default_factory=lambda: [2.0, 98.0])
+    stretch_gamma: float = 1.0
+    block_tiles: int = 256
+    batch_size: int = 0
+    max_resolution_ratio: float = 4.0
+    workers: int = 0
+
+    @classmethod
+    def from_config(cls, cfg) -> "ScanSettings":
+        section = getattr(cfg, "scan", None)
+        defaults = cls()
+        values = {k: getattr(section, k, getattr(defaults, k)) for k in asdict(defaults)}
+        settings = cls(**values)
+        unknown = [lab for lab in [*settings.labels, *settings.min_probability, *settings.isolated_min_probability]
+                   if lab not in LABEL_INDEX]
+        if unknown:
+            raise AmazonmineError(f"scan: unknown label(s) {', '.join(map(str, unknown))}")
+        return settings
+
+
+# --- which scenes ------------------------------------------------------------------------------------------
+
+def list_scenes(items) -> list[str]:
+    """Scene paths (folders expanded to their .tif/.tiff files, sorted) or URLs, each once, in the given order.
+    Local paths are made absolute: Dask workers may run in another folder."""
+    found: list[str] = []
+    for item in items:
+        text = str(item)
+        if "://" in text or text.startswith("/vsi"):
+            found.append(text)
+            continue
+        path = Path(text)
+        if path.is_dir():
+            scenes = sorted(p for p in path.iterdir() if p.suffix.lower() in SCENE_SUFFIXES and not p.name.startswith("."))
+            if not scenes:
+                raise AmazonmineError(f"{path}: no GeoTIFF scenes ({', '.join(SCENE_SUFFIXES)}) in this folder")
+            found += [str(p.resolve()) for p in scenes]
+        elif path.is_file():
+            found.append(str(path.resolve()))
+        else:
+            raise AmazonmineError(f"{path}: scene not found")
+    if not found:
+        raise AmazonmineError("scan: no scene given")
+    if len(set(found)) != len(found):
+        raise AmazonmineError("scan: the same scene is given twice")
+    names = [Path(f).stem for f in found]
+    if len(set(names)) != len(names):
+        dup = sorted({n for n in names if names.count(n) > 1})
+        raise AmazonmineError(f"scan: two scenes share the name {dup[0]!r}; outputs are named by scene, rename one")
+    return found
+
+
+def default_name(items, scenes: list[str]) -> str:
+    if len(items) == 1:
+        return Path(str(items[0]).rstrip("/")).stem or "scan"
+    return f"{Path(scenes[0]).stem}+{len(scenes) - 1}"
+
+
+# --- the work unit -----------------------------------------------------------------------------------------
+
+@dataclass
+class BlockTask:
+    """One block of one scene: everything a worker needs, as plain picklable data."""
+
+    scene: Scene
+    grid: Grid
+    index: int
+    block: tuple
+    look: ChipLook
+    key: str  # the scene's fingerprint
+
+    @property
+    def file_name(self) -> str:
+        return f"{self.scene.name}-{self.key[:12]}_{self.index:05d}.npz"
+
+
+@dataclass
+class BlockResult:
+    index: int
+    rows: np.ndarray
+    cols: np.ndarray
+    probs: np.ndarray  # (n, 17) float32
+    nodata: int = 0
+    blank: int = 0
+    error: str = ""
+    key: str = ""
+
+    def to_bytes(self) -> bytes:
+        buf = io.BytesIO()
+        np.savez(buf, rows=self.rows, cols=self.cols, probs=self.probs,
+                 meta=np.array(json.dumps({"index": self.index, "nodata": self.nodata, "blank": self.blank,
+                                           "key": self.key, "format": BLOCK_FORMAT})))
+        return buf.getvalue()
+
+    @classmethod
+    def load(cls, path: Path, key: str) -> "BlockResult | None":
+        """A persisted block, or None when it is unreadable or was scored for another question."""
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                meta = json.loads(str(z["meta"]))
+                if meta.get("key") != key or meta.get("format") != BLOCK_FORMAT:
+                    return None
+                return cls(meta["index"], z["rows"], z["cols"], z["probs"], meta["nodata"], meta["blank"], key=key)
+        except (OSError, ValueError, KeyError):
+            return None
+
+
+def read_task(task: BlockTask):
+    """The chips of a block, or a one-line problem when the block cannot be read."""
+    from rasterio.errors import RasterioError
+
+    try:
+        return read_block(task.scene, task.grid, task.block, task.look)
+    except (RasterioError, OSError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        col, row, w, h = task.grid.block_window(task.block)
+        return f"{task.scene.path}: block {task.index} (pixels {col},{row} {w}x{h}) unreadable: {reason}"
+
+
+def predict_block(task: BlockTask, tiles, predictor) -> BlockResult:
+    if isinstance(tiles, str):
+        empty = np.zeros(0, np.int32)
+        return BlockResult(task.index, empty, empty, np.zeros((0, len(LABELS)), np.float32), error=tiles,
+                           key=task.key)
+    probs = predictor.predict(tiles.chips) if len(tiles.chips) else np.zeros((0, len(LABELS)), np.float32)
+    return BlockResult(task.index, tiles.rows, tiles.cols, np.asarray(probs, np.float32), tiles.nodata,
+                       tiles.blank, key=task.key)
+
+
+# --- one predictor per worker process ------------------------------------------------------------------------
+
+_PREDICTORS: dict = {}
+LOADS = {"count": 0}  # how many times this process loaded models (tests check: once per worker)
+
+
+def worker_predictor(cfg, models_key: str):
+    """The run's Predictor, loaded once per process and kept for every later block of the same models."""
+    predictor = _PREDICTORS.get(models_key)
+    if predictor is None:
+        from amazonmine.predictor import Predictor
+
+        scan_batch = ScanSettings.from_config(cfg).batch_size
+        predictor = Predictor.from_run(cfg, batch_size=scan_batch or None)
+        _PREDICTORS.clear()  # one run at a time per worker: the previous run's models go
+        _PREDICTORS[models_key] = predictor
+        LOADS["count"] += 1
+    return predictor
+
+
+def score_remote(task: BlockTask, cfg, models_key: str) -> BlockResult:
+    """A Dask task: read a block and score it with this worker's predictor."""
+    return predict_block(task, read_task(task), worker_predictor(cfg, models_key))
+
+
+# --- fingerprints ------------------------------------------------------------------------------------------
+
+def _file_identity(path: str) -> dict:
+    if "://" in path or path.startswith("/vsi"):
+        return {"path": path}
+    st = os.stat(path)
+    return {"path": path, "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def models_fingerprint(predictor) -> str:
+    parts = {"models": [_file_identity(str(p)) for p in predictor.model_paths], "tta": predictor.tta,
+             "image_size": predictor.image_size, "channels": predictor.channels,
+             "dehaze": repr(predictor.dehaze)}
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def scene_fingerprint(scene: Scene, grid: Grid, look: ChipLook, models_key: str, block_tiles: int) -> str:
+    parts = {"scene": _file_identity(scene.path), "bands": scene.bands, "stretch": scene.stretch,
+             "gamma": scene.stretch_gamma,
+             "grid": grid.to_dict(), "look": look.to_dict(), "models": models_key, "block_tiles": block_tiles,
+             "format": BLOCK_FORMAT}
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+
+
+# --- the operating point -----------------------------------------------------------------------------------
+
+@dataclass
+class OperatingPoint:
+    """Per mine label: the threshold a tile must clear, the stricter one for a lone tile, and their source."""
+
+    thresholds: dict
+    isolated: dict
+    sources: dict
+    min_site_ha: float
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def operating_point(predictor, settings: ScanSettings, fallback: float) -> OperatingPoint:
+    base = _run_thresholds(predictor)
+    thresholds, isolated, sources = {}, {}, {}
+    for label in settings.labels:
+        j = LABEL_INDEX[label]
+        if label in settings.min_probability:
+            thresholds[label], sources[label] = float(settings.min_probability[label]), "scan.min_probability"
+        elif base is not None:
+            thresholds[label], sources[label] = float(base[j]), "thresholds.json"
+        else:
+            thresholds[label], sources[label] = float(fallback), "tune.start (the run has no thresholds.json)"
+        iso = settings.isolated_min_probability.get(label)
+        isolated[label] = max(thresholds[label], float(iso)) if iso is not None else thresholds[label]
+    return OperatingPoint(thresholds, isolated, sources, float(settings.min_site_ha))
+
+
+def _run_thresholds(predictor):
+    t = getattr(predictor, "thresholds", None)
+    if t is None:
+        return None
+    t = np.asarray(getattr(t, "thresholds", t), dtype=np.float64)
+    return t if t.shape == (len(LABELS),) else None
+
+
+def decide(predictor, probs: np.ndarray, point: OperatingPoint, fallback: float) -> np.ndarray:
+    """The run's decisions (predict's rule), with scan's own thresholds for the labels it maps into sites."""
+    from amazonmine.decisions import decode
+
+    if len(probs) == 0:
+        return np.zeros((0, len(LABELS)), bool)
+    if getattr(predictor, "thresholds", None) is not None:
+        decided = np.asarray(predictor.decide(probs), bool).copy()
+    else:
+        decided = decode(probs, np.full(len(LABELS), fallback), bool(predictor.weather_decoding))
+    cloudy_decided = decided[:, LABEL_INDEX["cloudy"]] & bool(predictor.weather_decoding)
+    for label, threshold in point.thresholds.items():
+        j = LABEL_INDEX[label]
+        decided[:, j] = probs[:, j] >= threshold
+        if j in LAND_INDEX and j not in WEATHER_INDEX:
+            decided[cloudy_decided, j] = False  # weather decoding: a cloudy tile has no land label
+    return decided
+
+
+# --- the stage ---------------------------------------------------------------------------------------------
+
+@dataclass
+class SceneScan:
+    """One scene's work and, once done, its scored tiles."""
+
+    scene: Scene
+    grid: Grid
+    key: str
+    tasks: list
+    results: dict = field(default_factory=dict)  # block index -> BlockResult
+    failed: list = field(default_factory=list)
+
+    def assembled(self):
+        ok = [self.results[k] for k in sorted(self.results)]
+        if not ok:
+            empty = np.zeros(0, np.int32)
+            return empty, empty, np.zeros((0, len(LABELS)), np.float32)
+        return (np.concatenate([r.rows for r in ok]), np.concatenate([r.cols for r in ok]),
+                np.concatenate([r.probs for r in ok]))
+
+    @property
+    def nodata(self) -> int:
+        return sum(r.nodata for r in self.results.values())
+
+    @property
+    def blank(self) -> int:
+        return sum(r.blank for r in self.results.values())
+
+
+@dataclass
+class ScanSummary:
+    out_dir: Path
+    scenes: int
+    tiles: int
+    nodata: int
+    blank: int
+    sites: dict
+    failed_blocks: list
+    resumed_blocks: int
+    seconds: float
+    new_sites: int | None = None
+    note: str = ""
+
+    def headline(self) -> str:
+        rate = self.tiles / self.seconds if self.seconds else 0.0
+        found = ", ".join(f"{label} {n['count']} ({n['area_ha']:.1f} ha)" for label, n in self.sites.items())
+        lines = [f"scanned {self.tiles} tiles of {self.scenes} scene(s) ({rate:.0f} tiles/s"
+                 + (f"; {self.resumed_blocks} block(s) kept from an earlier run" if self.resumed_blocks else "")
+                 + f") -> {self.out_dir}",
+                 f"sites: {found or 'none'}; skipped {self.nodata} nodata and {self.blank} blank tile(s)"]
+        if self.new_sites is not None:
+            lines.append(f"new since the previous scan: {self.new_sites} site(s) or growth -> {NEW_SITES_GEOJSON}")
+        if self.note:
+            lines.append(self.note)
+        if self.failed_blocks:
+            lines.append(f"{len(self.failed_blocks)} block(s) unreadable and skipped (listed in {SCAN_JSON}); "
+                         f"first: {self.failed_blocks[0]}")
+        return "\n".join(lines)
+
+
+@dataclass
+class ScanPlan:
+    """Everything checked and decided before any block is read."""
+
+    cfg: object
+    settings: ScanSettings
+    out_dir: Path
+    predictor: object
+    look: ChipLook
+    models_key: str
+    ground_m: float
+    jobs: list
+    since: Path | None = None
+    previous_sites: list | None = None
+
+    @property
+    def blocks_dir(self) -> Path:
+        return self.out_dir / BLOCKS_DIR
+
+
+def plan_scan(cfg, scenes, out: Path | None = None, since: Path | None = None, predictor=None) -> ScanPlan:
+    """Check the scenes, the run and the earlier scan, and cut every scene into blocks: a bad input fails here,
+    in one line, before anything is read or written."""
+    settings = ScanSettings.from_config(cfg)
+    paths = list_scenes(scenes)
+    if out is None:
+        from amazonmine.runfolder import RunFolder
+
+        out = RunFolder.from_config(cfg).scans_dir / default_name(scenes, paths)
+    out_dir = Path(out)
+    previous = _previous_sites(Path(since)) if since is not None else None
+    for path in paths:  # the model-free checks first: a wrong file is refused before the models load
+        check_scene_file(path)
+    if predictor is None:
+        from amazonmine.predictor import Predictor
+
+        predictor = Predictor.from_run(cfg, batch_size=settings.batch_size or None)
+    models_key = models_fingerprint(predictor)
+    look = chip_look(predictor.image_format, predictor.chip_size or predictor.image_size, _sample_chip(cfg))
+    if predictor.channels != (4 if look.kind == "tif" else 3):
+        raise AmazonmineError(f"{cfg.run.dir}: the models take {predictor.channels} bands but the run's chips are "
+                              f"{predictor.image_format}")
+    ground = float(getattr(predictor, "chip_ground_m", 0) or getattr(cfg.data, "chip_ground_m", 768.0))
+    jobs = []
+    for path in paths:
+        scene = open_scene(path, look, ground, settings.max_resolution_ratio, tuple(settings.stretch_percentiles),
+                           settings.stretch_gamma)
+        grid = Grid.for_scene(scene, ground, settings.stride)
+        key = scene_fingerprint(scene, grid, look, models_key, settings.block_tiles)
+        tasks = [BlockTask(scene, grid, k, block, look, key)
+                 for k, block in enumerate(grid.blocks(settings.block_tiles))]
+        jobs.append(SceneScan(scene, grid, key, tasks))
+    return ScanPlan(cfg, settings, out_dir, predictor, look, models_key, ground, jobs, since, previous)
+
+
+def run_scan(cfg, scenes, out: Path | None = None, scheduler: str | None = None, since: Path | None = None,
+             progress: bool = True, predictor=None) -> ScanSummary:
+    """Scan ``scenes`` (files, folders or URLs) with the run's models; see the module docstring for outputs.
+
+    ``predictor`` (a loaded :class:`amazonmine.predictor.Predictor`) skips loading the run's models here.
+    """
+    from amazonmine.io import exclusive_lock
+
+    began = time.perf_counter()
+    plan = plan_scan(cfg, scenes, out, since, predictor)
+    plan.blocks_dir.mkdir(parents=True, exist_ok=True)
+    with exclusive_lock(plan.out_dir / ".lock", "amazonmine scan"):  # two scans into one folder would mix
+        resumed = _score_blocks(plan, scheduler, progress)
+        return _write_everything(plan, resumed, began)
+
+
+def _score_blocks(plan: ScanPlan, scheduler: str | None, progress: bool) -> int:
+    """Score every block not already persisted for the same question; returns how many were kept."""
+    pending, resumed = [], 0
+    for job in plan.jobs:
+        for task in job.tasks:
+            kept = BlockResult.load(plan.blocks_dir / task.file_name, job.key)
+            if kept is not None:
+                job.results[task.index] = kept
+                resumed += 1
+            else:
+                pending.append((job, task))
+
+    def finished(job: SceneScan, task: BlockTask, result: BlockResult) -> None:
+        if result.error:
+            job.failed.append(result.error)
+            return
+        write_bytes_atomic(plan.blocks_dir / task.file_name, result.to_bytes())
+        job.results[task.index] = result
+
+    if pending:
+        if scheduler or plan.settings.workers >= 2:
+            _run_on_dask(plan.cfg, pending, finished, plan.models_key, scheduler, plan.settings.workers, progress)
+        else:
+            _run_here(pending, finished, plan.predictor, progress)
+    current = {task.file_name for job in plan.jobs for task in job.tasks}
+    for stale in plan.blocks_dir.glob("*.npz"):  # blocks of an earlier question (other scene file, grid, models)
+        if stale.name not in current:
+            stale.unlink()
+    return resumed
+
+
+def _write_everything(plan: ScanPlan, resumed: int, began: float) -> ScanSummary:
+    """Every output, from the persisted blocks' numbers alone (so a resumed scan writes the same files)."""
+    from amazonmine.scanmap import write_report
+
+    jobs, cfg, settings = plan.jobs, plan.cfg, plan.settings
+    failed = [msg for job in jobs for msg in job.failed]
+    if not any(job.results for job in jobs):
+        raise AmazonmineError(f"scan: no block could be read; first problem: {failed[0]}" if failed
+                              else "scan: nothing to scan")
+    point = operating_point(plan.predictor, settings, cfg.tune.start)
+    outputs = _write_outputs(plan.out_dir, jobs, plan.predictor, point, settings, cfg.tune.start)
+    new_count = None
+    if plan.since is not None:
+        from amazonmine.sites import new_since, write_geojson
+
+        # Half a stride cell: less than any tile adds, more than the slivers of a grid shifted between scans.
+        min_growth = 0.5 * (plan.ground_m * settings.stride) ** 2 / 1e4
+        fresh = new_since(outputs["site_features"], plan.previous_sites, min_growth)
+        new_count = write_geojson(plan.out_dir / NEW_SITES_GEOJSON, fresh, "new_sites")
+    counts = {label: {"count": len(s), "area_ha": float(sum(x.area_ha for x in s))}
+              for label, s in outputs["sites"].items()}
+    write_report(plan.out_dir / REPORT_HTML, jobs, outputs["sites"], point, plan.look, failed, _scene_counts(jobs),
+                 new_count)
+    seconds = time.perf_counter() - began
+    write_json_atomic(plan.out_dir / SCAN_JSON, _scan_record(plan, point, failed, counts, outputs, new_count,
+                                                             resumed, seconds))
+    tiles = sum(len(r.rows) for job in jobs for r in job.results.values())
+    return ScanSummary(plan.out_dir, len(jobs), tiles, sum(j.nodata for j in jobs), sum(j.blank for j in jobs),
+                       counts, failed, resumed, seconds, new_count)
+
+
+def _sample_chip(cfg) -> Path | None:
+    """One raw training chip of the run, whose JPEG header says how the training chips were stored."""
+    from amazonmine.data import PlanetLayout
+
+    layout = PlanetLayout.from_config(cfg.data)
+    folder = layout.image_dir
+    try:
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                if entry.name.lower().endswith(layout.ext) and not entry.name.startswith("."):
+                    return Path(entry.path)
+    except OSError:
+        pass
+    return folder / f"*{layout.ext}"
+
+
+def _previous_sites(since: Path) -> list[dict]:
+    from amazonmine.sites import read_geojson
+
+    path = since / SITES_GEOJSON if since.is_dir() else since
+    if not path.is_file():
+        raise AmazonmineError(f"{since}: no {SITES_GEOJSON} of an earlier scan there")
+    return read_geojson(path)
+
+
+def _run_here(pending, finished, predictor, progress: bool) -> None:
+    """In this process: block k+1 is read in a thread while the models score block k."""
+    from tqdm import tqdm
+
+    with ThreadPoolExecutor(max_workers=1) as pool, \
+            tqdm(total=len(pending), desc="scan", unit="block", disable=not progress, mininterval=1.0) as bar:
+        ahead = pool.submit(read_task, pending[0][1])
+        for i, (job, task) in enumerate(pending):
+            tiles = ahead.result()
+            if i + 1 < len(pending):
+                ahead = pool.submit(read_task, pending[i + 1][1])
+            finished(job, task, predict_block(task, tiles, predictor))
+            bar.update(1)
+
+
+def _run_on_dask(cfg, pending, finished, models_key: str, scheduler: str | None, workers: int,
+                 progress: bool) -> None:
+    """Blocks as Dask tasks, on a running cluster (``scheduler``) or a local one of ``workers`` processes; each
+    result is persisted here as soon as it arrives."""
+    from distributed import Client, LocalCluster, as_completed
+    from tqdm import tqdm
+
+    cluster = None
+    try:
+        if scheduler:
+            try:
+                client = Client(scheduler, timeout="30s")
+            except (OSError, TimeoutError) as exc:
+                raise AmazonmineError(f"--scheduler {scheduler}: cannot connect ({exc})") from None
+        else:
+            # Each worker gets its share of the cores for TensorFlow: N processes each spreading over every core
+            # would only fight. Measured on 2 cores (bench_scan.py): 2 workers x 1 thread scored 156 tiles/s,
+            # 1 worker x 2 threads 87, as a worker reads its next block while the other one computes.
+            threads = max(1, (os.cpu_count() or 1) // workers)
+            cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
+                                   dashboard_address=None,
+                                   env={"TF_NUM_INTRAOP_THREADS": str(threads),
+                                        "TF_CPP_MIN_LOG_LEVEL": "3"})
+            client = Client(cluster)
+        with client:
+            futures = {client.submit(score_remote, task, cfg, models_key, pure=False,
+                                     key=f"scan-{task.key[:12]}-{task.index}"): (job, task) for job, task in pending}
+            with tqdm(total=len(pending), desc="scan", unit="block", disable=not progress, mininterval=1.0) as bar:
+                for fut in as_completed(futures):
+                    job, task = futures[fut]
+                    finished(job, task, fut.result())
+                    fut.release()
+                    bar.update(1)
+    finally:
+        if cluster is not None:
+            cluster.close()
+
+
+# --- outputs -----------------------------------------------------------------------------------------------
+
+def _scene_counts(jobs) -> list[dict]:
+    return [{"scene": j.scene.name, "tiles_in_grid": j.grid.n_tiles,
+             "scored": int(sum(len(r.rows) for r in j.results.values())), "nodata": j.nodata, "blank": j.blank,
+             "failed_blocks": len(j.failed)} for j in jobs]
+
+
+TILE_CHUNK = 4096  # tiles turned into polygons at a time while tiles.geojson is written
+
+
+def _write_outputs(out_dir: Path, jobs, predictor, point: OperatingPoint, settings: ScanSettings,
+                   fallback: float) -> dict:
+    """tiles.geojson (streamed, a chunk of tiles at a time), the probability rasters and sites.geojson."""
+    from amazonmine.sites import dissolve, feature, ring_geometry, tile_polygons, tile_rings, write_geojson
+
+    scene_order = [j.scene.name for j in jobs]
+    positives: dict[str, tuple[list, list, list]] = {label: ([], [], []) for label in settings.labels}
+    scored = []
+    rasters = []
+    for job in jobs:
+        rows, cols, probs = job.assembled()
+        decided = decide(predictor, probs, point, fallback)
+        scored.append((job, rows, cols, probs, decided))
+        for label in settings.labels:
+            j = LABEL_INDEX[label]
+            hit = np.flatnonzero(decided[:, j])
+            polys, ps, scenes = positives[label]
+            polys += tile_polygons(job.scene, job.grid, rows[hit], cols[hit]) if len(hit) else []
+            ps += probs[hit, j].tolist()
+            scenes += [job.scene.name] * len(hit)
+        rasters += _write_probability_rasters(out_dir, job, rows, cols, probs, settings.labels, len(jobs) > 1)
+
+    def tile_features():
+        for job, rows, cols, probs, decided in scored:
+            for start in range(0, len(rows), TILE_CHUNK):
+                part = slice(start, start + TILE_CHUNK)
+                for i, ring in enumerate(tile_rings(job.scene, job.grid, rows[part], cols[part]), start=start):
+                    props = {"scene": job.scene.name, "row": int(rows[i]), "col": int(cols[i])}
+                    props.update({f"prob_{label}": round(float(probs[i, j]), 6) for j, label in enumerate(LABELS)})
+                    props.update({f"has_{label}": bool(decided[i, j]) for j, label in enumerate(LABELS)})
+                    yield {"type": "Feature", "geometry": ring_geometry(ring), "properties": props}
+
+    n_tiles = write_geojson(out_dir / TILES_GEOJSON, tile_features(), "tiles")
+    sites, dropped, site_features = {}, {}, []
+    for label in settings.labels:
+        polys, ps, scenes = positives[label]
+        found, dropped[label] = dissolve(label, polys, np.asarray(ps, np.float64), scenes, scene_order,
+                                         point.isolated[label], point.min_site_ha)
+        sites[label] = found
+        site_features += [feature(s.geometry, s.properties(point.thresholds[label], point.isolated[label],
+                                                           point.sources[label])) for s in found]
+    site_features.sort(key=lambda f: -f["properties"]["max_probability"])
+    write_geojson(out_dir / SITES_GEOJSON, site_features, "sites")
+    return {"sites": sites, "dropped": dropped, "site_features": site_features, "rasters": rasters,
+            "tiles": n_tiles}
+
+
+def _write_probability_rasters(out_dir: Path, job: SceneScan, rows, cols, probs, labels, several: bool) -> list:
+    """One float32 COG per label on the scene's tile grid: NaN where no tile was scored."""
+    import rasterio
+    from rasterio.io import MemoryFile
+    from rasterio.shutil import copy as rio_copy
+
+    from amazonmine.io import atomic_path
+
+    grid, scene = job.grid, job.scene
+    written = []
+    for label in labels:
+        j = LABEL_INDEX[label]
+        cells = np.full((grid.rows, grid.cols), np.nan, np.float32)
+        cells[rows, cols] = probs[:, j]
+        name = f"{scene.name}_{label}_probability.tif" if several else f"{label}_probability.tif"
+        profile = dict(driver="GTiff", width=grid.cols, height=grid.rows, count=1, dtype="float32",
+                       crs=rasterio.crs.CRS.from_wkt(scene.crs_wkt), transform=grid.raster_transform(scene),
+                       nodata=float("nan"))
+        with MemoryFile() as mem:
+            with mem.open(**profile) as ds:
+                ds.write(cells, 1)
+                ds.set_band_description(1, f"probability of {label}")
+                ds.update_tags(LABEL=label, SCENE=scene.name, TILE_PX=f"{grid.tile_w}x{grid.tile_h}",
+                               STRIDE_PX=f"{grid.stride_x}x{grid.stride_y}")
+            with atomic_path(out_dir / name) as tmp:
+                rio_copy(mem.name, str(tmp), driver="COG", COMPRESS="DEFLATE", BLOCKSIZE=256)
+        written.append(name)
+    return written
+
+
+def _versions() -> dict:
+    """Versions of what the numbers depend on, from package metadata (importing TensorFlow here would cost
+    seconds when the models ran elsewhere)."""
+    import platform
+    from importlib import metadata
+
+    import rasterio
+
+    from amazonmine import __version__
+
+    found = {"amazonmine": __version__, "python": platform.python_version(), "gdal": rasterio.__gdal_version__}
+    for dist in ("numpy", "rasterio", "shapely", "pyproj", "tensorflow", "keras", "opencv-python-headless",
+                 "pillow", "dask", "distributed"):
+        try:
+            found[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            pass
+    return found
+
+
+def _scan_record(plan: ScanPlan, point, failed, counts, outputs, new_count, resumed, seconds) -> dict:
+    p = plan.predictor
+    return {
+        "scenes": [{**j.scene.to_dict(), "grid": j.grid.to_dict(),
+                    "tile_ground_m": [j.grid.tile_w * j.scene.res_m[0], j.grid.tile_h * j.scene.res_m[1]],
+                    "blocks": len(j.tasks), "fingerprint": j.key} for j in plan.jobs],
+        "counts": _scene_counts(plan.jobs),
+        "failed_blocks": failed,
+        "operating_point": point.to_dict(),
+        "sites": counts,
+        "sites_dropped": outputs["dropped"],
+        "chip_look": plan.look.to_dict(),
+        "chip_ground_m": plan.ground_m,
+        "models": [str(m) for m in p.model_paths],
+        "tta": p.tta,
+        "image_size": p.image_size,
+        "dehaze": repr(p.dehaze) if p.dehaze is not None else None,
+        "weather_decoding": bool(p.weather_decoding),
+        "outputs": {"tiles": TILES_GEOJSON, "sites": SITES_GEOJSON, "rasters": outputs["rasters"],
+                    "report": REPORT_HTML, "new_sites": NEW_SITES_GEOJSON if plan.since is not None else None},
+        "since": str(plan.since) if plan.since is not None else None,
+        "new_sites": new_count,
+        "resumed_blocks": resumed,
+        "seconds": round(seconds, 2),
+        "versions": _versions(),
+        "config": plan.cfg.to_dict(),
+    }
+
+
+def scan_chip_mosaic(cfg, chip_dir: Path, labels_csv: Path, work: Path, progress: bool = False) -> ScanSummary:
+    """Mosaic labelled chips into a scene in ``work`` (``amazonmine.scene``), scan it with the run (outputs in
+    ``<run.dir>/scans/scene``), and say how many of the mine chips ended under a site: the demo's last step, on
+    chips no fold trained on."""
+    import shapely
+    from shapely.geometry import shape
+
+    from amazonmine.scene import mosaic_folder
+
+    names = sorted(p.stem for p in Path(chip_dir).glob("*.jpg"))
+    side = int(np.ceil(np.sqrt(len(names))))
+    made = mosaic_folder(chip_dir, labels_csv, Path(work) / "scene.tif", cols=side, rows=-(-len(names) // side),
+                         ground_m=float(getattr(cfg.data, "chip_ground_m", 768.0)), names=names)
+    summary = run_scan(cfg, [made.tif], progress=progress)
+    features = json.loads((summary.out_dir / SITES_GEOJSON).read_text())["features"]
+    chips = json.loads(made.chips_geojson.read_text())["features"]
+    found = []
+    for label in ScanSettings.from_config(cfg).labels:
+        sites = shapely.union_all([shape(f["geometry"]) for f in features if f["properties"]["label"] == label])
+        mines = [shape(c["geometry"]) for c in chips if label in c["properties"]["tags"].split()]
+        hit = sum(sites.intersection(m).area > 0.25 * m.area for m in mines)
+        found.append(f"{label} {hit} of {len(mines)}")
+    summary.note = f"mine chips of the scene under a site: {', '.join(found)} (scene: {made.tif})"
+    return summary
+
