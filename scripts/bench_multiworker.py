@@ -12,28 +12,18 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-
-def free_ports(n: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(n)]
-    try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
+from amazonmine.cluster import free_loopback_ports
 
 
 def train(base: Path, sets: list[str], workers: int) -> dict:
     args = [sys.executable, "-m", "amazonmine.cli", "train", "--fold", "0"] + [a for s in sets for a in ("--set", s)]
-    ports = free_ports(workers)
+    ports = free_loopback_ports(workers)
     procs = []
     for index in range(workers):
         env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}

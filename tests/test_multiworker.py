@@ -10,7 +10,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from amazonmine.cluster import ClusterError, Membership, read_membership
+from amazonmine.cluster import ClusterError, Membership, free_loopback_ports, read_membership
 
 GLOBAL_BATCH = 16
 TINY = ["dehaze.enabled=false", "split.folds=2", "split.rare_target=4", "train.backbone=densenet_mini",
@@ -51,22 +50,11 @@ def split_run(data_root: Path, run_dir: Path, *extra: str) -> list[str]:
     return sets
 
 
-def free_ports(n: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(n)]
-    try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
-
-
 class Workers:
     """``amazonmine train`` on two local workers, each with its own TF_CONFIG, temp folder and log files."""
 
     def __init__(self, base: Path, args_of: list[list[str]]):
-        ports = free_ports(len(args_of))
+        ports = free_loopback_ports(len(args_of))
         self.base, self.procs, self.logs, self.tmpdirs = base, [], [], []
         for index, args in enumerate(args_of):
             tmp = base / f"tmp{index}"
@@ -235,7 +223,7 @@ with cluster.errors():
 def test_a_stuck_worker_times_the_step_out(tmp_path):
     # The collective timeout (CommunicationOptions) bounds a worker that is alive but stuck in a training step,
     # which the heartbeats would not notice; the exchanges between steps are not bound by it.
-    ports = free_ports(2)
+    ports = free_loopback_ports(2)
     procs = []
     for index in range(2):
         env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
