@@ -343,3 +343,15 @@ def _record_dehaze(run, cfg, enabled: bool) -> None:
                              if f not in ("enabled", "workers", "out_dir")})
         summary["settings"] = settings
         run.fold(k).summary.write_text(json.dumps(summary))
+
+
+def test_without_the_sample_submission_predict_says_the_order_was_not_checked(run, tmp_path):
+    from amazonmine.predict import run_predict
+
+    base, _ = run
+    data = tmp_path / "data"
+    shutil.copytree(base / "data", data)
+    (data / "sample_submission_v2.csv").unlink()
+    cfg = _copy_run(run, tmp_path, f"data.root={data}")
+    summary = run_predict(cfg, progress=False)
+    assert "no sample_submission_v2.csv" in summary.headline() and "not checked" in summary.headline()
