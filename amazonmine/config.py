@@ -205,6 +205,10 @@ class TrainConfig:
     soft_f2_weight: Annotated[float, Range(ge=0)] = 0.0
     label_smoothing: Annotated[float, Range(ge=0, lt=1)] = 0.0
     early_stopping_patience: Annotated[int, Range(ge=0)] = 8
+    # Weight averaging: > 0 keeps an exponential moving average of the weights with this momentum per step
+    # (0.998 averages over roughly the last 500 steps); validation, the best checkpoint and every prediction
+    # use the averaged weights, training continues from the raw ones. 0 = off.
+    ema: Annotated[float, Range(ge=0, lt=1)] = 0.0
     # Folds to train; empty = all folds of the split.
     folds: list[Annotated[int, Range(ge=0)]] = field(default_factory=lambda: [0])
     # The model's file name inside each fold's folder.
@@ -216,6 +220,10 @@ class TrainConfig:
     augment: bool = True
     brightness_jitter: Annotated[float, Range(ge=0)] = 0.05
     contrast_jitter: Annotated[float, Range(ge=0)] = 0.1
+    # Share of training chips remade as another chip-making pipeline would have made them: a random one of
+    # down-and-up resampling (area, bilinear, bicubic or nearest), Gaussian blur, sharpening, or JPEG
+    # re-encoding at quality 40-95 (3-band chips). The same scene cut by another tool must keep its labels.
+    chip_augment: Annotated[float, Range(ge=0, le=1)] = 0.0
     cache: bool = False
     # Mini backbones for tests and demos: dense-block sizes and growth of a from-scratch DenseNet.
     mini_blocks: list[Annotated[int, Range(ge=1)]] = field(default_factory=lambda: [2, 2, 2])

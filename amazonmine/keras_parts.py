@@ -108,7 +108,8 @@ def make_optimizer(train_cfg, steps_per_epoch: int):
                                                         warmup_steps=warmup)
         else:
             lr = keras.optimizers.schedules.CosineDecay(lr, decay, alpha=0.01)
-    return keras.optimizers.AdamW(learning_rate=lr, weight_decay=train_cfg.weight_decay)
+    ema = {"use_ema": True, "ema_momentum": train_cfg.ema} if train_cfg.ema > 0 else {}
+    return keras.optimizers.AdamW(learning_rate=lr, weight_decay=train_cfg.weight_decay, **ema)
 
 
 # --- callbacks ---------------------------------------------------------------------------------------------
@@ -149,16 +150,23 @@ def fold_callbacks(files, train_cfg, initial_best: float, resume_state, global_b
     class BestCheckpoint(keras.callbacks.Callback):
         """Save the model whenever val F2 beats the best so far (which survives a resume), atomically."""
 
-        def __init__(self, path, best: float):
+        def __init__(self, path, best: float, averaged=None):
             super().__init__()
             self.path, self.best, self.best_epoch = path, best, None
+            self.averaged = averaged  # with train.ema: the weights that were validated are the averaged ones
 
         def on_epoch_end(self, epoch, logs=None):
             score = (logs or {}).get("val_f2")
             if score is not None and score > self.best:
                 self.best, self.best_epoch = float(score), epoch + 1
-                with atomic_path(self.path) as tmp:
-                    self.model.save(tmp, include_optimizer=False)
+                if self.averaged is not None:
+                    self.averaged.on_test_begin()  # swaps the averaged weights in, as for validation
+                try:
+                    with atomic_path(self.path) as tmp:
+                        self.model.save(tmp, include_optimizer=False)
+                finally:
+                    if self.averaged is not None:
+                        self.averaged.on_test_end()  # and the raw ones back, which training continues from
             resume_state.best = self.best
 
     class Throughput(keras.callbacks.Callback):
@@ -210,9 +218,13 @@ def fold_callbacks(files, train_cfg, initial_best: float, resume_state, global_b
             click.echo(epoch_line(self.fold, epoch + 1, self.params.get("epochs") or epoch + 1, logs or {},
                                   now - self._started, sum(later) / len(later)))
 
-    best = BestCheckpoint(files.model, initial_best)
+    # Swaps the averaged weights in around each validation only (not at epoch ends), so the resume state
+    # keeps raw weights as weights and the average in the optimizer, as a fresh process expects them.
+    averaged = keras.callbacks.SwapEMAWeights(swap_on_epoch=False) if train_cfg.ema > 0 else None
+    best = BestCheckpoint(files.model, initial_best, averaged)
     meter = Throughput(global_batch or train_cfg.batch_size)
     cbs = [
+        *([averaged] if averaged is not None else []),
         best,
         meter,
         # The epoch's history row before its resume state: after a kill between the two the history has a row

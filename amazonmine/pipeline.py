@@ -126,13 +126,71 @@ def _jitter(image, seed, brightness: float, contrast: float, scale: float):
     return tf.clip_by_value(image, 0.0, scale)
 
 
+def _gaussian_blur(image, sigma):
+    """(H, W, C) image blurred by a 5x5 Gaussian of (tensor) ``sigma``, borders reflected, not darkened."""
+    import tensorflow as tf
+
+    taps = tf.exp(-tf.square(tf.range(-2.0, 3.0)) / (2.0 * tf.square(sigma)))
+    taps = taps / tf.reduce_sum(taps)
+    channels = tf.shape(image)[-1]
+    kernel = tf.tile((taps[:, None] * taps[None, :])[:, :, None, None], [1, 1, channels, 1])
+    padded = tf.pad(image[None], [[0, 0], [2, 2], [2, 2], [0, 0]], mode="REFLECT")
+    return tf.nn.depthwise_conv2d(padded, kernel, strides=[1, 1, 1, 1], padding="VALID")[0]
+
+
+CHIP_REMAKES = ("area", "bilinear", "bilinear_antialiased", "bicubic", "nearest", "blur", "sharpen", "jpeg")
+
+
+def remake_chip(image, seed, scale: float, channels: int, kind: str | None = None):
+    """The chip as another chip-making pipeline might have made it: one of down-and-up resampling (area,
+    bilinear with or without antialiasing, bicubic, nearest; to 50-90% of the side), Gaussian blur (sigma
+    0.4-1.2 px), unsharp masking, or (3 bands) a JPEG round trip at quality 40-95. ``seed`` is a stateless
+    seed pair; ``scale`` the full-scale pixel value; ``kind`` (one of :data:`CHIP_REMAKES`) fixes the remake
+    instead of drawing it."""
+    import tensorflow as tf
+
+    size = tf.shape(image)[0]
+    strength = tf.random.stateless_uniform([], seed=seed + 3)
+
+    def resample(method: str, antialias: bool = False):
+        def remade():
+            side = tf.cast(tf.round(tf.cast(size, tf.float32) * (0.5 + 0.4 * strength)), tf.int32)
+            small = tf.image.resize(image, [side, side], method=method, antialias=antialias)
+            return tf.image.resize(small, [size, size], method="bilinear")
+        return remade
+
+    def blur():
+        return _gaussian_blur(image, 0.4 + 0.8 * strength)
+
+    def sharpen():
+        return image + (0.3 + 0.7 * strength) * (image - _gaussian_blur(image, 1.0))
+
+    def jpeg():
+        quality = 40 + tf.cast(strength * 56.0, tf.int32)
+        return tf.image.adjust_jpeg_quality(tf.clip_by_value(image / scale, 0.0, 1.0), quality) * scale
+
+    kinds = dict(zip(CHIP_REMAKES, [resample("area"), resample("bilinear"), resample("bilinear", antialias=True),
+                                    resample("bicubic"), resample("nearest"), blur, sharpen, jpeg]))
+    if channels != 3:  # JPEG holds 1 or 3 bands only
+        kinds.pop("jpeg")
+    if kind is not None:
+        out = kinds[kind]()
+    else:
+        choice = tf.random.stateless_uniform([], seed=seed + 2, minval=0, maxval=len(kinds), dtype=tf.int32)
+        out = tf.switch_case(choice, list(kinds.values()))
+    out.set_shape(image.shape)
+    return tf.clip_by_value(out, 0.0, scale)
+
+
 def make_dataset(chips: ChipSet, rows: np.ndarray, labels: np.ndarray | None, transforms: np.ndarray | None,
                  image_size: int, batch_size: int, training: bool, seed: int = 0, augment: bool = True,
-                 brightness: float = 0.05, contrast: float = 0.1, pixel_scale: float = 255.0):
+                 brightness: float = 0.05, contrast: float = 0.1, pixel_scale: float = 255.0,
+                 chip_augment: float = 0.0):
     """A batched, prefetched tf.data.Dataset over ``rows`` (indices into ``chips``).
 
     training=True: shuffled every epoch, the manifest's fixed dihedral transform for oversampled copies
-    (transform > 0), a random D4 view for the others, mild brightness/contrast jitter. Yields (x, y) when
+    (transform > 0), a random D4 view for the others, mild brightness/contrast jitter, and for a
+    ``chip_augment`` share of chips a random chip-making difference (:func:`remake_chip`). Yields (x, y) when
     labels are given, else x.
     """
     import tensorflow as tf
@@ -167,6 +225,9 @@ def make_dataset(chips: ChipSet, rows: np.ndarray, labels: np.ndarray | None, tr
         img.set_shape([image_size, image_size, channels])
         if training and augment:
             seed_pair = tf.stack([tf.cast(seed, tf.int64), index])
+            if chip_augment > 0:
+                remade = tf.random.stateless_uniform([], seed=seed_pair + 4) < chip_augment
+                img = tf.cond(remade, lambda: remake_chip(img, seed_pair, pixel_scale, channels), lambda: img)
             random_k = tf.random.stateless_uniform([], seed=seed_pair, minval=0, maxval=8, dtype=tf.int64)
             img = dihedral_tf(img, tf.where(transform > 0, transform, random_k))
             img = _jitter(img, seed_pair, brightness, contrast, pixel_scale)

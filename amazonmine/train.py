@@ -246,7 +246,7 @@ def train_fold(cfg, fold: int, strategy, gpu: bool = False, action: str = "train
         return make_dataset(chips, remap[plan.train_rows[rows]], labels_used, plan.transforms[rows],
                             tc.image_size, part_batch, training=True, seed=(cfg.run.seed + fold) * parts + part,
                             augment=tc.augment, brightness=tc.brightness_jitter, contrast=tc.contrast_jitter,
-                            pixel_scale=data.scale)
+                            pixel_scale=data.scale, chip_augment=tc.chip_augment)
 
     val_ds = make_dataset(chips, remap[plan.val_rows], labels_used, None, tc.image_size, cfg.predict.batch_size,
                           training=False, pixel_scale=data.scale)
@@ -299,6 +299,9 @@ def train_fold(cfg, fold: int, strategy, gpu: bool = False, action: str = "train
                 # saved by the chief, is what every worker resumes from.
                 raise AmazonmineError(f"interrupted in fold {fold} after epoch {done}: continue with "
                                       f"'amazonmine train --fold {fold} --resume' on every worker") from None
+            for callback in callbacks:  # stopped during validation: the raw weights back before saving
+                if isinstance(callback, keras.callbacks.SwapEMAWeights):
+                    callback.on_test_end()
             if done == 0 or not model.optimizer.built:
                 # Nothing finished, and an optimizer that never stepped saves empty slots that cannot be loaded.
                 state.clear()

@@ -122,12 +122,13 @@ def test_same_seed_same_first_epoch_loss(learn_root, make_cfg, tmp_path):
     assert abs(losses[0] - losses[1]) < 1e-6, losses
 
 
-def test_interrupted_run_resumes_at_the_right_epoch_with_its_optimizer(learn_root, make_cfg, monkeypatch):
+@pytest.mark.parametrize("ema", [0.0, 0.9])  # with weight averaging the averages are optimizer slots too
+def test_interrupted_run_resumes_at_the_right_epoch_with_its_optimizer(learn_root, make_cfg, monkeypatch, ema):
     import keras
 
     import amazonmine.train as train
 
-    cfg = tiny_cfg(make_cfg, learn_root, **{"train.epochs": 3, "train.steps_per_epoch": 5})
+    cfg = tiny_cfg(make_cfg, learn_root, **{"train.epochs": 3, "train.steps_per_epoch": 5, "train.ema": ema})
     saved = {}
 
     class CtrlC(keras.callbacks.Callback):
@@ -419,3 +420,30 @@ def test_ctrl_c_after_training_resumes_without_training_further(learn_root, make
     (result,) = train.run_train(cfg, folds=[0], resume=True)
     assert len(pd.read_csv(fold / "history.csv")) == 2 and result.summary["epochs_run"] == 2
     assert (fold / "summary.json").is_file() and not (fold / "resume").exists()
+
+
+def test_weight_averaging_validates_and_keeps_the_average_and_resumes_from_raw_weights(learn_root, make_cfg,
+                                                                                      monkeypatch):
+    import amazonmine.train as train
+    from amazonmine.model import load_trained
+
+    cfg = tiny_cfg(make_cfg, learn_root, **{"train.epochs": 2, "train.steps_per_epoch": 6, "train.ema": 0.8,
+                                            "train.bn_recalibration_batches": 0})
+    saved = []
+    original_save = train.ResumeState.save
+
+    def spy_save(self, model, epoch):
+        original_save(self, model, epoch)
+        saved.append({"raw": [v.numpy().copy() for v in model.trainable_variables],
+                      "average": [v.numpy().copy() for v in model.optimizer._model_variables_moving_average]})
+
+    monkeypatch.setattr(train.ResumeState, "save", spy_save)
+    (result,) = train.run_train(cfg, folds=[0])
+    assert len(saved) == 2
+    at_best = saved[result.summary["best_epoch"] - 1]
+    kept = load_trained(result.model_path).trainable_variables
+    # The checkpoint holds the averaged weights the validation scored, never the raw ones trained on.
+    for weights, average in zip(kept, at_best["average"]):
+        np.testing.assert_allclose(weights.numpy(), average, rtol=1e-6, atol=1e-7)
+    assert any(not np.allclose(w.numpy(), r) for w, r in zip(kept, at_best["raw"]))
+    assert result.summary["settings"]["train.ema"] == 0.8

@@ -1,0 +1,137 @@
+"""Training images/s per numeric setting: float32, mixed bfloat16, XLA, and both, measured in one run.
+
+    .venv/bin/python scripts/bench_precision.py [--size 48] [--batch-size 64] [--steps 12] [--rounds 3]
+                                                [--data data/planet_32px] [--chips 2048] [--backbone densenet121]
+
+One model per setting (``amazonmine.model.build_model`` under that Keras dtype policy, compiled as
+``amazonmine.train`` compiles it, with ``jit_compile`` for the XLA rows) trains on the same pre-decoded chips
+held in memory, so the input pipeline is out of the figure. The settings are measured in turn, round after
+round (``--rounds``), so that a change in the machine's load hits all of them alike; the table shows the median
+round and the spread (min-max) of each, and every row's ratio to float32 in the same round.
+
+The chips are the real 32-px competition chips when ``--data`` is a Kaggle-layout folder (default
+``data/planet_32px``, which ``scripts/bench_real32.py`` unpacks), else synthetic chips. The first steps of every
+model (tracing, and for XLA its compilation) are not timed; the compile time is printed apart.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import numpy as np  # noqa: E402
+from bench_train import chip_paths, images_per_s  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+SETTINGS = {  # name -> (Keras dtype policy, jit_compile)
+    "float32": ("float32", False),
+    "mixed_bfloat16": ("mixed_bfloat16", False),
+    "float32 + XLA": ("float32", True),
+    "mixed_bfloat16 + XLA": ("mixed_bfloat16", True),
+}
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", type=int, default=48, help="Model input size (train.image_size).")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--steps", type=int, default=12, help="Timed training steps per setting and round.")
+    parser.add_argument("--warmup", type=int, default=3, help="Untimed steps before them (tracing, XLA compile).")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--chips", type=int, default=2048)
+    default_data = REPO / "data" / "planet_32px"
+    parser.add_argument("--data", type=Path, default=default_data if default_data.is_dir() else None,
+                        help="A Kaggle-layout folder (default: data/planet_32px when unpacked; else synthetic).")
+    parser.add_argument("--backbone", default="densenet121")
+    parser.add_argument("--settings", default=",".join(SETTINGS),
+                        help=f"Comma-separated subset of: {', '.join(SETTINGS)}.")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    args.settings = [s.strip() for s in args.settings.split(",") if s.strip()]
+    unknown = [s for s in args.settings if s not in SETTINGS]
+    if unknown:
+        parser.error(f"unknown setting(s) {unknown}; choose from {list(SETTINGS)}")
+    if args.warmup < 1 or args.steps < 1 or args.rounds < 1 or args.chips < args.batch_size:
+        parser.error("need --warmup >= 1, --steps >= 1, --rounds >= 1 and --chips >= --batch-size")
+    return args
+
+
+def build(setting: str, tc, steps: int):
+    """A compiled model under the setting's dtype policy (the policy is read when layers are made)."""
+    import keras
+
+    from amazonmine.keras_parts import make_loss, make_metric, make_optimizer
+    from amazonmine.model import build_model
+
+    policy, jit = SETTINGS[setting]
+    keras.mixed_precision.set_global_policy(policy)
+    try:
+        model = build_model(tc, channels=3, image_format="jpg")
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    model.compile(optimizer=make_optimizer(tc, steps), loss=make_loss(tc), metrics=[make_metric()], jit_compile=jit)
+    return model
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    import tensorflow as tf
+
+    from amazonmine.config import load_config
+    from amazonmine.device import setup_device
+    from amazonmine.pipeline import preflight
+
+    setup_device(False)
+    args.sizes = [args.size]
+    cfg = load_config(None, [f"train.backbone={args.backbone}", "train.weights=none", f"train.image_size={args.size}",
+                             f"train.batch_size={args.batch_size}", "train.verbose=0"])
+    with tempfile.TemporaryDirectory(prefix="bench_precision_") as tmp:
+        paths, labels = chip_paths(args, args.size, Path(tmp))
+        pixels = preflight(paths, args.size, cache=True, progress=False).pixels.astype(np.float32)
+    labels = labels.astype(np.float32)
+    memory = (tf.data.Dataset.from_tensor_slices((pixels, labels)).batch(args.batch_size).cache().repeat()
+              .prefetch(tf.data.AUTOTUNE))
+    source = f"{len(paths)} real chips from {args.data}" if args.data else f"{len(paths)} synthetic chips"
+    print(f"bench_precision: {args.backbone} from scratch at {args.size} px, batch {args.batch_size}, {source}; "
+          f"{args.warmup} warm-up + {args.steps} timed steps per setting, {args.rounds} rounds; {os.cpu_count()} "
+          f"cores, load average {os.getloadavg()[0]:.1f}; TF {tf.__version__}", flush=True)
+
+    models, first_s = {}, {}
+    for setting in args.settings:
+        began = time.perf_counter()
+        models[setting] = build(setting, cfg.train, args.warmup + args.steps)
+        # The first call traces (and for XLA compiles); it is timed apart from the rounds.
+        images_per_s(models[setting], memory, argparse.Namespace(warmup=1, steps=1, batch_size=args.batch_size))
+        first_s[setting] = time.perf_counter() - began
+        print(f"  {setting}: built and first step in {first_s[setting]:.0f} s", flush=True)
+
+    rounds: dict[str, list[float]] = {s: [] for s in args.settings}
+    for r in range(args.rounds):
+        for setting in args.settings:
+            rounds[setting].append(images_per_s(models[setting], memory, args))
+        print(f"  round {r + 1}: " + ", ".join(f"{s} {rounds[s][-1]:.1f}" for s in args.settings), flush=True)
+
+    base = rounds.get("float32")
+    print()
+    print(f"{'setting':<22} {'img/s (median)':>15} {'min-max':>15} {'x float32 (median of rounds)':>29} "
+          f"{'build + first step s':>21}")
+    for setting in args.settings:
+        values = rounds[setting]
+        ratio = (f"{statistics.median(v / b for v, b in zip(values, base)):.3f}" if base else "-")
+        print(f"{setting:<22} {statistics.median(values):>15.1f} {f'{min(values):.1f}-{max(values):.1f}':>15} "
+              f"{ratio:>29} {first_s[setting]:>21.0f}")
+    print(f"\nload average {os.getloadavg()[0]:.1f} at the end")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,72 @@
+"""train.chip_augment: real chips remade as another chip-making pipeline would make them stay the same scene,
+every remake changes the pixels, and the configured share of training chips is remade."""
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def real_chips(real256):
+    """Twelve real Planet chips cut down to 48 px, model channel order, float32."""
+    from amazonmine.pipeline import read_chip, resize_square
+
+    paths = sorted((real256 / "train-jpg").glob("*.jpg"))[:12]
+    return np.stack([resize_square(read_chip(p), 48) for p in paths])
+
+
+def correlation(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.corrcoef(a.ravel(), b.ravel())[0, 1])
+
+
+@pytest.mark.parametrize("kind", ["area", "bilinear", "bilinear_antialiased", "bicubic", "nearest", "blur",
+                                  "sharpen", "jpeg"])
+def test_each_remake_changes_the_pixels_but_keeps_the_scene(real_chips, kind):
+    import tensorflow as tf
+
+    from amazonmine.pipeline import remake_chip
+
+    changed, kept = [], []
+    for i, chip in enumerate(real_chips):
+        seed = tf.constant([7, i], tf.int64)
+        out = remake_chip(tf.constant(chip), seed, 255.0, 3, kind=kind).numpy()
+        again = remake_chip(tf.constant(chip), seed, 255.0, 3, kind=kind).numpy()
+        np.testing.assert_array_equal(out, again)  # stateless: the same seed remakes the same chip
+        assert out.shape == chip.shape and out.min() >= 0 and out.max() <= 255
+        changed.append(np.abs(out - chip).mean())
+        kept.append(correlation(out, chip))
+    assert np.median(changed) > 0.3, f"{kind} hardly changed the chips: {np.round(changed, 2)}"
+    assert min(kept) > 0.8, f"{kind} lost the scene: correlations {np.round(kept, 3)}"
+
+
+def test_four_band_chips_are_remade_without_jpeg():
+    import tensorflow as tf
+
+    from amazonmine.pipeline import CHIP_REMAKES, remake_chip
+
+    chip = tf.random.stateless_uniform([32, 32, 4], seed=[1, 2], maxval=4000.0)
+    with pytest.raises(KeyError):
+        remake_chip(chip, tf.constant([0, 0], tf.int64), 65535.0, 4, kind="jpeg")
+    for i in range(20):  # every drawn remake works on 4 bands
+        out = remake_chip(chip, tf.constant([3, i], tf.int64), 65535.0, 4).numpy()
+        assert out.shape == (32, 32, 4)
+    assert "jpeg" in CHIP_REMAKES
+
+
+def test_the_configured_share_of_training_chips_is_remade(real256):
+    from amazonmine.pipeline import make_dataset, preflight
+
+    paths = sorted((real256 / "train-jpg").glob("*.jpg"))[:200]
+    chips = preflight(paths, 32, cache=True, progress=False)
+    rows = np.arange(len(paths))
+
+    def images(share: float) -> np.ndarray:
+        ds = make_dataset(chips, rows, None, None, 32, 50, training=True, seed=11, chip_augment=share)
+        return np.concatenate([b.numpy() for b in ds])
+
+    plain, some, every = images(0.0), images(0.3), images(1.0)
+    # Shuffle, views and jitter draw from the same stateless seeds, so only the remade chips differ.
+    differs = np.abs(some - plain).reshape(len(rows), -1).max(axis=1) > 0
+    assert 0.2 < differs.mean() < 0.4
+    assert (np.abs(every - plain).reshape(len(rows), -1).max(axis=1) > 0).mean() > 0.95
