@@ -514,6 +514,13 @@ def _f(value, digits: int = 3) -> str:
     return "-" if value is None or value != value else f"{value:.{digits}f}"
 
 
+def _span(interval, digits: int = 4) -> str:
+    """A bootstrap interval as 'lo-hi' ('-' when tune recorded none, or a bound is undefined)."""
+    if not interval or any(v is None or v != v for v in interval):
+        return "-"
+    return f"{interval[0]:.{digits}f}-{interval[1]:.{digits}f}"
+
+
 def render(report: dict) -> str:
     head, t = report["header"], report.get("tune") or {}
     lines = ["=" * 96, f"bench_real32  run {head['run_dir']}  data {head['data_root']}  folds {head['folds']}",
@@ -521,6 +528,7 @@ def render(report: dict) -> str:
              "=" * 96]
     if t:
         used = "   <- used by predict"
+        interval = t.get("oof_f2_interval")
         lines += _grid([
             ["out-of-fold chips", f"{t['oof_chips']} of {t['labelled_chips']} labelled (folds "
                                   f"{', '.join(map(str, t['oof_folds']))})"],
@@ -530,15 +538,19 @@ def render(report: dict) -> str:
              f"{t['oof_f2_tuned_with_weather']:.4f}" + (used if t["weather_decoding"] else "")],
             ["OOF mean F2, tuned, no weather decoding",
              f"{t['oof_f2_tuned_without']:.4f}" + ("" if t["weather_decoding"] else used)],
+            ["  95% interval of the F2 predict gets (chips resampled)", _span(interval)],
+            *([[f"  cross-fitted (thresholds fitted on half, scored on the other), {name}", f"{v:.4f}"]
+               for name, v in (t.get("crossfit_f2") or {}).items()]),
         ], "ll")
         lines.append("")
         flat = report.get("flat_per_label") or {}
-        rows = [["label", "support", "thr", f"prec@{t['start']:g}", f"rec@{t['start']:g}", "prec", "recall", "F2",
-                 "predicted"]]
+        rows = [["label", "support", "thr", f"prec@{t['start']:g}", f"rec@{t['start']:g}", "prec", "95% CI",
+                 "recall", "95% CI", "F2", "predicted"]]
         for name in LABELS:
             s, f = t["per_label"][name], flat.get(name, {})
             rows.append([("* " if name in MINE_LABELS else "  ") + name, s["support"], f"{s['threshold']:.2f}",
-                         _f(f.get("precision")), _f(f.get("recall")), _f(s["precision"]), _f(s["recall"]),
+                         _f(f.get("precision")), _f(f.get("recall")), _f(s["precision"]),
+                         _span(s.get("precision_interval"), 2), _f(s["recall"]), _span(s.get("recall_interval"), 2),
                          _f(s["f2"]), s["predicted"]])
         lines += _grid(rows)
         lines.append(f"  (* mine labels; prec/rec@{t['start']:g}: flat threshold, no decoding; prec/recall/F2: tuned "
