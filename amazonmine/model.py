@@ -156,14 +156,15 @@ def build_backbone(train_cfg, image_size: int, channels: int):
 
 
 def build_model(train_cfg, channels: int = 3, image_format: str = "jpg"):
-    """Backbone + pooling + dropout + float32 sigmoid head, taking raw pixels at train.image_size."""
+    """Backbone + pooling + dropout + float32 sigmoid head, taking raw pixels at train.image_size (any size
+    with progressive resizing, which trains on smaller chips first)."""
     from amazonmine.tfquiet import import_tensorflow
 
     import_tensorflow()
     import keras
     from keras import layers
 
-    size = train_cfg.image_size
+    size = None if train_cfg.small_size else train_cfg.image_size
     inputs = keras.Input((size, size, channels), name="chips")
     x = layers.Rescaling(1.0 / pixel_scale(image_format), name="to_unit")(inputs)
     if train_cfg.weights != NO_WEIGHTS and train_cfg.backbone != "densenet_mini":

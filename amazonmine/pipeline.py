@@ -185,13 +185,14 @@ def remake_chip(image, seed, scale: float, channels: int, kind: str | None = Non
 def make_dataset(chips: ChipSet, rows: np.ndarray, labels: np.ndarray | None, transforms: np.ndarray | None,
                  image_size: int, batch_size: int, training: bool, seed: int = 0, augment: bool = True,
                  brightness: float = 0.05, contrast: float = 0.1, pixel_scale: float = 255.0,
-                 chip_augment: float = 0.0):
+                 chip_augment: float = 0.0, resize_to: int = 0):
     """A batched, prefetched tf.data.Dataset over ``rows`` (indices into ``chips``).
 
     training=True: shuffled every epoch, the manifest's fixed dihedral transform for oversampled copies
     (transform > 0), a random D4 view for the others, mild brightness/contrast jitter, and for a
-    ``chip_augment`` share of chips a random chip-making difference (:func:`remake_chip`). Yields (x, y) when
-    labels are given, else x.
+    ``chip_augment`` share of chips a random chip-making difference (:func:`remake_chip`). ``resize_to``
+    (progressive resizing) shrinks the chips from ``image_size`` by area averaging before any augmentation.
+    Yields (x, y) when labels are given, else x.
     """
     import tensorflow as tf
 
@@ -223,6 +224,8 @@ def make_dataset(chips: ChipSet, rows: np.ndarray, labels: np.ndarray | None, tr
     def prepare(index, row, transform):
         img = load(row)
         img.set_shape([image_size, image_size, channels])
+        if resize_to and resize_to != image_size:
+            img = tf.image.resize(img, [resize_to, resize_to], method="area")
         if training and augment:
             seed_pair = tf.stack([tf.cast(seed, tf.int64), index])
             if chip_augment > 0:

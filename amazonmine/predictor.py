@@ -87,9 +87,11 @@ class Predictor:
             if tuple(model.input_shape[1:]) != shape:
                 raise AmazonmineError(f"{path}: input shape {model.input_shape[1:]} differs from the other folds' "
                                       f"{shape}; the folds of one run must share their input")
+        # A model trained with progressive resizing takes any size: it was validated at train.image_size.
+        size = shape[0] if shape[0] is not None else settings.get("train.image_size", cfg.train.image_size)
         thresholds, weather = (folder.read_thresholds() if folder.thresholds.is_file()
                                else (None, cfg.tune.weather_decoding))
-        return cls(models=models, model_paths=finished.paths, image_size=int(shape[0]), channels=int(shape[2]),
+        return cls(models=models, model_paths=finished.paths, image_size=int(size), channels=int(shape[2]),
                    image_format=settings.get("data.image_format", cfg.data.image_format),
                    chip_size=int(settings.get("data.chip_size", cfg.data.chip_size)),
                    chip_ground_m=float(getattr(cfg.data, "chip_ground_m", 768.0)),
@@ -210,7 +212,7 @@ class Predictor:
 
 def _shared_settings(folds) -> dict:
     """The preprocessing settings the folds recorded; they must agree, since their outputs are averaged."""
-    keys = ("data.image_format", "data.chip_size", "dehaze.enabled")
+    keys = ("data.image_format", "data.chip_size", "dehaze.enabled", "train.image_size")
     recorded = []
     for files in folds:
         settings = files.read_summary().get("settings") or {}

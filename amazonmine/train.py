@@ -241,30 +241,30 @@ def train_fold(cfg, fold: int, strategy, gpu: bool = False, action: str = "train
     replicas = strategy.num_replicas_in_sync
     batch = tc.batch_size * replicas  # the global batch: train.batch_size on each replica of each worker
 
-    def training_input(part: int, parts: int, part_batch: int):
+    def one_pass(part: int, parts: int, part_batch: int, size: int):
         rows = slice(part, None, parts)
         return make_dataset(chips, remap[plan.train_rows[rows]], labels_used, plan.transforms[rows],
                             tc.image_size, part_batch, training=True, seed=(cfg.run.seed + fold) * parts + part,
                             augment=tc.augment, brightness=tc.brightness_jitter, contrast=tc.contrast_jitter,
-                            pixel_scale=data.scale, chip_augment=tc.chip_augment)
+                            pixel_scale=data.scale, chip_augment=tc.chip_augment, resize_to=size)
+
+    def training_input(part: int, parts: int, part_batch: int, small_epochs: int):
+        """Endless: ``small_epochs`` epochs' steps of shrunk chips (progressive resizing), then full size."""
+        full = one_pass(part, parts, part_batch, tc.image_size).repeat()
+        if small_epochs <= 0:
+            return full
+        small = one_pass(part, parts, part_batch, tc.small_size).repeat().take(small_epochs * steps)
+        return small.concatenate(full)
 
     val_ds = make_dataset(chips, remap[plan.val_rows], labels_used, None, tc.image_size, cfg.predict.batch_size,
                           training=False, pixel_scale=data.scale)
     steps = tc.steps_per_epoch or int(np.ceil(len(plan.train_rows) / batch))
-    if cluster is None:
-        train_ds = training_input(0, 1, batch)
-        if tc.steps_per_epoch:
-            train_ds = train_ds.repeat()
-    else:
-        # Endless on every worker, so all of them take the same steps whatever the size of their share.
-        train_ds = cluster.distribute(lambda part, parts, size: training_input(part, parts, size).repeat(), batch)
-        val_ds = cluster.evaluation_input(val_ds)
 
     with strategy.scope():
         model = build_model(tc, channels=chips.channels, image_format=cfg.data.image_format)
         # XLA stays off across workers, as in TensorFlow's multi-worker recipe.
         model.compile(optimizer=make_optimizer(tc, steps), loss=make_loss(tc), metrics=[make_metric()],
-                      jit_compile=bool(gpu) and cluster is None)
+                      jit_compile=(bool(gpu) or tc.xla) and cluster is None)
     if cluster is None:
         if tc.init_from and not resume:
             _init_from(model, Path(tc.init_from))
@@ -272,6 +272,16 @@ def train_fold(cfg, fold: int, strategy, gpu: bool = False, action: str = "train
     else:
         cluster.prepare_model(model)
         initial_epoch = _start_from_chief(cluster, model, state, tc, resume)
+    # The input starts where training starts: a resume inside the small epochs gets only those left.
+    small_left = tc.small_epochs - initial_epoch if tc.small_size else 0
+    if cluster is None and not tc.steps_per_epoch and small_left <= 0:
+        train_ds = one_pass(0, 1, batch, tc.image_size)  # one pass per epoch, as Keras re-reads it
+    elif cluster is None:
+        train_ds = training_input(0, 1, batch, small_left)
+    else:
+        # Endless on every worker, so all of them take the same steps whatever the size of their share.
+        train_ds = cluster.distribute(lambda part, parts, size: training_input(part, parts, size, small_left), batch)
+        val_ds = cluster.evaluation_input(val_ds)
     # Every check has passed; only now is the fold written (a refused run leaves no fold folder, and a
     # refused retrain leaves the fold as it was).
     if resume:

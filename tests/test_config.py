@@ -38,6 +38,11 @@ def test_default_config_is_the_full_planet_run():
     ("train: [1, 2]\n", "section 'train' must be a mapping"),
     ("- a\n- b\n", "top level must be a mapping"),
     ("train:\n  epochs: [\n", "not valid YAML"),
+    ("train:\n  small_size: 32\n", "train.small_size and train.small_epochs go together"),
+    ("train:\n  image_size: 48\n  small_size: 48\n  small_epochs: 2\n", "train.small_size must be at least 32 and below"),
+    ("train:\n  image_size: 64\n  small_size: 32\n  small_epochs: 5\n  epochs: 5\n", "must leave epochs"),
+    ("train:\n  ema: 1.0\n", "train.ema"),
+    ("train:\n  chip_augment: 1.5\n", "train.chip_augment"),
 ])
 def test_bad_config_is_one_line_naming_key_and_file(tmp_path, text, fragment):
     path = tmp_path / "bad.yaml"

@@ -447,3 +447,48 @@ def test_weight_averaging_validates_and_keeps_the_average_and_resumes_from_raw_w
         np.testing.assert_allclose(weights.numpy(), average, rtol=1e-6, atol=1e-7)
     assert any(not np.allclose(w.numpy(), r) for w, r in zip(kept, at_best["raw"]))
     assert result.summary["settings"]["train.ema"] == 0.8
+
+
+def test_progressive_resizing_trains_small_first_then_at_full_size(learn_root, make_cfg, monkeypatch):
+    import tensorflow as tf
+
+    import amazonmine.pipeline as pipeline
+    from amazonmine.predictor import Predictor
+    from amazonmine.train import run_train
+
+    cfg = tiny_cfg(make_cfg, learn_root, **{"train.image_size": 48, "train.small_size": 32, "train.small_epochs": 1,
+                                            "train.epochs": 2, "train.steps_per_epoch": 4})
+    seen: list[int] = []  # the side of every training batch, in the order the model drew them
+    original = pipeline.make_dataset
+
+    def spy(*args, **kwargs):
+        ds = original(*args, **kwargs)
+        if not kwargs.get("training", args[6] if len(args) > 6 else False):
+            return ds
+
+        def record(x, y):
+            def note(side):
+                seen.append(int(side))
+                return side
+            tf.numpy_function(note, [tf.shape(x)[1]], tf.int32)
+            return x, y
+        return ds.map(record)
+
+    monkeypatch.setattr(pipeline, "make_dataset", spy)
+    (result,) = run_train(cfg, folds=[0])
+    assert seen[:4] == [32] * 4 and seen[4:8] == [48] * 4  # prefetching may have read a few batches more
+    assert set(seen[4:]) == {48}
+    predictor = Predictor.from_run(cfg)  # the kept model takes any size; it is fed at train.image_size
+    assert predictor.image_size == 48
+    chips = np.stack([np.full((32, 32, 3), v, np.uint8) for v in (40, 120)])
+    assert predictor.predict(chips).shape == (2, 17)
+    assert result.summary["settings"]["train.small_size"] == 32
+
+
+def test_xla_on_the_cpu_trains(learn_root, make_cfg):
+    from amazonmine.train import run_train
+
+    cfg = tiny_cfg(make_cfg, learn_root, **{"train.xla": "true", "train.epochs": 1, "train.steps_per_epoch": 3,
+                                            "train.bn_recalibration_batches": 0})
+    (result,) = run_train(cfg, folds=[0])
+    assert result.model_path.is_file() and result.summary["settings"]["train.xla"] is True
