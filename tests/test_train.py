@@ -450,7 +450,6 @@ def test_weight_averaging_validates_and_keeps_the_average_and_resumes_from_raw_w
 
 
 def test_progressive_resizing_trains_small_first_then_at_full_size(learn_root, make_cfg, monkeypatch):
-    import tensorflow as tf
 
     import amazonmine.pipeline as pipeline
     from amazonmine.predictor import Predictor
@@ -458,23 +457,7 @@ def test_progressive_resizing_trains_small_first_then_at_full_size(learn_root, m
 
     cfg = tiny_cfg(make_cfg, learn_root, **{"train.image_size": 48, "train.small_size": 32, "train.small_epochs": 1,
                                             "train.epochs": 2, "train.steps_per_epoch": 4})
-    seen: list[int] = []  # the side of every training batch, in the order the model drew them
-    original = pipeline.make_dataset
-
-    def spy(*args, **kwargs):
-        ds = original(*args, **kwargs)
-        if not kwargs.get("training", args[6] if len(args) > 6 else False):
-            return ds
-
-        def record(x, y):
-            def note(side):
-                seen.append(int(side))
-                return side
-            tf.numpy_function(note, [tf.shape(x)[1]], tf.int32)
-            return x, y
-        return ds.map(record)
-
-    monkeypatch.setattr(pipeline, "make_dataset", spy)
+    seen = record_training_sides(monkeypatch, pipeline)
     (result,) = run_train(cfg, folds=[0])
     assert seen[:4] == [32] * 4 and seen[4:8] == [48] * 4  # prefetching may have read a few batches more
     assert set(seen[4:]) == {48}
@@ -492,3 +475,59 @@ def test_xla_on_the_cpu_trains(learn_root, make_cfg):
                                             "train.bn_recalibration_batches": 0})
     (result,) = run_train(cfg, folds=[0])
     assert result.model_path.is_file() and result.summary["settings"]["train.xla"] is True
+
+
+def test_a_resume_inside_the_small_epochs_redoes_the_cut_epoch_small(learn_root, make_cfg, monkeypatch):
+    import keras
+
+    import amazonmine.pipeline as pipeline
+    import amazonmine.train as train
+
+    cfg = tiny_cfg(make_cfg, learn_root, **{"train.image_size": 48, "train.small_size": 32, "train.small_epochs": 2,
+                                            "train.epochs": 3, "train.steps_per_epoch": 3,
+                                            "train.bn_recalibration_batches": 0})
+
+    class CtrlC(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            if self._epoch == 1 and batch == 1:
+                raise KeyboardInterrupt
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self._epoch = epoch
+
+    original_callbacks = train.fold_callbacks
+    monkeypatch.setattr(train, "fold_callbacks", lambda *a: (lambda cbs: (cbs[0] + [CtrlC()], *cbs[1:]))(original_callbacks(*a)))
+    with pytest.raises(AmazonmineError, match="interrupted: resume state saved"):
+        list(train.run_train(cfg, folds=[0]))
+    monkeypatch.setattr(train, "fold_callbacks", original_callbacks)
+
+    seen = record_training_sides(monkeypatch, pipeline)
+    train.run_train(cfg, folds=[0], resume=True)
+    # Epoch 2 of 3 was cut: it is redone on small chips, then epoch 3 at full size.
+    assert seen[:3] == [32] * 3 and seen[3:6] == [48] * 3 and set(seen[3:]) == {48}
+
+
+def record_training_sides(monkeypatch, pipeline) -> list[int]:
+    """The side of every training batch, in the order the model draws them (prefetching may read ahead)."""
+    import tensorflow as tf
+
+    seen: list[int] = []
+    original = pipeline.make_dataset
+
+    def note(side):
+        seen.append(int(side))
+        return side
+
+    def spy(*args, **kwargs):
+        ds = original(*args, **kwargs)
+        if not kwargs.get("training"):
+            return ds
+        # The recorded side is passed through a control dependency, so the call is never pruned.
+        def record(x, y):
+            side = tf.numpy_function(note, [tf.shape(x)[1]], tf.int32)
+            with tf.control_dependencies([side]):
+                return tf.identity(x), y
+        return ds.map(record)
+
+    monkeypatch.setattr(pipeline, "make_dataset", spy)
+    return seen
