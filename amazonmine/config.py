@@ -227,9 +227,9 @@ class TrainConfig:
     augment: bool = True
     brightness_jitter: Annotated[float, Range(ge=0)] = 0.05
     contrast_jitter: Annotated[float, Range(ge=0)] = 0.1
-    # Share of training chips remade as another chip-making pipeline would have made them: a random one of
-    # down-and-up resampling (area, bilinear, bicubic or nearest), Gaussian blur, sharpening, or JPEG
-    # re-encoding at quality 40-95 (3-band chips). The same scene cut by another tool must keep its labels.
+    # Share of training chips remade as another chip-making pipeline would have made them: random resampling,
+    # blur or sharpening, and JPEG re-encoding at quality 40-95 (3-band chips), see pipeline.remake_chip. The
+    # same scene cut by another tool must keep its labels.
     chip_augment: Annotated[float, Range(ge=0, le=1)] = 0.0
     cache: bool = False
     # Mini backbones for tests and demos: dense-block sizes and growth of a from-scratch DenseNet.

@@ -138,46 +138,69 @@ def _gaussian_blur(image, sigma):
     return tf.nn.depthwise_conv2d(padded, kernel, strides=[1, 1, 1, 1], padding="VALID")[0]
 
 
-CHIP_REMAKES = ("area", "bilinear", "bilinear_antialiased", "bicubic", "nearest", "blur", "sharpen", "jpeg")
+RESAMPLINGS = ("area", "bilinear", "bilinear_antialiased", "bicubic", "nearest")
+FOCUS = ("blur", "sharpen")
+CHIP_REMAKES = RESAMPLINGS + FOCUS + ("jpeg",)
 
 
-def remake_chip(image, seed, scale: float, channels: int, kind: str | None = None):
-    """The chip as another chip-making pipeline might have made it: one of down-and-up resampling (area,
-    bilinear with or without antialiasing, bicubic, nearest; to 50-90% of the side), Gaussian blur (sigma
-    0.4-1.2 px), unsharp masking, or (3 bands) a JPEG round trip at quality 40-95. ``seed`` is a stateless
-    seed pair; ``scale`` the full-scale pixel value; ``kind`` (one of :data:`CHIP_REMAKES`) fixes the remake
-    instead of drawing it."""
+def remake_chip(image, seed, scale: float, channels: int, kind: str | None = None, native: int = 0):
+    """The chip as another chip-making pipeline might have made it, in three random steps: resampling (none,
+    or down to 50-90% of the side and back by area, bilinear with or without antialiasing, bicubic or
+    nearest), focus (none, Gaussian blur of sigma 0.4-1.2 px, or unsharp masking), and for 3-band chips a JPEG
+    round trip at quality 40-95 with halved chroma, half of the time (what cost the most F2 on real chips:
+    scripts/bench_tile_match.py --f2).
+
+    ``seed`` is a stateless seed pair; ``scale`` the full-scale pixel value; ``kind`` (one of
+    :data:`CHIP_REMAKES`) applies that one step alone. ``native``: the chips' own size, when the image was
+    enlarged from it: the JPEG round trip happens at that size, as it did to the chip file (its 8x8 blocks and
+    halved chroma are chip pixels, not model pixels)."""
     import tensorflow as tf
 
     size = tf.shape(image)[0]
-    strength = tf.random.stateless_uniform([], seed=seed + 3)
+    side = image.shape[0]
+    enlarged = bool(native) and side is not None and native < side
+
+    def strength(step: int):
+        return tf.random.stateless_uniform([], seed=seed + 10 + step)
 
     def resample(method: str, antialias: bool = False):
-        def remade():
-            side = tf.cast(tf.round(tf.cast(size, tf.float32) * (0.5 + 0.4 * strength)), tf.int32)
-            small = tf.image.resize(image, [side, side], method=method, antialias=antialias)
+        def remade(img):
+            small_side = tf.cast(tf.round(tf.cast(size, tf.float32) * (0.5 + 0.4 * strength(0))), tf.int32)
+            small = tf.image.resize(img, [small_side, small_side], method=method, antialias=antialias)
             return tf.image.resize(small, [size, size], method="bilinear")
         return remade
 
-    def blur():
-        return _gaussian_blur(image, 0.4 + 0.8 * strength)
+    def blur(img):
+        return _gaussian_blur(img, 0.4 + 0.8 * strength(1))
 
-    def sharpen():
-        return image + (0.3 + 0.7 * strength) * (image - _gaussian_blur(image, 1.0))
+    def sharpen(img):
+        return img + (0.3 + 0.7 * strength(1)) * (img - _gaussian_blur(img, 1.0))
 
-    def jpeg():
-        quality = 40 + tf.cast(strength * 56.0, tf.int32)
-        return tf.image.adjust_jpeg_quality(tf.clip_by_value(image / scale, 0.0, 1.0), quality) * scale
+    def jpeg(img):
+        quality = 40 + tf.cast(strength(2) * 56.0, tf.int32)
+        chip = tf.image.resize(img, [native, native], method="area") if enlarged else img
+        chip = tf.image.adjust_jpeg_quality(tf.clip_by_value(chip / scale, 0.0, 1.0), quality) * scale
+        return tf.image.resize(chip, [size, size], method="bilinear") if enlarged else chip
 
-    kinds = dict(zip(CHIP_REMAKES, [resample("area"), resample("bilinear"), resample("bilinear", antialias=True),
+    steps = dict(zip(CHIP_REMAKES, [resample("area"), resample("bilinear"), resample("bilinear", antialias=True),
                                     resample("bicubic"), resample("nearest"), blur, sharpen, jpeg]))
-    if channels != 3:  # JPEG holds 1 or 3 bands only
-        kinds.pop("jpeg")
+    if channels != 3 and kind == "jpeg":
+        raise KeyError("jpeg: JPEG holds 1 or 3 bands only")
     if kind is not None:
-        out = kinds[kind]()
+        out = steps[kind](image)
     else:
-        choice = tf.random.stateless_uniform([], seed=seed + 2, minval=0, maxval=len(kinds), dtype=tf.int32)
-        out = tf.switch_case(choice, list(kinds.values()))
+        def pick(names: tuple[str, ...], img, salt: int):
+            branches = [lambda: img] + [lambda name=name: steps[name](img) for name in names]
+            choice = tf.random.stateless_uniform([], seed=seed + salt, minval=0, maxval=len(branches),
+                                                 dtype=tf.int32)
+            remade = tf.switch_case(choice, branches)
+            remade.set_shape(image.shape)
+            return remade
+
+        out = pick(FOCUS, pick(RESAMPLINGS, image, 2), 3)
+        if channels == 3:
+            encoded = tf.random.stateless_uniform([], seed=seed + 5) < 0.5
+            out = tf.cond(encoded, lambda: jpeg(out), lambda: out)
     out.set_shape(image.shape)
     return tf.clip_by_value(out, 0.0, scale)
 
@@ -230,7 +253,8 @@ def make_dataset(chips: ChipSet, rows: np.ndarray, labels: np.ndarray | None, tr
             seed_pair = tf.stack([tf.cast(seed, tf.int64), index])
             if chip_augment > 0:
                 remade = tf.random.stateless_uniform([], seed=seed_pair + 4) < chip_augment
-                img = tf.cond(remade, lambda: remake_chip(img, seed_pair, pixel_scale, channels), lambda: img)
+                img = tf.cond(remade, lambda: remake_chip(img, seed_pair, pixel_scale, channels,
+                                                          native=chips.native_size), lambda: img)
             random_k = tf.random.stateless_uniform([], seed=seed_pair, minval=0, maxval=8, dtype=tf.int64)
             img = dihedral_tf(img, tf.where(transform > 0, transform, random_k))
             img = _jitter(img, seed_pair, brightness, contrast, pixel_scale)
