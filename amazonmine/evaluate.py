@@ -45,8 +45,8 @@ from amazonmine.data import (
 )
 from amazonmine.decisions import DecisionRule, Objective, decode, label_curve_counts, parse_objectives, threshold_curve
 from amazonmine.errors import AmazonmineError
-from amazonmine.io import atomic_path, read_json, write_bytes_atomic, write_text_atomic
-from amazonmine.metrics import bootstrap_intervals, mean_f2, per_label_scores
+from amazonmine.io import atomic_path, read_json, write_bytes_atomic, write_csv_atomic, write_text_atomic
+from amazonmine.metrics import bootstrap_intervals, mean_f2, per_image_f2, per_label_scores
 from amazonmine.runfolder import HOLDOUT_FOLD, THRESHOLDS_JSON, OofSet, RunFolder
 
 DEHAZE_PAIRS = 8
@@ -82,6 +82,10 @@ class EvaluateResult:
         if self.lockbox is not None:
             lo, hi = self.lockbox.interval
             lockbox = f"; lockbox mean F2 {self.lockbox.f2:.4f} (95% {lo:.4f}-{hi:.4f}) over {self.lockbox.n} chips"
+            if self.lockbox.single:
+                scores = [f2 for _, f2, _ in self.lockbox.single]
+                lockbox += (f", each fold alone {min(scores):.4f}-{max(scores):.4f}, ensemble gain "
+                            f"{self.lockbox.gain[0]:+.4f} (95% {self.lockbox.gain[1]:+.4f} to {self.lockbox.gain[2]:+.4f})")
         return (f"wrote {self.path} (OOF mean F2 {self.oof_f2:.4f}{interval} over {self.n_chips} chips, "
                 f"{self.thresholds_source}{lockbox}){gaps}")
 
@@ -97,6 +101,10 @@ class Lockbox:
     pred: np.ndarray
     intervals: dict
     unscored: list[str] = field(default_factory=list)
+    # With two folds or more: (fold, mean F2, 95% interval) of each fold's model alone, and the ensemble's gain
+    # over the average fold alone (mean, 95% interval; chips resampled, paired).
+    single: list[tuple[int, float, tuple[float, float]]] = field(default_factory=list)
+    gain: tuple[float, float, float] | None = None
 
 
 # --- small helpers -----------------------------------------------------------------------------------------
@@ -504,10 +512,13 @@ def _holdout_is_stale(run: RunFolder, held: list[str]) -> bool:
     if not path.is_file():
         return True
     try:
-        sources = [run.folds_csv] + [files.summary for files in run.finished_models().folds]
+        finished = run.finished_models().folds
     except AmazonmineError:  # no model left to recompute with: the file is the best there is
-        sources = [run.folds_csv]
-    written = path.stat().st_mtime
+        finished = []
+    if any(not files.holdout.is_file() for files in finished):
+        return True
+    sources = [run.folds_csv] + [files.summary for files in finished]
+    written = min([path.stat().st_mtime] + [files.holdout.stat().st_mtime for files in finished])
     if any(p.is_file() and p.stat().st_mtime > written for p in sources):
         return True
     names, _ = load_matrix_csv(path)
@@ -515,16 +526,28 @@ def _holdout_is_stale(run: RunFolder, held: list[str]) -> bool:
 
 
 def _predict_holdout(cfg, run: RunFolder, layout: PlanetLayout, held: list[str]) -> None:
+    import pandas as pd
+
     from amazonmine.predictor import Predictor
 
     subdir = cfg.data.tif_dir if cfg.data.image_format == "tif" else cfg.data.train_dir
     folder = run.require_chip_dir(subdir)
     chips = [(name, folder / f"{name}{layout.ext}") for name in held]
     predictor = Predictor.from_run(cfg)
-    # Chips in chip_dir are already dehazed when dehazing is on; the predictor dehazes raw ones itself when
-    # the folds learnt from dehazed chips.
-    predictor.predict_files(chips, run.holdout_probabilities, dehazed=run.dehaze_enabled,
-                            expected_size=cfg.data.chip_size, progress=False)
+    folds = run.finished_models().folds
+    # Each fold's model alone (so the ensemble's gain can be measured), then their mean: exactly what the
+    # predictor's own average over the folds gives. Chips in chip_dir are already dehazed when dehazing is on;
+    # the predictor dehazes raw ones itself when the folds learnt from dehazed chips.
+    frames = []
+    for files in folds:
+        predictor.one_fold(files.model).predict_files(chips, files.holdout, dehazed=run.dehaze_enabled,
+                                                      expected_size=cfg.data.chip_size, progress=False)
+        frames.append(pd.read_csv(files.holdout, dtype={"image_name": str}, keep_default_na=False))
+    if any(not frame["image_name"].equals(frames[0]["image_name"]) for frame in frames[1:]):
+        raise AmazonmineError(f"{run.root}: the folds' lockbox predictions list different chips")
+    ensemble = frames[0].copy()
+    ensemble[list(LABELS)] = np.mean([frame[list(LABELS)].to_numpy() for frame in frames], axis=0)
+    write_csv_atomic(run.holdout_probabilities, ensemble, float_format="%.6f")
 
 
 def _lockbox(cfg, run: RunFolder, layout: PlanetLayout, frame, matrix, rule, weather: bool,
@@ -550,16 +573,57 @@ def _lockbox(cfg, run: RunFolder, layout: PlanetLayout, frame, matrix, rule, wea
     scored = {names[i] for i in keep}
     box = Lockbox(len(y), mean_f2(y, pred), intervals["mean_f2"], y, pred, intervals,
                   sorted(set(held) - scored))
+    alone = _each_fold_alone(run, names, keep, y, pred, box.interval, rule, weather, draws, seed)
+    if alone is not None:
+        box.single, box.gain, alone_html = alone
     rows = _score_rows(y, pred, intervals, lambda j, name: [])
     note = (f"<p>{box.n} chips that <code>split</code> set aside before the folds (fold {HOLDOUT_FOLD} in "
             f"folds.csv): no model trained on them and no threshold was tuned on them. Scored once with the "
             f"decisions above, by every finished fold model averaged as <code>predict</code> averages them "
             f"({_e(run.holdout_probabilities.name)}). Mean F2 {box.f2:.4f}, 95% interval "
             f"{box.interval[0]:.4f}-{box.interval[1]:.4f}.</p>")
+    if box.single:
+        note += alone_html
     if box.unscored:
         note += _missing(f"{len(box.unscored)} held-out chips could not be read and are not scored: "
                          + ", ".join(box.unscored[:5]) + (" ..." if len(box.unscored) > 5 else ""))
     return head + note + _table(["label", *_COUNT_HEADER], rows), box, True
+
+
+def _each_fold_alone(run: RunFolder, names: list[str], keep: list[int], y: np.ndarray, pred: np.ndarray,
+                     interval: tuple[float, float], rule, weather: bool, draws: int, seed: int):
+    """(single, gain, html): every fold's model alone on the lockbox with the same decisions, and the
+    ensemble's gain over the average fold alone; None with fewer than two folds' files."""
+    try:
+        folds = run.finished_models().folds
+    except AmazonmineError:
+        return None
+    if len(folds) < 2 or not all(files.holdout.is_file() for files in folds):
+        return None
+    ensemble_chip = per_image_f2(y, pred)
+    single, fold_chip = [], []
+    for files in folds:
+        fold_names, probs = load_matrix_csv(files.holdout)
+        if list(fold_names) != list(names):
+            return None
+        decided = decode(probs[keep], rule, weather)
+        per_chip = per_image_f2(y, decided)
+        lo, hi = bootstrap_intervals(y, decided, draws, seed)["mean_f2"]
+        single.append((files.fold, float(per_chip.mean()), (float(lo), float(hi))))
+        fold_chip.append(per_chip)
+    diff = ensemble_chip - np.mean(fold_chip, axis=0)
+    resampled = np.random.default_rng(seed).integers(0, len(diff), size=(draws, len(diff)))
+    lo, hi = np.percentile(diff[resampled].mean(axis=1), [2.5, 97.5])
+    gain = (float(diff.mean()), float(lo), float(hi))
+    rows = [[f"fold {k} alone", f"{f2:.4f}", f"{a:.4f}-{b:.4f}"] for k, f2, (a, b) in single]
+    rows.append([f"the {len(single)} folds averaged (what predict uses)", f"{ensemble_chip.mean():.4f}",
+                 f"{interval[0]:.4f}-{interval[1]:.4f}"])
+    html_part = ("<p>Each fold's model alone on the same chips, with the same decisions: the ensemble gains "
+                 f"{gain[0]:+.4f} mean F2 over the average fold alone (95% interval {gain[1]:+.4f} to "
+                 f"{gain[2]:+.4f}, chips resampled, paired). Out-of-fold scores cannot show this gain: each "
+                 "chip there has one fold's prediction only.</p>"
+                 + _table(["model", "lockbox mean F2", "95% interval"], rows))
+    return single, gain, html_part
 
 
 def _credit(layout: PlanetLayout) -> str:

@@ -78,6 +78,7 @@ class FoldFiles:
     resume_weights: Path
     resume_meta: Path
     oof: Path
+    holdout: Path  # this fold's model alone on the lockbox chips (evaluate)
 
     @property
     def name(self) -> str:
@@ -92,7 +93,8 @@ class FoldFiles:
         return FoldFiles(fold=self.fold, dir=d, model=d / self.model.name, summary=d / self.summary.name,
                          history=d / self.history.name, tensorboard=d / self.tensorboard.name, resume_dir=resume,
                          resume_weights=resume / self.resume_weights.name,
-                         resume_meta=resume / self.resume_meta.name, oof=d / self.oof.name)
+                         resume_meta=resume / self.resume_meta.name, oof=d / self.oof.name,
+                         holdout=d / self.holdout.name)
 
     def has_resume_state(self) -> bool:
         return self.resume_weights.is_file() and self.resume_meta.is_file()
@@ -213,7 +215,7 @@ class RunFolder:
         return FoldFiles(fold=int(k), dir=d, model=d / self.artifact_name, summary=d / "summary.json",
                          history=d / "history.csv", tensorboard=d / "tensorboard", resume_dir=resume,
                          resume_weights=resume / "state.weights.h5", resume_meta=resume / "state.json",
-                         oof=self.root / f"oof_fold{int(k)}.csv")
+                         oof=self.root / f"oof_fold{int(k)}.csv", holdout=d / HOLDOUT_PROBABILITIES_CSV)
 
     def fold_numbers(self) -> list[int]:
         """Folds that have a folder in the run (any state but absent), in order."""

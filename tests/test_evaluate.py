@@ -298,6 +298,47 @@ def test_lockbox_is_scored_once_by_the_fold_models_and_reported_apart(synth_root
 
 
 @pytest.mark.filterwarnings("ignore::amazonmine.split.SplitWarning")
+def test_lockbox_scores_each_fold_alone_and_the_ensemble_gain(synth_root, make_cfg):
+    """Two folds: each model alone on the lockbox, the ensemble file is their mean, and the reported gain is
+    the ensemble's per-chip F2 minus the average fold's."""
+    from amazonmine.metrics import per_image_f2
+    from amazonmine.runfolder import RunFolder
+    from amazonmine.split import run_split
+    from amazonmine.train import run_train
+
+    cfg = make_cfg(synth_root, **{
+        "dehaze.enabled": "false", "split.folds": 2, "split.rare_target": 4, "train.backbone": "densenet_mini",
+        "train.mini_blocks": "[2]", "train.image_size": 32, "train.batch_size": 16, "train.epochs": 1,
+        "train.steps_per_epoch": 2, "train.verbose": 0, "predict.tta": 1, "predict.batch_size": 16,
+        "evaluate.gallery_size": 2, "evaluate.thumbnail": 32, "train.bn_recalibration_batches": 0})
+    cfg.split.holdout = 0.2
+    run_split(cfg)
+    list(run_train(cfg, folds=[0, 1]))
+    run_tune(cfg)
+    result = run_evaluate(cfg)
+    run = RunFolder(Path(cfg.run.dir))
+    ensemble = pd.read_csv(run.holdout_probabilities, dtype={"image_name": str})
+    alone = [pd.read_csv(run.fold(k).holdout, dtype={"image_name": str}) for k in (0, 1)]
+    assert all(a["image_name"].equals(ensemble["image_name"]) for a in alone)
+    np.testing.assert_allclose(ensemble[list(LABELS)].to_numpy(),
+                               (alone[0][list(LABELS)].to_numpy() + alone[1][list(LABELS)].to_numpy()) / 2,
+                               atol=2e-6)
+    box = result.lockbox
+    frame, matrix = PlanetLayout.from_config(cfg.data).load_train(check_files=False)
+    row = {n: i for i, n in enumerate(frame["image_name"])}
+    y = matrix[[row[n] for n in ensemble["image_name"]]].astype(bool)
+    rule, weather = run.read_thresholds()
+    singles = [per_image_f2(y, decode(a[list(LABELS)].to_numpy(), rule, weather)) for a in alone]
+    assert [k for k, _, _ in box.single] == [0, 1]
+    for (_, f2, (lo, hi)), chip in zip(box.single, singles):
+        assert f2 == pytest.approx(chip.mean()) and lo <= f2 <= hi
+    ensemble_chip = per_image_f2(y, decode(ensemble[list(LABELS)].to_numpy(), rule, weather))
+    assert box.gain[0] == pytest.approx(ensemble_chip.mean() - np.mean(singles, axis=0).mean())
+    assert box.gain[1] <= box.gain[0] <= box.gain[2]
+    assert "each fold alone" in result.headline() and "fold 1 alone" in result.path.read_text()
+
+
+@pytest.mark.filterwarnings("ignore::amazonmine.split.SplitWarning")
 def test_lockbox_without_models_is_reported_missing(synth_root, make_cfg):
     from amazonmine.split import run_split
 
