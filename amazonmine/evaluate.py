@@ -45,7 +45,14 @@ from amazonmine.data import (
 )
 from amazonmine.decisions import DecisionRule, Objective, decode, label_curve_counts, parse_objectives, threshold_curve
 from amazonmine.errors import AmazonmineError
-from amazonmine.io import atomic_path, read_json, write_bytes_atomic, write_csv_atomic, write_text_atomic
+from amazonmine.io import (
+    atomic_path,
+    read_json,
+    write_bytes_atomic,
+    write_csv_atomic,
+    write_json_atomic,
+    write_text_atomic,
+)
 from amazonmine.metrics import bootstrap_intervals, mean_f2, per_image_f2, per_label_scores
 from amazonmine.runfolder import HOLDOUT_FOLD, THRESHOLDS_JSON, OofSet, RunFolder
 
@@ -626,6 +633,24 @@ def _each_fold_alone(run: RunFolder, names: list[str], keep: list[int], y: np.nd
     return single, gain, html_part
 
 
+def _lockbox_record(box: Lockbox) -> dict:
+    """The lockbox figures for scripts (report/lockbox.json): the ensemble's, each fold's alone, the gain."""
+    def pair(values):
+        return [None if v != v else round(float(v), 6) for v in values]
+
+    per_label = {name: {"support": int(box.y_true[:, j].sum()), "predicted": int(box.pred[:, j].sum()),
+                        "precision_interval": pair(box.intervals["precision"][j]),
+                        "recall_interval": pair(box.intervals["recall"][j])}
+                 for j, name in enumerate(LABELS)}
+    scores = per_label_scores(box.y_true, box.pred)
+    for j, name in enumerate(LABELS):
+        per_label[name].update(precision=float(scores["precision"][j]), recall=float(scores["recall"][j]))
+    return {"chips": box.n, "mean_f2": box.f2, "interval": pair(box.interval),
+            "single": [{"fold": k, "mean_f2": f2, "interval": pair(i)} for k, f2, i in box.single],
+            "gain": None if box.gain is None else {"mean": box.gain[0], "interval": pair(box.gain[1:])},
+            "unscored": len(box.unscored), "per_label": per_label}
+
+
 def _credit(layout: PlanetLayout) -> str:
     """Credit what the report shows: Planet's imagery, or chips that amazonmine synth painted (a synth set
     carries its known truth in truth/test_labels.csv, which no real download has)."""
@@ -688,4 +713,9 @@ def _evaluate(cfg, run: RunFolder) -> EvaluateResult:
             f"<footer>Written by amazonmine evaluate. {_e(_credit(layout))}</footer></body></html>\n")
     index = out / "index.html"
     write_text_atomic(index, page)
+    lockbox_json = out / "lockbox.json"
+    if lockbox is not None:
+        write_json_atomic(lockbox_json, _lockbox_record(lockbox))
+    elif lockbox_json.is_file():
+        lockbox_json.unlink()  # an older run's lockbox must not pass for this one's
     return EvaluateResult(index, f2, len(oof.names), source, missing, intervals["mean_f2"], lockbox)

@@ -556,6 +556,7 @@ def render(report: dict) -> str:
         lines.append(f"  (* mine labels; prec/rec@{t['start']:g}: flat threshold, no decoding; prec/recall/F2: tuned "
                      f"thresholds, weather decoding {'on' if t['weather_decoding'] else 'off'}, as predict decides)")
         lines.append("")
+    lines += _render_lockbox(report.get("lockbox"))
     rows = [["stage", "wall", "peak RSS", "notes"]]
     for s in report["stages"]:
         rss = (">=" if s.get("rss_lower_bound") else "") + f"{s['peak_rss_mib']:.0f} MiB" if s.get("peak_rss_mib") else "-"
@@ -589,6 +590,26 @@ def render(report: dict) -> str:
         lines += _render_ablation(report["ablation"])
     lines.append("=" * 96)
     return "\n".join(lines)
+
+
+def _render_lockbox(box: dict | None) -> list[str]:
+    """The held-out chips (split.holdout), as evaluate scored them: the ensemble, each fold alone, the gain."""
+    if not box:
+        return ["lockbox: none in this run's split (split.holdout is 0)", ""]
+    rows = [["lockbox model", "mean F2", "95% CI"]]
+    rows += [[f"fold {f['fold']} alone", f"{f['mean_f2']:.4f}", _span(f["interval"])] for f in box["single"]]
+    rows.append([f"ensemble of {max(1, len(box['single']))} fold(s) (predict)", f"{box['mean_f2']:.4f}",
+                 _span(box["interval"])])
+    lines = [f"Lockbox: {box['chips']} held-out chips no fold trained or tuned on, scored once"] + _grid(rows, "lrr")
+    if box.get("gain"):
+        g = box["gain"]
+        lines.append(f"  ensemble gain over the average fold alone: {g['mean']:+.4f} (95% CI "
+                     f"{g['interval'][0]:+.4f} to {g['interval'][1]:+.4f}, paired)")
+    for name in MINE_LABELS:
+        s = box["per_label"][name]
+        lines.append(f"  {name}: recall {s['recall']:.3f} ({_span(s['recall_interval'], 2)}), precision "
+                     f"{s['precision']:.3f} ({_span(s['precision_interval'], 2)}), {s['support']} chips")
+    return lines + [""]
 
 
 def _render_ablation(a: dict) -> list[str]:
@@ -677,6 +698,8 @@ def run_bench(args, bench: Bench, report: dict) -> None:
         report["submission"] = check_submission(cfg)
 
     bench.stage("evaluate", "evaluate", run.root).note = str(run.report_dir / "index.html")
+    lockbox_json = run.report_dir / "lockbox.json"
+    report["lockbox"] = read_json(lockbox_json) if lockbox_json.is_file() else None
 
     if args.ablate:
         print("\n== ablate: each finished fold's model on its own validation chips, TTA 1/2/4/8 (in process)",

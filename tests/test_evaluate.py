@@ -6,6 +6,7 @@ to present whatever the run holds, so any plausible probabilities exercise it.
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from urllib.parse import unquote
@@ -336,6 +337,9 @@ def test_lockbox_scores_each_fold_alone_and_the_ensemble_gain(synth_root, make_c
     assert box.gain[0] == pytest.approx(ensemble_chip.mean() - np.mean(singles, axis=0).mean())
     assert box.gain[1] <= box.gain[0] <= box.gain[2]
     assert "each fold alone" in result.headline() and "fold 1 alone" in result.path.read_text()
+    record = json.loads((run.report_dir / "lockbox.json").read_text())
+    assert record["mean_f2"] == pytest.approx(box.f2) and [s["fold"] for s in record["single"]] == [0, 1]
+    assert record["gain"]["mean"] == pytest.approx(box.gain[0]) and record["chips"] == box.n
 
 
 @pytest.mark.filterwarnings("ignore::amazonmine.split.SplitWarning")
