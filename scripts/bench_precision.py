@@ -4,7 +4,8 @@
                                                 [--data data/planet_32px] [--chips 2048] [--backbone densenet121]
 
 One model per setting (``amazonmine.model.build_model`` under that Keras dtype policy, compiled as
-``amazonmine.train`` compiles it, with ``jit_compile`` for the XLA rows) trains on the same pre-decoded chips
+``amazonmine.train`` compiles it, with ``jit_compile`` for the XLA rows and the weight average of ``train.ema``
+for the EMA rows, which ``--settings`` can add) trains on the same pre-decoded chips
 held in memory, so the input pipeline is out of the figure. The settings are measured in turn, round after
 round (``--rounds``), so that a change in the machine's load hits all of them alike; the table shows the median
 round and the spread (min-max) of each, and every row's ratio to float32 in the same round.
@@ -32,12 +33,16 @@ import numpy as np  # noqa: E402
 from bench_train import chip_paths, images_per_s  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-SETTINGS = {  # name -> (Keras dtype policy, jit_compile)
-    "float32": ("float32", False),
-    "mixed_bfloat16": ("mixed_bfloat16", False),
-    "float32 + XLA": ("float32", True),
-    "mixed_bfloat16 + XLA": ("mixed_bfloat16", True),
+SETTINGS = {  # name -> (Keras dtype policy, jit_compile, train.ema)
+    "float32": ("float32", False, 0.0),
+    "mixed_bfloat16": ("mixed_bfloat16", False, 0.0),
+    "float32 + XLA": ("float32", True, 0.0),
+    "mixed_bfloat16 + XLA": ("mixed_bfloat16", True, 0.0),
+    # Not numerics, but a per-step cost of its own: the weight average updated after every step.
+    "float32 + EMA": ("float32", False, 0.998),
+    "float32 + XLA + EMA": ("float32", True, 0.998),
 }
+DEFAULT_SETTINGS = ["float32", "mixed_bfloat16", "float32 + XLA", "mixed_bfloat16 + XLA"]
 
 
 def parse_args(argv=None):
@@ -52,7 +57,7 @@ def parse_args(argv=None):
     parser.add_argument("--data", type=Path, default=default_data if default_data.is_dir() else None,
                         help="A Kaggle-layout folder (default: data/planet_32px when unpacked; else synthetic).")
     parser.add_argument("--backbone", default="densenet121")
-    parser.add_argument("--settings", default=",".join(SETTINGS),
+    parser.add_argument("--settings", default=",".join(DEFAULT_SETTINGS),
                         help=f"Comma-separated subset of: {', '.join(SETTINGS)}.")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
@@ -67,12 +72,15 @@ def parse_args(argv=None):
 
 def build(setting: str, tc, steps: int):
     """A compiled model under the setting's dtype policy (the policy is read when layers are made)."""
+    import dataclasses
+
     import keras
 
     from amazonmine.keras_parts import make_loss, make_metric, make_optimizer
     from amazonmine.model import build_model
 
-    policy, jit = SETTINGS[setting]
+    policy, jit, ema = SETTINGS[setting]
+    tc = dataclasses.replace(tc, ema=ema)
     keras.mixed_precision.set_global_policy(policy)
     try:
         model = build_model(tc, channels=3, image_format="jpg")
