@@ -34,12 +34,16 @@ def main(argv=None) -> int:
     ap.add_argument("--config", default=str(REPO / "configs" / "planet32.yaml"))
     args = ap.parse_args(argv)
 
-    from amazonmine.config import load_config
+    import dataclasses
+
+    from amazonmine.config import TrainConfig, load_config
     from amazonmine.data import LABEL_INDEX, PlanetLayout
     from amazonmine.decisions import decode, fit_thresholds
     from amazonmine.metrics import bootstrap_intervals
     from amazonmine.runfolder import RunFolder
 
+    defaults = {f"train.{k}": v for k, v in json.loads(json.dumps(dataclasses.asdict(TrainConfig()),
+                                                                 default=str)).items()}
     rows = [["run", "recipe (vs the first run)", "epochs", "train", "img/s", "flat 0.2", "tuned", "95% CI",
              "cross-fit", "artisinal rec"]]
     base_settings, split = None, None
@@ -55,9 +59,9 @@ def main(argv=None) -> int:
         elif summary.get("split_sha256") != split:
             print(f"error: {run_dir} was trained on another split than {args.runs[0]}", file=sys.stderr)
             return 2
-        changed = [f"{k.removeprefix('train.')}={v}" for k, v in settings.items()
-                   if k in base_settings and base_settings[k] != v]
-        changed += [f"{k.removeprefix('train.')}={v}" for k, v in settings.items() if k not in base_settings]
+        # A setting newer than the first run's summary counts as changed only if it is off its default.
+        before = {**defaults, **base_settings}
+        changed = [f"{k.removeprefix('train.')}={v}" for k, v in settings.items() if k in before and before[k] != v]
         cfg = load_config(args.config, [f"run.dir={run_dir}"])
         scores = oof_scores(cfg, args.fold)
         oof = RunFolder.from_config(cfg).read_oof(PlanetLayout.from_config(cfg.data))
@@ -72,7 +76,8 @@ def main(argv=None) -> int:
         recall = (decided[:, j] & y[:, j].astype(bool)).sum() / max(1, y[:, j].sum())
         rate = summary.get("train_images_per_s")
         rows.append([str(run_dir), ", ".join(changed) or "-", f"{summary['epochs_run']} (best {summary['best_epoch']})",
-                     hms(summary.get("train_seconds_this_session")), f"{rate:.0f}" if rate else "-",
+                     hms(summary.get("train_seconds_this_session")) if rate else "(resumed)",
+                     f"{rate:.0f}" if rate else "-",
                      f"{scores['flat']:.4f}", f"{scores['tuned']:.4f}", f"{lo:.4f}-{hi:.4f}",
                      f"{scores['tuned_crossfit']:.4f}", f"{recall:.3f}"])
     print(f"fold {args.fold}, {int(keep.sum())} out-of-fold chips; train = training time of the session that "
