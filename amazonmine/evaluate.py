@@ -625,8 +625,8 @@ def _each_fold_alone(run: RunFolder, names: list[str], keep: list[int], y: np.nd
     rows = [[f"fold {k} alone", f"{f2:.4f}", f"{a:.4f}-{b:.4f}"] for k, f2, (a, b) in single]
     rows.append([f"the {len(single)} folds averaged (what predict uses)", f"{ensemble_chip.mean():.4f}",
                  f"{interval[0]:.4f}-{interval[1]:.4f}"])
-    html_part = ("<p>Each fold's model alone on the same chips, with the same decisions: the ensemble gains "
-                 f"{gain[0]:+.4f} mean F2 over the average fold alone (95% interval {gain[1]:+.4f} to "
+    html_part = ("<p>Each fold's model alone on the same chips, with the same decisions: the ensemble's mean F2 "
+                 f"minus the average fold's alone is {gain[0]:+.4f} (95% interval {gain[1]:+.4f} to "
                  f"{gain[2]:+.4f}, chips resampled, paired). Out-of-fold scores cannot show this gain: each "
                  "chip there has one fold's prediction only.</p>"
                  + _table(["model", "lockbox mean F2", "95% interval"], rows))
