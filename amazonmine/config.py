@@ -214,7 +214,8 @@ class TrainConfig:
     xla: bool = False
     # Weight averaging: > 0 keeps an exponential moving average of the weights with this momentum per step
     # (0.998 averages over roughly the last 500 steps); validation, the best checkpoint and every prediction
-    # use the averaged weights, training continues from the raw ones. 0 = off.
+    # use the averaged weights (with BatchNorm statistics recalibrated for them, keras_parts.averaged_weights),
+    # training continues from the raw ones. 0 = off.
     ema: Annotated[float, Range(ge=0, lt=1)] = 0.0
     # Folds to train; empty = all folds of the split.
     folds: list[Annotated[int, Range(ge=0)]] = field(default_factory=lambda: [0])

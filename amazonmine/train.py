@@ -290,7 +290,11 @@ def train_fold(cfg, fold: int, strategy, gpu: bool = False, action: str = "train
         discard_retrain(final)
         state.clear()
     files.dir.mkdir(parents=True, exist_ok=True)
-    callbacks, _, meter = fold_callbacks(files, tc, state.best, state, batch)
+    # Averaged weights are validated with BatchNorm statistics of their own; across replicas or workers the
+    # statistics would have to be gathered in step, so there they are the raw ones (the final recalibration
+    # still fits the kept model).
+    calibration = _calibration(cfg, data, fold) if tc.ema > 0 and replicas == 1 and cluster is None else None
+    callbacks, _, meter = fold_callbacks(files, tc, state.best, state, batch, calibration)
     if cluster is not None:
         callbacks.insert(0, cluster.same_statistics())  # before the checkpoints look at the model
     again = f"'amazonmine train --fold {fold}{' --retrain' if staged else ''}'"
@@ -370,6 +374,13 @@ def _disk_refusals(fold: int, final: FoldFiles, staged: bool, state: ResumeState
 
 # --- finishing a trained fold ------------------------------------------------------------------------------
 
+def _calibration(cfg, data: FoldData, fold: int):
+    """Unaugmented training chips in a seeded random order, at full size: the statistics inference will meet.
+    The same batches each time, so recalibrating the same weights twice gives the same statistics."""
+    order = np.random.default_rng(cfg.run.seed + fold).permutation(np.unique(data.plan.train_rows))
+    return data.dataset(order, cfg.train.image_size, cfg.train.batch_size)
+
+
 def _finish_fold(cfg, data: FoldData, files: FoldFiles, state: ResumeState, *, meter, wall: float,
                  replicas: int, gpu: bool, note: str | None, model_path: Path, cluster: dict) -> TrainResult:
     """BatchNorm recalibration, out-of-fold predictions and the summary of a trained fold.
@@ -392,9 +403,7 @@ def _finish_fold(cfg, data: FoldData, files: FoldFiles, state: ResumeState, *, m
     val_eval = data.dataset(val_rows, tc.image_size, cfg.predict.batch_size)
     recalibration = None
     if tc.bn_recalibration_batches > 0:
-        # Unaugmented training chips in a seeded random order: the statistics inference will meet.
-        order = np.random.default_rng(cfg.run.seed + fold).permutation(np.unique(plan.train_rows))
-        calib = data.dataset(order, tc.image_size, tc.batch_size)
+        calib = _calibration(cfg, data, fold)
         before = mean_f2(y_val, predict_dataset(tta_predict_fn(best_model, 1), val_eval, len(val_rows),
                                                 progress=False) >= FLAT_THRESHOLD)
         layers_done = recalibrate_batchnorm(best_model, calib, tc.bn_recalibration_batches)

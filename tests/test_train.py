@@ -449,6 +449,88 @@ def test_weight_averaging_validates_and_keeps_the_average_and_resumes_from_raw_w
     assert result.summary["settings"]["train.ema"] == 0.8
 
 
+def test_averaged_weights_are_validated_and_kept_with_batchnorm_statistics_of_their_own(learn_root, make_cfg,
+                                                                                         monkeypatch):
+    import amazonmine.train as train
+    from amazonmine.keras_parts import batchnorm_layers
+
+    def statistics(model):
+        return [v.numpy().copy() for bn in batchnorm_layers(model) for v in (bn.moving_mean, bn.moving_variance)]
+
+    cfg = tiny_cfg(make_cfg, learn_root, **{"train.epochs": 2, "train.steps_per_epoch": 6, "train.ema": 0.8,
+                                            "train.bn_recalibration_batches": 2})
+    raw_at_save, final_recalibration = [], {}
+    original_save, original_recalibrate = train.ResumeState.save, train.recalibrate_batchnorm
+
+    def spy_save(self, model, epoch):
+        original_save(self, model, epoch)
+        raw_at_save.append(statistics(model))
+
+    def spy_recalibrate(model, dataset, batches):  # the finish step's recalibration of the kept checkpoint
+        final_recalibration["before"] = statistics(model)
+        done = original_recalibrate(model, dataset, batches)
+        final_recalibration["after"] = statistics(model)
+        return done
+
+    monkeypatch.setattr(train.ResumeState, "save", spy_save)
+    monkeypatch.setattr(train, "recalibrate_batchnorm", spy_recalibrate)
+    (result,) = train.run_train(cfg, folds=[0])
+    kept = final_recalibration["before"]
+    raw = raw_at_save[result.summary["best_epoch"] - 1]
+    # The checkpoint carries statistics recomputed for the averaged weights on the same batches the finish
+    # step uses: recalibrating it again changes nothing. Training went on with the raw ones, which differ.
+    for a, b in zip(kept, final_recalibration["after"], strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    assert any(not np.allclose(k, r, rtol=1e-3, atol=1e-4) for k, r in zip(kept, raw, strict=True))
+    assert result.summary["bn_recalibration"]["val_f2_after"] == result.summary["bn_recalibration"]["val_f2_before"]
+
+
+def test_ctrl_c_during_validation_of_averaged_weights_saves_the_raw_weights_and_statistics(learn_root, make_cfg,
+                                                                                           monkeypatch):
+    import keras
+
+    import amazonmine.train as train
+    from amazonmine.keras_parts import batchnorm_layers
+
+    def state_of(model):
+        return [v.numpy().copy() for v in model.trainable_variables] + [
+            v.numpy().copy() for bn in batchnorm_layers(model) for v in (bn.moving_mean, bn.moving_variance)]
+
+    cfg = tiny_cfg(make_cfg, learn_root, **{"train.epochs": 3, "train.steps_per_epoch": 4, "train.ema": 0.8,
+                                            "train.bn_recalibration_batches": 2})
+    seen = {}
+
+    class CtrlCInValidation(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            self._epoch = epoch
+
+        def on_train_batch_end(self, batch, logs=None):
+            seen["trained"] = state_of(self.model)  # the raw weights and statistics as training left them
+
+        def on_test_batch_end(self, batch, logs=None):
+            if self._epoch == 1:
+                seen["validated"] = state_of(self.model)
+                raise KeyboardInterrupt
+
+    original_callbacks = train.fold_callbacks
+    monkeypatch.setattr(train, "fold_callbacks",
+                        lambda *a: (lambda cbs: (cbs[0] + [CtrlCInValidation()], *cbs[1:]))(original_callbacks(*a)))
+    original_save = train.ResumeState.save
+
+    def spy_save(self, model, epoch):
+        seen["saved"] = state_of(model)
+        original_save(self, model, epoch)
+
+    monkeypatch.setattr(train.ResumeState, "save", spy_save)
+    with pytest.raises(AmazonmineError, match="interrupted: resume state saved"):
+        list(train.run_train(cfg, folds=[0]))
+    # Validation ran on other weights and statistics (the averages), yet what was saved to resume from is
+    # exactly what training had reached.
+    assert any(not np.allclose(a, b) for a, b in zip(seen["validated"], seen["trained"], strict=True))
+    for a, b in zip(seen["saved"], seen["trained"], strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
 def test_progressive_resizing_trains_small_first_then_at_full_size(learn_root, make_cfg, monkeypatch):
 
     import amazonmine.pipeline as pipeline
