@@ -579,6 +579,15 @@ class DecisionRule:
             return _decode(probs, self.thresholds, self.weather_decoding)
         return decode_expected_f2(probs, self.weather_decoding, self.thresholds, self.fixed, self.calibration)[0]
 
+    def with_decoder(self, decoder: str, calibration: str, y_true, probs) -> "DecisionRule":
+        """The same thresholds and operating points under ``decoder`` (its calibration of kind ``calibration``
+        fitted on ``y_true``, ``probs``): the expected-F2 decoder uses the thresholds of the held labels only,
+        so one threshold fit serves both."""
+        if decoder == "thresholds":
+            return DecisionRule(self.thresholds, self.weather_decoding, "thresholds", Calibration(), self.fixed)
+        return DecisionRule(self.thresholds, self.weather_decoding, decoder,
+                            fit_calibration(y_true, probs, calibration), self.fixed)
+
     def describe(self) -> str:
         if self.decoder == "thresholds":
             text = "per-label thresholds"

@@ -43,7 +43,15 @@ from amazonmine.data import (
     load_matrix_csv,
     read_image,
 )
-from amazonmine.decisions import DecisionRule, Objective, decode, label_curve_counts, parse_objectives, threshold_curve
+from amazonmine.decisions import (
+    DECODERS,
+    DecisionRule,
+    Objective,
+    decode,
+    label_curve_counts,
+    parse_objectives,
+    threshold_curve,
+)
 from amazonmine.errors import AmazonmineError
 from amazonmine.io import (
     atomic_path,
@@ -112,6 +120,10 @@ class Lockbox:
     # over the average fold alone (mean, 95% interval; chips resampled, paired).
     single: list[tuple[int, float, tuple[float, float]]] = field(default_factory=list)
     gain: tuple[float, float, float] | None = None
+    # With tuned decisions: each decoder's mean F2 and 95% interval on the same chips (the run's own and the
+    # other, fitted on the OOF chips as tune fits it), and expected-F2 minus thresholds (mean, paired interval).
+    decoders: dict[str, tuple[float, float, float]] = field(default_factory=dict)
+    decoder_difference: tuple[float, float, float] | None = None
 
 
 # --- small helpers -----------------------------------------------------------------------------------------
@@ -557,8 +569,38 @@ def _predict_holdout(cfg, run: RunFolder, layout: PlanetLayout, held: list[str])
     write_csv_atomic(run.holdout_probabilities, ensemble, float_format="%.6f")
 
 
+def _paired_mean(diff: np.ndarray, draws: int, seed: int) -> tuple[float, float, float]:
+    """Mean of per-chip differences and its 95% interval, chips resampled (both sides on the same draw)."""
+    resampled = np.random.default_rng(seed).integers(0, len(diff), size=(draws, len(diff)))
+    lo, hi = np.percentile(diff[resampled].mean(axis=1), [2.5, 97.5])
+    return float(diff.mean()), float(lo), float(hi)
+
+
+def _lockbox_decoders(cfg, oof: OofSet, rule, y: np.ndarray, probs: np.ndarray, draws: int, seed: int):
+    """(decoders, difference, html): both decoders on the lockbox with the run's thresholds and operating
+    points, the one the run does not use fitted on the OOF chips as tune would fit it; None without tuning."""
+    if not isinstance(rule, DecisionRule):
+        return None
+    calibration = getattr(cfg.tune, "calibration", "none")
+    rules = {name: rule if name == rule.decoder else rule.with_decoder(name, calibration, oof.y_true, oof.probs)
+             for name in DECODERS}
+    per_chip = {name: per_image_f2(y, r.decide(probs)) for name, r in rules.items()}
+    scored = {}
+    for name, r in rules.items():
+        lo, hi = bootstrap_intervals(y, r.decide(probs), draws, seed)["mean_f2"]
+        scored[name] = (float(per_chip[name].mean()), float(lo), float(hi))
+    difference = _paired_mean(per_chip["expected_f2"] - per_chip["thresholds"], draws, seed)
+    rows = [[f"{rules[name].describe()}{' (this run)' if name == rule.decoder else ''}", f"{f2:.4f}",
+             f"{lo:.4f}-{hi:.4f}"] for name, (f2, lo, hi) in scored.items()]
+    html_part = ("<p>The two decoders on the same chips and thresholds (the one this run does not use fitted on "
+                 f"the out-of-fold chips as <code>tune</code> would fit it): expected-F2 decoding minus "
+                 f"thresholds is {difference[0]:+.4f} (95% interval {difference[1]:+.4f} to {difference[2]:+.4f}, "
+                 "paired).</p>" + _table(["decisions", "lockbox mean F2", "95% interval"], rows))
+    return scored, difference, html_part
+
+
 def _lockbox(cfg, run: RunFolder, layout: PlanetLayout, frame, matrix, rule, weather: bool,
-             draws: int, seed: int) -> tuple[str, Lockbox | None, bool]:
+             draws: int, seed: int, oof: OofSet) -> tuple[str, Lockbox | None, bool]:
     """The lockbox section, its scores, and whether a hold-out that exists could be scored."""
     head = '<h2 id="lockbox">Lockbox: the held-out chips</h2>'
     folds = run.read_folds() if run.folds_csv.is_file() else None
@@ -591,6 +633,10 @@ def _lockbox(cfg, run: RunFolder, layout: PlanetLayout, frame, matrix, rule, wea
             f"{box.interval[0]:.4f}-{box.interval[1]:.4f}.</p>")
     if box.single:
         note += alone_html
+    decoders = _lockbox_decoders(cfg, oof, rule, y, probs[keep], draws, seed)
+    if decoders is not None:
+        box.decoders, box.decoder_difference, decoders_html = decoders
+        note += decoders_html
     if box.unscored:
         note += _missing(f"{len(box.unscored)} held-out chips could not be read and are not scored: "
                          + ", ".join(box.unscored[:5]) + (" ..." if len(box.unscored) > 5 else ""))
@@ -618,10 +664,7 @@ def _each_fold_alone(run: RunFolder, names: list[str], keep: list[int], y: np.nd
         lo, hi = bootstrap_intervals(y, decided, draws, seed)["mean_f2"]
         single.append((files.fold, float(per_chip.mean()), (float(lo), float(hi))))
         fold_chip.append(per_chip)
-    diff = ensemble_chip - np.mean(fold_chip, axis=0)
-    resampled = np.random.default_rng(seed).integers(0, len(diff), size=(draws, len(diff)))
-    lo, hi = np.percentile(diff[resampled].mean(axis=1), [2.5, 97.5])
-    gain = (float(diff.mean()), float(lo), float(hi))
+    gain = _paired_mean(ensemble_chip - np.mean(fold_chip, axis=0), draws, seed)
     rows = [[f"fold {k} alone", f"{f2:.4f}", f"{a:.4f}-{b:.4f}"] for k, f2, (a, b) in single]
     rows.append([f"the {len(single)} folds averaged (what predict uses)", f"{ensemble_chip.mean():.4f}",
                  f"{interval[0]:.4f}-{interval[1]:.4f}"])
@@ -648,6 +691,10 @@ def _lockbox_record(box: Lockbox) -> dict:
     return {"chips": box.n, "mean_f2": box.f2, "interval": pair(box.interval),
             "single": [{"fold": k, "mean_f2": f2, "interval": pair(i)} for k, f2, i in box.single],
             "gain": None if box.gain is None else {"mean": box.gain[0], "interval": pair(box.gain[1:])},
+            "decoders": {name: {"mean_f2": f2, "interval": pair((lo, hi))}
+                         for name, (f2, lo, hi) in box.decoders.items()},
+            "expected_f2_minus_thresholds": None if box.decoder_difference is None else {
+                "mean": box.decoder_difference[0], "interval": pair(box.decoder_difference[1:])},
             "unscored": len(box.unscored), "per_label": per_label}
 
 
@@ -684,7 +731,7 @@ def _evaluate(cfg, run: RunFolder) -> EvaluateResult:
     intervals = bootstrap_intervals(oof.y_true, pred, draws, seed)
 
     missing = []
-    lockbox_html, lockbox, ok = _lockbox(cfg, run, layout, frame, matrix, rule, weather, draws, seed)
+    lockbox_html, lockbox, ok = _lockbox(cfg, run, layout, frame, matrix, rule, weather, draws, seed, oof)
     if not ok:
         missing.append("lockbox")
     gallery, ok = _gallery(out, cfg, oof, pred)

@@ -28,7 +28,6 @@ from amazonmine.decisions import (
     Objective,
     OperatingPoint,
     _decode,
-    fit_calibration,
     fit_rule,
     parse_objectives,
 )
@@ -159,14 +158,6 @@ class _Settings:
         return cls(decoder, calibration, objectives, draws, int(getattr(tc, "bootstrap_seed", 0)))
 
 
-def _with_decoder(rule: DecisionRule, decoder: str, calibration: str, y, p) -> DecisionRule:
-    """The same thresholds and operating points under another decoder (its calibration fitted on y, p): the
-    expected-F2 decoder uses the thresholds of the held labels only, so one threshold fit serves both."""
-    if decoder == "thresholds":
-        return rule
-    return DecisionRule(rule.thresholds, rule.weather_decoding, decoder, fit_calibration(y, p, calibration), rule.fixed)
-
-
 def crossfit(y, p, weather_decoding: bool, settings: _Settings, start: float, passes: int, grid: int,
              seed: int) -> dict[str, float]:
     """Mean F2 of each decoder fitted on one random half of the chips and scored on the other, both ways round."""
@@ -178,7 +169,7 @@ def crossfit(y, p, weather_decoding: bool, settings: _Settings, start: float, pa
         rule, _ = fit_rule(y[fit], p[fit], weather_decoding, "thresholds", "none", settings.objectives,
                            start, passes, grid)
         for decoder in DECODERS:
-            decided = _with_decoder(rule, decoder, settings.calibration, y[fit], p[fit]).decide(p[~fit])
+            decided = rule.with_decoder(decoder, settings.calibration, y[fit], p[fit]).decide(p[~fit])
             scores[decoder][~fit] = per_image_f2(y[~fit], decided)
     return {decoder: float(s.mean()) for decoder, s in scores.items()}
 
@@ -197,7 +188,7 @@ def _tune(cfg, folder: RunFolder) -> TuneResult:
         rule, points = fit_rule(y, p, mode, "thresholds", "none", settings.objectives, tc.start, tc.passes, tc.grid)
         fitted[mode] = (rule, points, mean_f2(y, rule.decide(p)))
     rule, points, _ = fitted[tc.weather_decoding]
-    rule = _with_decoder(rule, settings.decoder, settings.calibration, y, p)
+    rule = rule.with_decoder(settings.decoder, settings.calibration, y, p)
     thresholds = rule.thresholds
     pred = rule.decide(p)
     f2_tuned = mean_f2(y, pred)

@@ -605,6 +605,12 @@ def _render_lockbox(box: dict | None) -> list[str]:
         g = box["gain"]
         lines.append(f"  ensemble gain over the average fold alone: {g['mean']:+.4f} (95% CI "
                      f"{g['interval'][0]:+.4f} to {g['interval'][1]:+.4f}, paired)")
+    for name, d in (box.get("decoders") or {}).items():
+        lines.append(f"  decisions by {name}: mean F2 {d['mean_f2']:.4f} ({_span(d['interval'])})")
+    if box.get("expected_f2_minus_thresholds"):
+        d = box["expected_f2_minus_thresholds"]
+        lines.append(f"  expected_f2 minus thresholds: {d['mean']:+.4f} (95% CI {d['interval'][0]:+.4f} to "
+                     f"{d['interval'][1]:+.4f}, paired)")
     for name in MINE_LABELS:
         s = box["per_label"][name]
         lines.append(f"  {name}: recall {s['recall']:.3f} ({_span(s['recall_interval'], 2)}), precision "

@@ -286,6 +286,18 @@ def test_lockbox_is_scored_once_by_the_fold_models_and_reported_apart(synth_root
     assert "Lockbox: the held-out chips" in text and "12 chips that <code>split</code> set aside" in text
     assert f"lockbox mean F2 {box.f2:.4f}" in result.headline()
     assert not set(held) & set(pd.read_csv(run / "oof_fold0.csv", dtype={"image_name": str})["image_name"])
+    # Both decoders on the same chips: the run's own is the lockbox figure; the other is fitted on OOF.
+    layout = PlanetLayout.from_config(cfg.data)
+    oof = RunFolder(run).read_oof(layout)
+    other = rule.with_decoder("expected_f2", cfg.tune.calibration, oof.y_true, oof.probs)
+    held_probs = written[list(LABELS)].to_numpy()
+    assert box.decoders["thresholds"][0] == pytest.approx(box.f2)
+    assert box.decoders["expected_f2"][0] == pytest.approx(mean_f2(y, other.decide(held_probs)))
+    assert box.decoder_difference[0] == pytest.approx(box.decoders["expected_f2"][0] - box.f2)
+    assert box.decoder_difference[1] <= box.decoder_difference[0] <= box.decoder_difference[2]
+    assert "expected-F2 decoding minus thresholds" in text
+    record = json.loads((run / "report" / "lockbox.json").read_text())
+    assert record["decoders"]["expected_f2"]["mean_f2"] == pytest.approx(box.decoders["expected_f2"][0])
 
     # Scored once: a second report reuses the probabilities; a fold trained since makes them stale.
     stamp = probs_csv.stat().st_mtime_ns
