@@ -209,6 +209,10 @@ def test_a_local_dask_cluster_gives_the_local_map_and_loads_the_models_once_per_
     blocks = len(list((tmp_path / "dask" / "blocks").glob("*.npz")))
     assert blocks >= 6 and sorted(loads.values()) == [1, 1]  # both workers worked, each loaded the models once
     _same_outputs(tmp_path / "local", tmp_path / "dask")
+    # scan.workers starts (and closes) a local cluster of its own: the same map again.
+    summary = _scan(mini, tmp_path / "workers", *extra, "scan.workers=2")
+    assert summary.tiles > 0 and not summary.failed_blocks
+    _same_outputs(tmp_path / "local", tmp_path / "workers")
 
 
 @pytest.mark.slow
