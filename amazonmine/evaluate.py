@@ -226,7 +226,7 @@ def _label_curve(y, probs, thresholds, j, candidates, weather_decoding) -> np.nd
 
 # --- sections ----------------------------------------------------------------------------------------------
 
-def _summary(cfg, oof: OofSet, source: str, weather: bool, f2: float, f2_flat: float,
+def _summary(cfg, oof: OofSet, pred: np.ndarray, source: str, weather: bool, f2: float, f2_flat: float,
              interval: tuple[float, float], saved: dict, lockbox: Lockbox | None) -> str:
     rows = [
         ["run folder", str(Path(cfg.run.dir).resolve())],
@@ -235,6 +235,9 @@ def _summary(cfg, oof: OofSet, source: str, weather: bool, f2: float, f2_flat: f
         ["OOF mean F2 (Kaggle metric)", f"{f2:.4f} (95% interval {interval[0]:.4f}-{interval[1]:.4f})"],
         [f"OOF mean F2 at a flat {cfg.tune.start:g}, no decoding", f"{f2_flat:.4f}"],
     ]
+    if len(oof.folds) > 1:
+        rows.append(["OOF mean F2 of each fold's chips (these decisions)",
+                     ", ".join(f"fold {k} {mean_f2(oof.y_true[rows], pred[rows]):.4f}" for k, rows in oof.by_fold())])
     if saved.get("crossfit_f2"):
         rows.append(["OOF mean F2 cross-fitted (rule fitted on one half, scored on the other)",
                      ", ".join(f"{k} {v:.4f}" for k, v in saved["crossfit_f2"].items())])
@@ -744,7 +747,7 @@ def _evaluate(cfg, run: RunFolder) -> EvaluateResult:
     if not ok:
         missing.append("submission")
     body = "".join([
-        _summary(cfg, oof, source, weather, f2, f2_flat, intervals["mean_f2"], saved, lockbox),
+        _summary(cfg, oof, pred, source, weather, f2, f2_flat, intervals["mean_f2"], saved, lockbox),
         _scores(oof, pred, thresholds, weather, intervals, objectives),
         lockbox_html,
         _pr_curves(out, oof, rule, thresholds, weather, pred, objectives, lockbox),

@@ -113,6 +113,12 @@ class OofSet:
     folds: list[int]
     files: list[Path] = field(default_factory=list)
     n_labelled: int = 0
+    fold_of_row: np.ndarray | None = None  # (N,) the fold whose model predicted each row
+
+    def by_fold(self) -> list[tuple[int, np.ndarray]]:
+        """(fold, boolean row mask) for every fold in the set."""
+        rows = np.asarray(self.fold_of_row)
+        return [(fold, rows == fold) for fold in self.folds]
 
 
 @dataclass
@@ -362,8 +368,9 @@ class RunFolder:
         if unknown:
             raise DataError(f"{self.root}: out-of-fold chips not in {layout.labels_csv}: {_offenders(unknown)}")
         y_true = labels[[row_of[n] for n in names]].astype(bool)
+        fold_of_row = np.concatenate([np.full(len(b), f) for (f, _), b in zip(found, blocks)])
         return OofSet(names, y_true, np.concatenate(blocks), [f for f, _ in found], [p for _, p in found],
-                      len(frame))
+                      len(frame), fold_of_row)
 
     def read_thresholds(self) -> tuple[DecisionRule, bool]:
         """(the decision rule, weather_decoding) from thresholds.json. The rule reads as the 17 thresholds in

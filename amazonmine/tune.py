@@ -226,6 +226,9 @@ def _tune(cfg, folder: RunFolder) -> TuneResult:
         "oof_chips": len(y),
         "labelled_chips": oof.n_labelled,
         "oof_folds": oof.folds,
+        # Each fold's own chips under the pooled decisions: how far apart the folds' models are.
+        "per_fold": [{"fold": fold, "chips": int(rows.sum()), "f2_flat": mean_f2(y[rows], p[rows] >= flat),
+                      "f2_tuned": mean_f2(y[rows], pred[rows])} for fold, rows in oof.by_fold()],
         "oof_files": [p.name for p in oof.files],
         "per_label": {
             name: {

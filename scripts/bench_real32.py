@@ -541,6 +541,8 @@ def render(report: dict) -> str:
             ["  95% interval of the F2 predict gets (chips resampled)", _span(interval)],
             *([[f"  cross-fitted (thresholds fitted on half, scored on the other), {name}", f"{v:.4f}"]
                for name, v in (t.get("crossfit_f2") or {}).items()]),
+            *([[f"  fold {f['fold']}'s {f['chips']} chips alone, flat / pooled decisions",
+                f"{f['f2_flat']:.4f} / {f['f2_tuned']:.4f}"] for f in t.get("per_fold") or [] if len(t["per_fold"]) > 1]),
         ], "ll")
         lines.append("")
         flat = report.get("flat_per_label") or {}

@@ -169,6 +169,12 @@ def test_run_tune_writes_thresholds_json(tmp_path, make_cfg):
     assert saved["oof_chips"] == 600 and saved["oof_folds"] == [0, 1]
     assert saved["oof_f2_flat"] == pytest.approx(mean_f2(y, p >= 0.2))
     assert saved["oof_f2_tuned"] == saved["oof_f2_tuned_with_weather"] > saved["oof_f2_flat"]
+    # Each fold's chips (the first and second half of the rows) under the pooled decisions.
+    assert [(f["fold"], f["chips"]) for f in saved["per_fold"]] == [(0, 300), (1, 300)]
+    for f, rows in zip(saved["per_fold"], (slice(0, 300), slice(300, 600))):
+        assert f["f2_flat"] == pytest.approx(mean_f2(y[rows], p[rows] >= 0.2))
+        assert f["f2_tuned"] == pytest.approx(mean_f2(y[rows], result.rule.decide(p[rows])))
+    assert np.mean([f["f2_tuned"] for f in saved["per_fold"]]) == pytest.approx(saved["oof_f2_tuned"])
     assert "oof_f2_tuned_without" in saved
     assert set(saved["per_label"]["artisinal_mine"]) >= {"precision", "recall", "f2", "support", "threshold"}
     assert saved["per_label"]["primary"]["support"] == int(y[:, LABEL_INDEX["primary"]].sum())
