@@ -691,7 +691,7 @@ def _lockbox_record(box: Lockbox) -> dict:
     scores = per_label_scores(box.y_true, box.pred)
     for j, name in enumerate(LABELS):
         per_label[name].update(precision=float(scores["precision"][j]), recall=float(scores["recall"][j]))
-    return {"chips": box.n, "mean_f2": box.f2, "interval": pair(box.interval),
+    return {"chips": box.n, "mean_f2": None if box.f2 != box.f2 else float(box.f2), "interval": pair(box.interval),
             "single": [{"fold": k, "mean_f2": f2, "interval": pair(i)} for k, f2, i in box.single],
             "gain": None if box.gain is None else {"mean": box.gain[0], "interval": pair(box.gain[1:])},
             "decoders": {name: {"mean_f2": f2, "interval": pair((lo, hi))}

@@ -234,9 +234,9 @@ def fold_callbacks(files, train_cfg, initial_best: float, resume_state, global_b
     best = BestCheckpoint(files.model, initial_best, averaged)
     meter = Throughput(global_batch or train_cfg.batch_size)
     cbs = [
+        meter,  # first: its clock stops at validation, before the averaged weights' recalibration
         *([averaged] if averaged is not None else []),
         best,
-        meter,
         # The epoch's history row before its resume state: after a kill between the two the history has a row
         # too many, which a resume drops (trim_history), rather than one too few, which nothing could restore.
         keras.callbacks.CSVLogger(str(files.history), append=files.history.exists() and resume_state.resuming),

@@ -82,13 +82,20 @@ class Predictor:
         settings = _shared_settings(finished.folds)
         setup_device(gpu)
         models = [load_trained(p) for p in finished.paths]
-        shape = tuple(models[0].input_shape[1:])
+        # A model trained with progressive resizing takes any size: it was validated at train.image_size, and
+        # is fed at that size, beside plain folds of the same run.
+        trained_size = settings.get("train.image_size", cfg.train.image_size)
+
+        def fed(model) -> tuple:
+            height, width, channels = model.input_shape[1:]
+            return (height or trained_size, width or trained_size, channels)
+
+        shape = fed(models[0])
         for path, model in zip(finished.paths[1:], models[1:]):
-            if tuple(model.input_shape[1:]) != shape:
-                raise AmazonmineError(f"{path}: input shape {model.input_shape[1:]} differs from the other folds' "
+            if fed(model) != shape:
+                raise AmazonmineError(f"{path}: input shape {fed(model)} differs from the other folds' "
                                       f"{shape}; the folds of one run must share their input")
-        # A model trained with progressive resizing takes any size: it was validated at train.image_size.
-        size = shape[0] if shape[0] is not None else settings.get("train.image_size", cfg.train.image_size)
+        size = shape[0]
         thresholds, weather = (folder.read_thresholds() if folder.thresholds.is_file()
                                else (None, cfg.tune.weather_decoding))
         return cls(models=models, model_paths=finished.paths, image_size=int(size), channels=int(shape[2]),

@@ -597,7 +597,7 @@ def render(report: dict) -> str:
 def _render_lockbox(box: dict | None) -> list[str]:
     """The held-out chips (split.holdout), as evaluate scored them: the ensemble, each fold alone, the gain."""
     if not box:
-        return ["lockbox: none in this run's split (split.holdout is 0)", ""]
+        return ["lockbox: none scored (split.holdout is 0, or evaluate could not score it: see its report)", ""]
     rows = [["lockbox model", "mean F2", "95% CI"]]
     rows += [[f"fold {f['fold']} alone", f"{f['mean_f2']:.4f}", _span(f["interval"])] for f in box["single"]]
     rows.append([f"ensemble of {max(1, len(box['single']))} fold(s) (predict)", f"{box['mean_f2']:.4f}",

@@ -548,6 +548,12 @@ def test_progressive_resizing_trains_small_first_then_at_full_size(learn_root, m
     chips = np.stack([np.full((32, 32, 3), v, np.uint8) for v in (40, 120)])
     assert predictor.predict(chips).shape == (2, 17)
     assert result.summary["settings"]["train.small_size"] == 32
+    # A plain fold beside it (fixed 48-px input) makes one ensemble with it, both fed at 48 px.
+    cfg.train.small_size, cfg.train.small_epochs, cfg.train.epochs, cfg.train.steps_per_epoch = 0, 0, 1, 2
+    run_train(cfg, folds=[1])
+    predictor = Predictor.from_run(cfg)
+    assert len(predictor.models) == 2 and predictor.image_size == 48
+    assert predictor.predict(chips).shape == (2, 17)
 
 
 def test_xla_on_the_cpu_trains(learn_root, make_cfg):

@@ -234,6 +234,7 @@ def _staged_fold(run_dir: Path):
         where.history.write_text(f"{which} history")
         where.oof.write_text(f"{which} oof")
         where.summary.write_text(json.dumps({"which": which}))
+    files.holdout.write_text("old model's lockbox predictions")
     files.staged.resume_dir.mkdir()
     files.staged.resume_weights.write_text("weights")
     files.staged.resume_meta.write_text(json.dumps({"epoch": 2}))
@@ -268,6 +269,7 @@ def test_the_swap_killed_after_any_step_leaves_a_usable_fold_and_is_completed(tm
         assert [f.read_text() for f in (files.model, files.history, files.oof)] == [
             "new model", "new history", "new oof"]
         assert [p.name for p in files.tensorboard.iterdir()] == ["new.events"]
+        assert not files.holdout.exists()  # evaluate predicts the lockbox again, with the new model
         assert not files.staged.dir.exists() and run.fold_state(0) is FoldState.FINISHED
         assert finish_retrain(files) is False
 
