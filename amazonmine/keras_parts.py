@@ -14,6 +14,7 @@ Keras is imported inside the functions, so importing this module (and the stages
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import time
 
@@ -286,7 +287,8 @@ def averaged_weights(calibration, batches: int):
         def on_test_begin(self, logs=None):
             if self._ema_weights_in_model:
                 return
-            super().on_test_begin(logs)
+            with interrupts_held():
+                super().on_test_begin(logs)
             if calibration is None:
                 return
             self._raw_statistics = self._statistics()
@@ -299,11 +301,35 @@ def averaged_weights(calibration, batches: int):
 
         def on_test_end(self, logs=None):
             if self._ema_weights_in_model and self._raw_statistics is not None:
-                self._assign(self._raw_statistics)
+                self._assign(self._raw_statistics)  # cut short, it is redone by the interrupt's own call
                 self._raw_statistics = None
-            super().on_test_end(logs)
+            with interrupts_held():
+                super().on_test_end(logs)
 
     return AveragedWeights()
+
+
+@contextlib.contextmanager
+def interrupts_held():
+    """Ctrl-C or SIGTERM inside the block is delivered when it ends. Keras swaps the averaged and raw weights
+    variable by variable in three arithmetic steps and sets its 'swapped' flag after the loop: an interrupt
+    inside it would leave a model of neither, with a flag that tells the interrupt's clean-up nothing."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    held = (signal.SIGINT, signal.SIGTERM)
+    previous = {sig: signal.signal(sig, lambda signum, frame: caught.append(signum)) for sig in held}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        for sig in dict.fromkeys(caught):
+            signal.raise_signal(sig)  # now handled as it would have been (train: saves the resume state)
 
 
 def trim_history(history_csv, epochs: int) -> None:

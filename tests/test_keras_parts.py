@@ -106,3 +106,32 @@ def test_trim_history_keeps_the_rows_a_resume_continues_from(tmp_path):
     trim_history(history, 2)  # a row written after the last saved resume state: that epoch is redone
     assert history.read_bytes().decode() == "epoch,f2,loss\r\n0,0.5,0.123456789012\r\n1,0.6,0.1\r\n"
     trim_history(tmp_path / "missing.csv", 1)
+
+
+def test_an_interrupt_during_a_weight_swap_is_delivered_once_the_swap_and_its_flag_are_done(monkeypatch):
+    import os
+    import signal
+    import time
+
+    import keras
+
+    from amazonmine.keras_parts import averaged_weights
+
+    steps = []
+
+    def swap(self):  # Keras' swap, variable by variable; the signal lands half-way
+        steps.append("first half")
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.05)
+        steps.append("second half")
+
+    monkeypatch.setattr(keras.callbacks.SwapEMAWeights, "_swap_variables", swap)
+    callback = averaged_weights(None, 0)
+    with pytest.raises(KeyboardInterrupt):
+        callback.on_test_begin()
+    # Swapped whole, and flagged so, before the interrupt: its clean-up (on_test_end) swaps back.
+    assert steps == ["first half", "second half"] and callback._ema_weights_in_model
+    with pytest.raises(KeyboardInterrupt):
+        callback.on_test_end()
+    assert len(steps) == 4 and not callback._ema_weights_in_model
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
