@@ -125,14 +125,16 @@ def clock(seconds: float) -> str:
     return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
 
 
-def epoch_line(fold: int, epoch: int, epochs: int, logs: dict, elapsed: float, epoch_seconds: float) -> str:
+def epoch_line(fold: int, epoch: int, epochs: int, logs: dict, elapsed: float, seconds_left: float,
+               at_least: bool = False) -> str:
     """The progress line after ``epoch`` (1-based) of ``epochs``: scores, time so far this session, and the
-    time left for the fold's remaining epochs at ``epoch_seconds`` each. Early stopping may end it sooner."""
+    time left for the fold's remaining epochs, ``at_least`` when they include dearer ones not yet timed (the
+    full-size epochs after progressive resizing's small ones). Early stopping may end it sooner."""
     def score(key: str) -> str:
         value = logs.get(key)
         return "-" if value is None else f"{float(value):.4f}"
 
-    tail = f", ~{clock((epochs - epoch) * epoch_seconds)} left" if epoch < epochs else ""
+    tail = f", {'over ' if at_least else '~'}{clock(seconds_left)} left" if epoch < epochs else ""
     return (f"fold {fold}: epoch {epoch}/{epochs}  loss {score('loss')}  val_f2 {score('val_f2')}  "
             f"{clock(elapsed)} elapsed{tail}")
 
@@ -205,9 +207,10 @@ def fold_callbacks(files, train_cfg, initial_best: float, resume_state, global_b
         """One line per epoch with the time left, for runs where Keras prints nothing (verbose 0): a fold of
         many minutes must not look like a hang."""
 
-        def __init__(self, fold: int):
+        def __init__(self, fold: int, small_epochs: int):
             super().__init__()
-            self.fold, self._started, self._epoch_began, self._seconds = fold, None, None, []
+            self.fold, self.small_epochs, self._started, self._epoch_began = fold, small_epochs, None, None
+            self._seconds = {True: [], False: []}  # small epochs', full-size epochs' durations this session
 
         def on_train_begin(self, logs=None):
             epochs, steps = self.params.get("epochs"), self.params.get("steps")
@@ -220,11 +223,21 @@ def fold_callbacks(files, train_cfg, initial_best: float, resume_state, global_b
 
         def on_epoch_end(self, epoch, logs=None):
             now = time.perf_counter()
-            self._seconds.append(now - self._epoch_began)
-            # The session's first epoch also traces the graphs; once later ones are timed, they set the pace.
-            later = self._seconds[1:] or self._seconds
-            click.echo(epoch_line(self.fold, epoch + 1, self.params.get("epochs") or epoch + 1, logs or {},
-                                  now - self._started, sum(later) / len(later)))
+            self._seconds[epoch < self.small_epochs].append(now - self._epoch_began)
+
+            def pace(small: bool) -> float | None:
+                # The first epoch of each size also traces its graphs; once later ones are timed, they set it.
+                timed = self._seconds[small]
+                return sum(timed[1:] or timed) / len(timed[1:] or timed) if timed else None
+
+            epochs, done = self.params.get("epochs") or epoch + 1, epoch + 1
+            small_left = max(0, self.small_epochs - done)
+            full_left = epochs - done - small_left
+            small_pace, full_pace = pace(True), pace(False)
+            # Before a full-size epoch is timed, the small pace stands in for it: a floor, and said so.
+            left = small_left * (small_pace or 0.0) + full_left * (full_pace or small_pace or 0.0)
+            click.echo(epoch_line(self.fold, done, epochs, logs or {}, now - self._started, left,
+                                  at_least=full_left > 0 and full_pace is None))
 
     # Swaps the averaged weights in around each validation only (not at epoch ends), so the resume state
     # keeps raw weights as weights and the average in the optimizer, as a fresh process expects them.
@@ -251,7 +264,7 @@ def fold_callbacks(files, train_cfg, initial_best: float, resume_state, global_b
         cbs.append(keras.callbacks.ReduceLROnPlateau(monitor="val_f2", mode="max", factor=0.3,
                                                      patience=max(1, train_cfg.early_stopping_patience // 3)))
     if train_cfg.verbose == 0:  # with verbose 1 or 2 Keras prints its own progress; two would interleave
-        cbs.append(EpochProgress(files.fold))
+        cbs.append(EpochProgress(files.fold, train_cfg.small_epochs if train_cfg.small_size else 0))
     return cbs, best, meter
 
 

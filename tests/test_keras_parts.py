@@ -43,9 +43,10 @@ def test_epoch_line_says_where_the_fold_is_and_the_time_left():
     from amazonmine.keras_parts import clock, epoch_line
 
     assert [clock(s) for s in (0.4, 42, 245, 4020)] == ["0s", "42s", "4m05s", "1h07m"]
-    line = epoch_line(2, 3, 10, {"loss": 0.12345, "val_f2": 0.8}, elapsed=90.0, epoch_seconds=30.0)
+    line = epoch_line(2, 3, 10, {"loss": 0.12345, "val_f2": 0.8}, elapsed=90.0, seconds_left=210.0)
     assert line == "fold 2: epoch 3/10  loss 0.1235  val_f2 0.8000  1m30s elapsed, ~3m30s left"
-    assert epoch_line(0, 10, 10, {}, elapsed=20.0, epoch_seconds=10.0) == \
+    assert epoch_line(2, 3, 10, {}, elapsed=90.0, seconds_left=210.0, at_least=True).endswith(", over 3m30s left")
+    assert epoch_line(0, 10, 10, {}, elapsed=20.0, seconds_left=0.0) == \
         "fold 0: epoch 10/10  loss -  val_f2 -  20s elapsed"  # the last epoch: nothing left to estimate
 
 
@@ -135,3 +136,31 @@ def test_an_interrupt_during_a_weight_swap_is_delivered_once_the_swap_and_its_fl
         callback.on_test_end()
     assert len(steps) == 4 and not callback._ema_weights_in_model
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_progress_lines_say_the_time_left_is_a_floor_until_a_full_size_epoch_is_timed(tmp_path, capsys):
+    import keras
+
+    from amazonmine.config import load_config
+    from amazonmine.fold_policy import ResumeState
+    from amazonmine.keras_parts import fold_callbacks
+
+    cfg = load_config(None, ["train.verbose=0", f"run.dir={tmp_path}", "train.epochs=4", "train.small_size=32", "train.image_size=48",
+                             "train.small_epochs=2"])
+    files = _fold_folder(cfg)
+    callbacks, _, _ = fold_callbacks(files, cfg.train, -1.0, ResumeState(files))
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(17, activation="sigmoid")])
+    model.compile(optimizer="adam", loss="binary_crossentropy")
+    x = np.random.default_rng(0).random((16, 4)).astype(np.float32)
+    model.fit(x, x[:, :1].repeat(17, axis=1), epochs=4, batch_size=8, callbacks=callbacks, verbose=0)
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("fold 0: epoch")]
+    assert [("over " in line, "~" in line) for line in lines] == [(True, False), (True, False), (False, True),
+                                                                  (False, False)]
+
+
+def _fold_folder(cfg):
+    from amazonmine.runfolder import RunFolder
+
+    files = RunFolder.from_config(cfg).fold(0)
+    files.dir.mkdir()
+    return files
