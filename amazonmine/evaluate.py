@@ -587,10 +587,11 @@ def _lockbox_decoders(cfg, oof: OofSet, rule, y: np.ndarray, probs: np.ndarray, 
     calibration = getattr(cfg.tune, "calibration", "none")
     rules = {name: rule if name == rule.decoder else rule.with_decoder(name, calibration, oof.y_true, oof.probs)
              for name in DECODERS}
-    per_chip = {name: per_image_f2(y, r.decide(probs)) for name, r in rules.items()}
+    decided = {name: r.decide(probs) for name, r in rules.items()}  # the expected-F2 decoder is the dear one
+    per_chip = {name: per_image_f2(y, pred) for name, pred in decided.items()}
     scored = {}
-    for name, r in rules.items():
-        lo, hi = bootstrap_intervals(y, r.decide(probs), draws, seed)["mean_f2"]
+    for name, pred in decided.items():
+        lo, hi = bootstrap_intervals(y, pred, draws, seed)["mean_f2"]
         scored[name] = (float(per_chip[name].mean()), float(lo), float(hi))
     difference = _paired_mean(per_chip["expected_f2"] - per_chip["thresholds"], draws, seed)
     rows = [[f"{rules[name].describe()}{' (this run)' if name == rule.decoder else ''}", f"{f2:.4f}",
