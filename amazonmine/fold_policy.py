@@ -40,7 +40,7 @@ import numpy as np
 
 from amazonmine.data import DataError, PlanetLayout
 from amazonmine.errors import AmazonmineError
-from amazonmine.io import atomic_path, read_json, write_json_atomic
+from amazonmine.io import atomic_path, read_h5_stamp, read_json, stamp_h5, write_json_atomic
 from amazonmine.runfolder import FoldFiles, FoldState, RunFolder
 
 
@@ -77,6 +77,7 @@ class ResumeState:
 
     def __init__(self, files: FoldFiles, split_id: str = "", settings: dict | None = None):
         self.folder = files.resume_dir
+        self.checkpoint = files.model
         self.weights = files.resume_weights
         self.meta = files.resume_meta
         self.best = -1.0
@@ -90,6 +91,9 @@ class ResumeState:
         self.folder.mkdir(parents=True, exist_ok=True)
         with atomic_path(self.weights, suffix=".weights.h5") as tmp:
             model.save_weights(tmp)
+            # The weights say which epoch they are: a kill between them and state.json must not make a resume
+            # train that epoch a second time on top of itself.
+            stamp_h5(tmp, epoch=epoch, best_val_f2=self.best)
         self.save_progress(epoch)
 
     def save_progress(self, epoch: int) -> None:
@@ -109,9 +113,14 @@ class ResumeState:
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise AmazonmineError(f"{self.weights}: cannot load the interrupted run's state ({reason}); "
                                   f"--retrain starts the fold over") from None
-        self.best = float(meta.get("best_val_f2", -1.0))
+        # state.json is written after the weights, and the best checkpoint before both: after a kill between
+        # any two of them the files disagree, and the furthest each one got is the truth. (state.json alone
+        # runs ahead when training ended early: it then says the fold's epochs are done.)
+        stamp = read_h5_stamp(self.weights)
+        saved_best = read_h5_stamp(self.checkpoint).get("val_f2", -1.0) if self.checkpoint.is_file() else -1.0
+        self.best = max(float(meta.get("best_val_f2", -1.0)), stamp.get("best_val_f2", -1.0), saved_best)
         self.resuming = True
-        return int(meta["epoch"])
+        return max(int(meta["epoch"]), int(stamp.get("epoch", 0)))
 
     def clear(self) -> None:
         for p in (self.weights, self.meta):

@@ -141,6 +141,30 @@ def read_json(path: Path) -> dict:
     return data
 
 
+_STAMP = "amazonmine_"
+
+
+def stamp_h5(path: str | Path, **facts: float | int) -> None:
+    """Write ``facts`` into an HDF5 file's root attributes (a model or weights file still at its temporary
+    name): the file then says which epoch and score it holds, whatever happens between it and the next file."""
+    import h5py
+
+    with h5py.File(path, "a") as f:
+        for key, value in facts.items():
+            f.attrs[_STAMP + key] = value
+
+
+def read_h5_stamp(path: str | Path) -> dict[str, float]:
+    """The facts :func:`stamp_h5` wrote, or {} (an older file, or none at all)."""
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            return {k[len(_STAMP):]: float(v) for k, v in f.attrs.items() if k.startswith(_STAMP)}
+    except OSError:
+        return {}
+
+
 def _open_temporary(folder: str, stem: str, suffix: str) -> tuple[int, str]:
     """A new file ".<stem>.<tag>.tmp<suffix>" in ``folder`` (created if missing), opened for writing.
 

@@ -18,7 +18,7 @@ import contextlib
 import functools
 import time
 
-from amazonmine.io import atomic_path
+from amazonmine.io import atomic_path, stamp_h5
 from amazonmine.metrics import BETA
 
 # The Kaggle metric's threshold for every label; tune fits per-label thresholds afterwards.
@@ -158,7 +158,8 @@ def fold_callbacks(files, train_cfg, initial_best: float, resume_state, global_b
     import keras
 
     class BestCheckpoint(keras.callbacks.Callback):
-        """Save the model whenever val F2 beats the best so far (which survives a resume), atomically."""
+        """Save the model whenever val F2 beats the best so far (which survives a resume), atomically, stamped with
+        its score and epoch."""
 
         def __init__(self, path, best: float, averaged=None):
             super().__init__()
@@ -174,6 +175,9 @@ def fold_callbacks(files, train_cfg, initial_best: float, resume_state, global_b
                 try:
                     with atomic_path(self.path) as tmp:
                         self.model.save(tmp, include_optimizer=False)
+                        # The file carries its own score: a kill before the resume state records it must not
+                        # let a resumed run overwrite it with a worse epoch (ResumeState.restore reads it).
+                        stamp_h5(tmp, val_f2=self.best, epoch=self.best_epoch)
                 finally:
                     if self.averaged is not None:
                         self.averaged.on_test_end()  # and the raw ones back, which training continues from

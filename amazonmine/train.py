@@ -55,7 +55,7 @@ from amazonmine.fold_policy import (
     resolve_folds,
     training_files,
 )
-from amazonmine.io import atomic_path, write_csv_atomic, write_json_atomic
+from amazonmine.io import atomic_path, read_h5_stamp, stamp_h5, write_csv_atomic, write_json_atomic
 from amazonmine.keras_parts import (
     FLAT_THRESHOLD,
     fold_callbacks,
@@ -400,6 +400,7 @@ def _finish_fold(cfg, data: FoldData, files: FoldFiles, state: ResumeState, *, m
 
     # Out-of-fold predictions from the best checkpoint, with the same TTA as predict uses.
     best_model = load_trained(files.model)
+    checkpoint = read_h5_stamp(files.model)  # its validation score and epoch, which the recalibrated copy keeps
     val_eval = data.dataset(val_rows, tc.image_size, cfg.predict.batch_size)
     recalibration = None
     if tc.bn_recalibration_batches > 0:
@@ -415,6 +416,7 @@ def _finish_fold(cfg, data: FoldData, files: FoldFiles, state: ResumeState, *, m
         if kept:
             with atomic_path(files.model) as tmp:
                 best_model.save(tmp, include_optimizer=False)
+                stamp_h5(tmp, **{k: v for k, v in checkpoint.items() if k in ("val_f2", "epoch")})
         else:
             best_model = load_trained(files.model)
         recalibration = {"batches": tc.bn_recalibration_batches, "layers": layers_done,
@@ -433,7 +435,9 @@ def _finish_fold(cfg, data: FoldData, files: FoldFiles, state: ResumeState, *, m
         "backbone": tc.backbone,
         "image_size": tc.image_size,
         "epochs_run": int(len(history)) if history is not None else 0,
-        "best_epoch": int(best_row["epoch"]) + 1 if best_row is not None else None,
+        # The checkpoint's own epoch: after a kill and a resume, history may hold a re-run of it that scored less.
+        "best_epoch": (int(checkpoint["epoch"]) if "epoch" in checkpoint
+                       else int(best_row["epoch"]) + 1 if best_row is not None else None),
         "best_val_f2": float(state.best),
         "best_val_loss": float(best_row["val_loss"]) if best_row is not None else None,
         "oof_f2_flat": mean_f2(y_val, oof >= FLAT_THRESHOLD),

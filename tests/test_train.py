@@ -98,6 +98,14 @@ def test_artifacts_of_a_fold(trained):
     assert list(oof.columns) == ["image_name", *LABELS]
 
 
+def test_the_kept_model_says_which_epoch_and_score_it_is(trained):
+    from amazonmine.io import read_h5_stamp
+
+    _, result = trained
+    stamp = read_h5_stamp(result.model_path)  # kept through the BatchNorm recalibration's re-save
+    assert stamp == {"val_f2": pytest.approx(result.summary["best_val_f2"]), "epoch": result.summary["best_epoch"]}
+
+
 def test_h5_loads_in_safe_mode_and_predicts_the_same(trained, learn_root):
     import keras
 
@@ -175,6 +183,58 @@ def test_interrupted_run_resumes_at_the_right_epoch_with_its_optimizer(learn_roo
     history = pd.read_csv(cfg.run_dir / "fold0" / "history.csv")
     assert history["epoch"].tolist() == [0, 1, 2]
     assert result.summary["best_val_f2"] >= state["best_val_f2"]  # the best score survived the restart
+
+
+def _tiny_trained_model():
+    import keras
+
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    model.compile(optimizer="adam", loss="mse")
+    model.fit(np.ones((4, 3)), np.zeros((4, 2)), epochs=1, verbose=0)
+    return model
+
+
+def test_a_kill_between_the_resume_files_neither_repeats_an_epoch_nor_forgets_the_best(learn_root, make_cfg):
+    """Each epoch ends with three writes: the best checkpoint, the resume weights, state.json. A kill between
+    any two leaves them disagreeing; a resume goes by the furthest each one got."""
+    from amazonmine.fold_policy import ResumeState
+    from amazonmine.io import atomic_path, read_h5_stamp, stamp_h5
+    from amazonmine.runfolder import RunFolder
+
+    cfg = tiny_cfg(make_cfg, learn_root)
+    files = RunFolder.from_config(cfg).fold(0)
+    files.dir.mkdir(parents=True)
+    model = _tiny_trained_model()
+    state = ResumeState(files)
+    state.best = 0.5
+    state.save(model, 1)
+
+    class Killed(BaseException):
+        pass
+
+    def killed(epoch):
+        raise Killed
+
+    state.best = 0.6
+    state.save_progress, saving = killed, state.save_progress
+    with pytest.raises(Killed):  # epoch 2's weights are written, its state.json is not
+        state.save(model, 2)
+    assert json.loads(files.resume_meta.read_text())["epoch"] == 1
+    assert read_h5_stamp(files.resume_weights) == {"epoch": 2.0, "best_val_f2": 0.6}
+    fresh = ResumeState(files)
+    assert fresh.restore(_tiny_trained_model()) == 2 and fresh.best == 0.6  # epoch 2 is not trained again
+
+    # Epoch 3 beat the best and its checkpoint was written; the kill came before its resume state.
+    with atomic_path(files.model) as tmp:
+        model.save(tmp, include_optimizer=False)
+        stamp_h5(tmp, val_f2=0.7, epoch=3)
+    fresh = ResumeState(files)
+    assert fresh.restore(_tiny_trained_model()) == 2 and fresh.best == 0.7  # a worse re-run will not replace it
+
+    # Training that stopped early says in state.json that every epoch is done: that is not undone either.
+    state.save_progress = saving
+    state.save_progress(cfg.train.epochs)
+    assert ResumeState(files).restore(_tiny_trained_model()) == cfg.train.epochs
 
 
 def test_gpu_flag_without_gpu_is_a_clear_error(learn_root, make_cfg):
