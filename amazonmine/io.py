@@ -146,9 +146,12 @@ _STAMP = "amazonmine_"
 
 def stamp_h5(path: str | Path, **facts: float | int) -> None:
     """Write ``facts`` into an HDF5 file's root attributes (a model or weights file still at its temporary
-    name): the file then says which epoch and score it holds, whatever happens between it and the next file."""
+    name): the file then says which epoch and score it holds, whatever happens between it and the next file.
+    A ``.keras`` model is a zip archive, not HDF5: it is left as it is (and reads back with no facts)."""
     import h5py
 
+    if not h5py.is_hdf5(path):
+        return
     with h5py.File(path, "a") as f:
         for key, value in facts.items():
             f.attrs[_STAMP + key] = value

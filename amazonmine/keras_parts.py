@@ -177,7 +177,9 @@ def fold_callbacks(files, train_cfg, initial_best: float, resume_state, global_b
                         self.model.save(tmp, include_optimizer=False)
                         # The file carries its own score: a kill before the resume state records it must not
                         # let a resumed run overwrite it with a worse epoch (ResumeState.restore reads it).
-                        stamp_h5(tmp, val_f2=self.best, epoch=self.best_epoch)
+                        loss = (logs or {}).get("val_loss")
+                        stamp_h5(tmp, val_f2=self.best, epoch=self.best_epoch,
+                                 **({"val_loss": float(loss)} if loss is not None else {}))
                 finally:
                     if self.averaged is not None:
                         self.averaged.on_test_end()  # and the raw ones back, which training continues from

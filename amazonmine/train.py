@@ -416,7 +416,7 @@ def _finish_fold(cfg, data: FoldData, files: FoldFiles, state: ResumeState, *, m
         if kept:
             with atomic_path(files.model) as tmp:
                 best_model.save(tmp, include_optimizer=False)
-                stamp_h5(tmp, **{k: v for k, v in checkpoint.items() if k in ("val_f2", "epoch")})
+                stamp_h5(tmp, **checkpoint)
         else:
             best_model = load_trained(files.model)
         recalibration = {"batches": tc.bn_recalibration_batches, "layers": layers_done,
@@ -435,11 +435,12 @@ def _finish_fold(cfg, data: FoldData, files: FoldFiles, state: ResumeState, *, m
         "backbone": tc.backbone,
         "image_size": tc.image_size,
         "epochs_run": int(len(history)) if history is not None else 0,
-        # The checkpoint's own epoch: after a kill and a resume, history may hold a re-run of it that scored less.
+        # The checkpoint's own figures: after a kill and a resume, history may hold a re-run of its epoch.
         "best_epoch": (int(checkpoint["epoch"]) if "epoch" in checkpoint
                        else int(best_row["epoch"]) + 1 if best_row is not None else None),
         "best_val_f2": float(state.best),
-        "best_val_loss": float(best_row["val_loss"]) if best_row is not None else None,
+        "best_val_loss": (checkpoint["val_loss"] if "val_loss" in checkpoint
+                          else float(best_row["val_loss"]) if best_row is not None else None),
         "oof_f2_flat": mean_f2(y_val, oof >= FLAT_THRESHOLD),
         "oof_tta_views": cfg.predict.tta,
         "train_chips": int(len(plan.train_rows)),

@@ -101,9 +101,26 @@ def test_artifacts_of_a_fold(trained):
 def test_the_kept_model_says_which_epoch_and_score_it_is(trained):
     from amazonmine.io import read_h5_stamp
 
-    _, result = trained
-    stamp = read_h5_stamp(result.model_path)  # kept through the BatchNorm recalibration's re-save
-    assert stamp == {"val_f2": pytest.approx(result.summary["best_val_f2"]), "epoch": result.summary["best_epoch"]}
+    cfg, result = trained
+    history = pd.read_csv(cfg.run_dir / "fold0" / "history.csv")
+    best = history.loc[history["val_f2"].idxmax()]
+    assert result.summary["bn_recalibration"]["kept"]  # so the model was saved again after the checkpoint
+    assert read_h5_stamp(result.model_path) == {"val_f2": pytest.approx(best["val_f2"]),
+                                                "val_loss": pytest.approx(best["val_loss"]),
+                                                "epoch": best["epoch"] + 1}
+
+
+def test_a_keras_archive_model_trains_and_loads(learn_root, make_cfg):
+    import zipfile
+
+    from amazonmine.model import load_trained
+    from amazonmine.train import run_train
+
+    cfg = tiny_cfg(make_cfg, learn_root, **{"train.epochs": 1, "train.steps_per_epoch": 3,
+                                            "train.artifact_name": "b01.keras"})
+    (result,) = run_train(cfg, folds=[0])
+    assert zipfile.is_zipfile(result.model_path) and result.summary["best_epoch"] == 1
+    assert load_trained(result.model_path).output_shape[-1] == len(LABELS)
 
 
 def test_h5_loads_in_safe_mode_and_predicts_the_same(trained, learn_root):
