@@ -63,7 +63,7 @@ from amazonmine.decisions import decode, fit_thresholds
 from amazonmine.errors import AmazonmineError
 from amazonmine.fold_policy import fold_action, load_fold_plan, resolve_folds
 from amazonmine.io import LockedError, read_json
-from amazonmine.metrics import mean_f2, per_label_scores
+from amazonmine.metrics import bootstrap_intervals, mean_f2, per_label_scores
 from amazonmine.runfolder import FoldState, RunFolder
 
 REPO = Path(__file__).resolve().parents[1]
@@ -370,7 +370,9 @@ def check_submission(cfg) -> dict:
 
 # --- ablation: TTA views x thresholds x weather decoding ---------------------------------------------------
 
-def _fit_and_score(y, p, tc, weather: bool, seed: int) -> dict:
+def _fit_and_score(y, p, tc, weather: bool, seed: int, interval: bool = False) -> dict:
+    """Flat, tuned and cross-fitted mean F2, rare labels' recall at the tuned thresholds and, if asked, the
+    tuned score's bootstrap 95% interval."""
     fitted = fit_thresholds(y, p, tc.start, tc.passes, tc.grid, weather_decoding=weather)
     order = np.random.default_rng(seed).permutation(len(y))
     halves = order[: len(y) // 2], order[len(y) // 2:]
@@ -382,8 +384,11 @@ def _fit_and_score(y, p, tc, weather: bool, seed: int) -> dict:
     # Recall at the tuned thresholds of the labels oversampling is for.
     rare_recall = {name: float((decided[:, j] & truth[:, j]).sum() / truth[:, j].sum()) if truth[:, j].any()
                    else float("nan") for j, name in enumerate(LABELS) if name in PLANET_RARE_LABELS}
-    return {"flat": mean_f2(y, decode(p, np.full(len(LABELS), tc.start), weather)), "tuned": mean_f2(y, decided),
-            "tuned_crossfit": float(np.mean(cross)), "rare_recall": rare_recall}
+    scores = {"flat": mean_f2(y, decode(p, np.full(len(LABELS), tc.start), weather)), "tuned": mean_f2(y, decided),
+              "tuned_crossfit": float(np.mean(cross)), "rare_recall": rare_recall}
+    if interval:
+        scores["tuned_interval"] = bootstrap_intervals(y, decided, 1000, 0)["mean_f2"]
+    return scores
 
 
 def fold_tta_probabilities(cfg, files, chips: list, out_dir: Path, predictor_cache: list) -> dict:
@@ -447,7 +452,7 @@ def ablate_views(cfg, folds: list[int]) -> dict:
     return result
 
 
-def oof_scores(cfg, fold: int) -> dict | None:
+def oof_scores(cfg, fold: int, interval: bool = False) -> dict | None:
     """Flat / tuned / cross-fitted OOF mean F2 of one fold, under the config's weather decoding."""
     run = RunFolder.from_config(cfg)
     if not run.fold(fold).oof.is_file():
@@ -457,7 +462,7 @@ def oof_scores(cfg, fold: int) -> dict | None:
     mine = set(folds.loc[folds["fold"] == fold, "image_name"])
     keep = np.array([n in mine for n in oof.names])
     return {"chips": int(keep.sum()), **_fit_and_score(oof.y_true[keep], oof.probs[keep], cfg.tune,
-                                                       cfg.tune.weather_decoding, cfg.run.seed)}
+                                                       cfg.tune.weather_decoding, cfg.run.seed, interval)}
 
 
 def ablate_training(bench: Bench, cfg, fold: int, budget: list[str]) -> list[dict]:

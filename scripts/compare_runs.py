@@ -21,7 +21,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import numpy as np  # noqa: E402
 from bench_real32 import _grid, hms, oof_scores  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -37,10 +36,6 @@ def main(argv=None) -> int:
     import dataclasses
 
     from amazonmine.config import TrainConfig, load_config
-    from amazonmine.data import LABEL_INDEX, PlanetLayout
-    from amazonmine.decisions import decode, fit_thresholds
-    from amazonmine.metrics import bootstrap_intervals
-    from amazonmine.runfolder import RunFolder
 
     defaults = {f"train.{k}": v for k, v in json.loads(json.dumps(dataclasses.asdict(TrainConfig()),
                                                                  default=str)).items()}
@@ -63,24 +58,19 @@ def main(argv=None) -> int:
         before = {**defaults, **base_settings}
         changed = [f"{k.removeprefix('train.')}={v}" for k, v in settings.items() if k in before and before[k] != v]
         cfg = load_config(args.config, [f"run.dir={run_dir}"])
-        scores = oof_scores(cfg, args.fold)
-        oof = RunFolder.from_config(cfg).read_oof(PlanetLayout.from_config(cfg.data))
-        folds = RunFolder.from_config(cfg).read_folds()
-        mine = set(folds.loc[folds["fold"] == args.fold, "image_name"])
-        keep = np.array([n in mine for n in oof.names])
-        y, p = oof.y_true[keep], oof.probs[keep]
-        tc, weather = cfg.tune, cfg.tune.weather_decoding
-        decided = decode(p, fit_thresholds(y, p, tc.start, tc.passes, tc.grid, weather_decoding=weather), weather)
-        lo, hi = bootstrap_intervals(y, decided, 1000, 0)["mean_f2"]
-        j = LABEL_INDEX["artisinal_mine"]
-        recall = (decided[:, j] & y[:, j].astype(bool)).sum() / max(1, y[:, j].sum())
+        scores = oof_scores(cfg, args.fold, interval=True)  # one threshold fit per run, as bench_real32's
+        if scores is None:
+            print(f"error: {run_dir}: no out-of-fold predictions of fold {args.fold}", file=sys.stderr)
+            return 2
+        lo, hi = scores["tuned_interval"]
+        recall = scores["rare_recall"]["artisinal_mine"]
         rate = summary.get("train_images_per_s")
         rows.append([str(run_dir), ", ".join(changed) or "-", f"{summary['epochs_run']} (best {summary['best_epoch']})",
                      hms(summary.get("train_seconds_this_session")) if rate else "(resumed)",
                      f"{rate:.0f}" if rate else "-",
                      f"{scores['flat']:.4f}", f"{scores['tuned']:.4f}", f"{lo:.4f}-{hi:.4f}",
                      f"{scores['tuned_crossfit']:.4f}", f"{recall:.3f}"])
-    print(f"fold {args.fold}, {int(keep.sum())} out-of-fold chips; train = training time of the session that "
+    print(f"fold {args.fold}, {scores['chips']} out-of-fold chips; train = training time of the session that "
           "finished the fold (a resumed fold shows only its last session)")
     print("\n".join(_grid(rows, "llrrrrrrrr")))
     return 0
