@@ -94,6 +94,7 @@ class ResumeState:
             # The weights say which epoch they are: a kill between them and state.json must not make a resume
             # train that epoch a second time on top of itself.
             stamp_h5(tmp, epoch=epoch, best_val_f2=self.best)
+            _write_seed_states(tmp, model)
         self.save_progress(epoch)
 
     def save_progress(self, epoch: int) -> None:
@@ -102,6 +103,12 @@ class ResumeState:
 
     def read_meta(self) -> dict:
         return read_json(self.meta)
+
+    def saved_epoch(self) -> int:
+        """The epoch the saved state is at (0: none saved)."""
+        if not self.exists():
+            return 0
+        return max(int(self.read_meta().get("epoch", 0)), int(read_h5_stamp(self.weights).get("epoch", 0)))
 
     def restore(self, model) -> int:
         meta = self.read_meta()
@@ -113,6 +120,7 @@ class ResumeState:
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise AmazonmineError(f"{self.weights}: cannot load the interrupted run's state ({reason}); "
                                   f"--retrain starts the fold over") from None
+        _read_seed_states(self.weights, model)
         # state.json is written after the weights, and the best checkpoint before both: after a kill between
         # any two of them the files disagree, and the furthest each one got is the truth. (state.json alone
         # runs ahead when training ended early: it then says the fold's epochs are done.)
@@ -128,6 +136,39 @@ class ResumeState:
                 p.unlink()
         if self.folder.is_dir() and not any(self.folder.iterdir()):
             self.folder.rmdir()
+
+
+_SEED_STATES = "amazonmine_seed_states"
+
+
+def _seed_generators(model) -> dict:
+    """{layer name/k: state variable} of the random-number generators of the model's layers (dropout's), which
+    Keras does not save with the weights: without them a resumed run draws other dropout masks than the
+    uninterrupted one. Keyed by layer name, as the variables' own paths get a counter per model built."""
+    return {f"{layer.name}/{k}": generator.state for layer in model._flatten_layers(include_self=False)
+            for k, generator in enumerate(getattr(layer, "_seed_generators", []))}
+
+
+def _write_seed_states(path: Path, model) -> None:
+    import h5py
+
+    states = _seed_generators(model)
+    if not states:
+        return
+    with h5py.File(path, "a") as f:
+        group = f.require_group(_SEED_STATES)
+        for name, variable in states.items():
+            group[name.replace("/", "|")] = np.asarray(variable.numpy())
+
+
+def _read_seed_states(path: Path, model) -> None:
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        saved = {k.replace("|", "/"): v[()] for k, v in f[_SEED_STATES].items()} if _SEED_STATES in f else {}
+    for name, variable in _seed_generators(model).items():
+        if name in saved:  # a state saved by an older version has none: its dropout draws start over
+            variable.assign(saved[name])
 
 
 # --- skip, resume or train ---------------------------------------------------------------------------------

@@ -274,6 +274,23 @@ def fold_callbacks(files, train_cfg, initial_best: float, resume_state, global_b
     return cbs, best, meter
 
 
+def epoch_boundary():
+    """A callback whose ``at_epoch_end`` says whether the model's weights are still those of the last epoch's
+    end (no batch of the next one has run): an interrupt then may save them as that epoch's resume state."""
+    import keras
+
+    class EpochBoundary(keras.callbacks.Callback):
+        at_epoch_end = False
+
+        def on_train_batch_begin(self, batch, logs=None):
+            self.at_epoch_end = False
+
+        def on_epoch_end(self, epoch, logs=None):
+            self.at_epoch_end = True
+
+    return EpochBoundary()
+
+
 def averaged_weights(calibration, batches: int):
     """A ``SwapEMAWeights`` (swapping only around validation) whose averaged weights get BatchNorm statistics
     of their own.

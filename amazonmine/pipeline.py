@@ -208,10 +208,14 @@ def remake_chip(image, seed, scale: float, channels: int, kind: str | None = Non
 def make_dataset(chips: ChipSet, rows: np.ndarray, labels: np.ndarray | None, transforms: np.ndarray | None,
                  image_size: int, batch_size: int, training: bool, seed: int = 0, augment: bool = True,
                  brightness: float = 0.05, contrast: float = 0.1, pixel_scale: float = 255.0,
-                 chip_augment: float = 0.0, resize_to: int = 0):
+                 chip_augment: float = 0.0, resize_to: int = 0, start: int | None = None):
     """A batched, prefetched tf.data.Dataset over ``rows`` (indices into ``chips``).
 
-    training=True: shuffled every epoch, the manifest's fixed dihedral transform for oversampled copies
+    training=True: one shuffled pass over the rows or, with ``start``, an endless stream of passes from its
+    ``start``-th chip on. Pass p is the permutation seeded by (``seed``, p) and chip g of the stream is
+    augmented with seed (``seed``, g), so the stream is a pure function of the seed: a resumed run that starts
+    at chip (epochs done x steps x batch) sees exactly the chips, in the order and with the augmentations, the
+    uninterrupted run saw. Each chip gets the manifest's fixed dihedral transform for oversampled copies
     (transform > 0), a random D4 view for the others, mild brightness/contrast jitter, and for a
     ``chip_augment`` share of chips a random chip-making difference (:func:`remake_chip`). ``resize_to``
     (progressive resizing) shrinks the chips from ``image_size`` by area averaging before any augmentation.
@@ -223,9 +227,12 @@ def make_dataset(chips: ChipSet, rows: np.ndarray, labels: np.ndarray | None, tr
     transforms = np.zeros(len(rows), np.int64) if transforms is None else np.asarray(transforms, np.int64)
     n = len(rows)
     channels = chips.channels
-    ds = tf.data.Dataset.from_tensor_slices((rows, transforms))
     if training:
-        ds = ds.shuffle(min(n, 20000), seed=seed, reshuffle_each_iteration=True)
+        ds = _shuffled_stream(rows, transforms, seed, 0 if start is None else start)
+        if start is None:
+            ds = ds.take(n)
+    else:
+        ds = tf.data.Dataset.from_tensor_slices((rows, transforms)).enumerate()
 
     if chips.pixels is not None:
         cache = tf.constant(chips.pixels)
@@ -262,8 +269,6 @@ def make_dataset(chips: ChipSet, rows: np.ndarray, labels: np.ndarray | None, tr
             img = dihedral_tf(img, transform)
         return img
 
-    # A per-element counter gives stateless random ops a distinct, reproducible seed per sample.
-    ds = ds.enumerate()
     if labels is not None:
         label_table = tf.constant(np.asarray(labels, np.float32))
 
@@ -276,6 +281,27 @@ def make_dataset(chips: ChipSet, rows: np.ndarray, labels: np.ndarray | None, tr
         ds = ds.map(lambda index, pair: prepare(index, pair[0], pair[1]), num_parallel_calls=tf.data.AUTOTUNE,
                     deterministic=True)
     return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+def _shuffled_stream(rows: np.ndarray, transforms: np.ndarray, seed: int, start: int):
+    """(g, (row, transform)) for chip g = start, start+1, ... of endless passes over ``rows``, each pass a
+    permutation seeded by (seed, pass). Only indices are skipped to reach ``start``: no chip is read for it."""
+    import tensorflow as tf
+
+    n = len(rows)
+    if n == 0:
+        return tf.data.Dataset.from_tensor_slices((rows, transforms)).enumerate()
+    table = tf.constant(np.stack([rows, transforms], axis=1))
+    seed64 = tf.constant(seed, tf.int64)
+
+    def one_pass(p):
+        order = tf.random.experimental.stateless_shuffle(tf.range(n, dtype=tf.int64), seed=tf.stack([seed64, p]))
+        picked = tf.gather(table, order)
+        return tf.data.Dataset.from_tensor_slices((p * n + tf.range(n, dtype=tf.int64),
+                                                   (picked[:, 0], picked[:, 1])))
+
+    first_pass, offset = divmod(int(start), n)
+    return tf.data.Dataset.range(first_pass, np.iinfo(np.int64).max).flat_map(one_pass).skip(offset)
 
 
 def tta_predict_fn(model, tta: int, input_shape: tuple[int, int, int] | None = None):

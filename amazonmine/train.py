@@ -14,7 +14,9 @@ folder gets (names from :class:`amazonmine.runfolder.RunFolder`)::
 
 Resume (``--resume``) restores weights, optimizer state and epoch from ``resume/`` and the best score so far,
 so the best checkpoint is not overwritten by a worse epoch after a restart (the trap of combining Keras'
-BackupAndRestore with ModelCheckpoint(save_best_only)). Ctrl-C or SIGTERM writes the resume state before exiting.
+BackupAndRestore with ModelCheckpoint(save_best_only)). A resume starts at an epoch's end (Ctrl-C or SIGTERM in an
+epoch keeps the state of the one before) and continues the same stream of chips (:func:`make_dataset`'s
+``start``) with dropout's random state restored: it ends with the weights of the uninterrupted run.
 
 A fold that is trained again (``--retrain``, or a new split) is trained in ``fold{K}/.next/`` with files of its
 own and swapped in only when finished, so a refused, failed or interrupted retrain leaves the fold as it was
@@ -58,6 +60,7 @@ from amazonmine.fold_policy import (
 from amazonmine.io import atomic_path, read_h5_stamp, stamp_h5, write_csv_atomic, write_json_atomic
 from amazonmine.keras_parts import (
     FLAT_THRESHOLD,
+    epoch_boundary,
     fold_callbacks,
     make_loss,
     make_metric,
@@ -241,20 +244,23 @@ def train_fold(cfg, fold: int, strategy, gpu: bool = False, action: str = "train
     replicas = strategy.num_replicas_in_sync
     batch = tc.batch_size * replicas  # the global batch: train.batch_size on each replica of each worker
 
-    def one_pass(part: int, parts: int, part_batch: int, size: int):
+    def stream(part: int, parts: int, part_batch: int, size: int, first_step: int):
         rows = slice(part, None, parts)
         return make_dataset(chips, remap[plan.train_rows[rows]], labels_used, plan.transforms[rows],
                             tc.image_size, part_batch, training=True, seed=(cfg.run.seed + fold) * parts + part,
                             augment=tc.augment, brightness=tc.brightness_jitter, contrast=tc.contrast_jitter,
-                            pixel_scale=data.scale, chip_augment=tc.chip_augment, resize_to=size)
+                            pixel_scale=data.scale, chip_augment=tc.chip_augment, resize_to=size,
+                            start=first_step * part_batch)
 
-    def training_input(part: int, parts: int, part_batch: int, small_epochs: int):
-        """Endless: ``small_epochs`` epochs' steps of shrunk chips (progressive resizing), then full size."""
-        full = one_pass(part, parts, part_batch, tc.image_size).repeat()
-        if small_epochs <= 0:
+    def training_input(part: int, parts: int, part_batch: int, first_epoch: int):
+        """Endless, from the first step of ``first_epoch`` on, exactly as the uninterrupted run had it: one
+        stream of chips, shrunk (progressive resizing) for the steps of the first ``train.small_epochs``."""
+        first_step = first_epoch * steps
+        small_steps = max(0, tc.small_epochs * steps - first_step) if tc.small_size else 0
+        full = stream(part, parts, part_batch, tc.image_size, first_step + small_steps)
+        if small_steps == 0:
             return full
-        small = one_pass(part, parts, part_batch, tc.small_size).repeat().take(small_epochs * steps)
-        return small.concatenate(full)
+        return stream(part, parts, part_batch, tc.small_size, first_step).take(small_steps).concatenate(full)
 
     val_ds = make_dataset(chips, remap[plan.val_rows], labels_used, None, tc.image_size, cfg.predict.batch_size,
                           training=False, pixel_scale=data.scale)
@@ -272,15 +278,13 @@ def train_fold(cfg, fold: int, strategy, gpu: bool = False, action: str = "train
     else:
         cluster.prepare_model(model)
         initial_epoch = _start_from_chief(cluster, model, state, tc, resume)
-    # The input starts where training starts: a resume inside the small epochs gets only those left.
-    small_left = tc.small_epochs - initial_epoch if tc.small_size else 0
-    if cluster is None and not tc.steps_per_epoch and small_left <= 0:
-        train_ds = one_pass(0, 1, batch, tc.image_size)  # one pass per epoch, as Keras re-reads it
-    elif cluster is None:
-        train_ds = training_input(0, 1, batch, small_left)
+    # The input starts where training starts: a resume continues the stream at its first unfinished epoch.
+    if cluster is None:
+        train_ds = training_input(0, 1, batch, initial_epoch)
     else:
         # Endless on every worker, so all of them take the same steps whatever the size of their share.
-        train_ds = cluster.distribute(lambda part, parts, size: training_input(part, parts, size, small_left), batch)
+        train_ds = cluster.distribute(lambda part, parts, size: training_input(part, parts, size, initial_epoch),
+                                      batch)
         val_ds = cluster.evaluation_input(val_ds)
     # Every check has passed; only now is the fold written (a refused run leaves no fold folder, and a
     # refused retrain leaves the fold as it was).
@@ -295,6 +299,8 @@ def train_fold(cfg, fold: int, strategy, gpu: bool = False, action: str = "train
     # still fits the kept model).
     calibration = _calibration(cfg, data, fold) if tc.ema > 0 and replicas == 1 and cluster is None else None
     callbacks, _, meter = fold_callbacks(files, tc, state.best, state, batch, calibration)
+    boundary = epoch_boundary()
+    callbacks.insert(0, boundary)  # first: an interrupt in any epoch-end callback after it knows the epoch ended
     if cluster is not None:
         callbacks.insert(0, cluster.same_statistics())  # before the checkpoints look at the model
     again = f"'amazonmine train --fold {fold}{' --retrain' if staged else ''}'"
@@ -306,7 +312,8 @@ def train_fold(cfg, fold: int, strategy, gpu: bool = False, action: str = "train
                 model.fit(train_ds, validation_data=val_ds, epochs=tc.epochs, initial_epoch=initial_epoch,
                           steps_per_epoch=steps, callbacks=callbacks, shuffle=False, verbose=tc.verbose)
         except KeyboardInterrupt:
-            # The interrupted epoch's progress is kept in the weights; it is counted as not done.
+            # A resume starts from an epoch's end, never from the middle of one: the cut epoch is redone from
+            # its first step, on the same chips, and ends with the weights the uninterrupted run would have had.
             done = _epochs_done(files.history)
             if cluster is not None and done > 0:
                 # Saving now would wait for workers that may be gone: the state of the last finished epoch,
@@ -316,16 +323,19 @@ def train_fold(cfg, fold: int, strategy, gpu: bool = False, action: str = "train
             for callback in callbacks:  # stopped during validation: the raw weights back before saving
                 if isinstance(callback, keras.callbacks.SwapEMAWeights):
                     callback.on_test_end()
-            if done == 0 or not model.optimizer.built:
-                # Nothing finished, and an optimizer that never stepped saves empty slots that cannot be loaded.
-                state.clear()
-                if staged:
-                    discard_retrain(final)
-                raise AmazonmineError(f"interrupted during the first epoch of fold {fold}: nothing to resume; "
-                                      f"run {again} again") from None
-            state.save(model, done)
-            raise AmazonmineError(f"interrupted: resume state saved in {state.folder} after epoch {done}; "
-                                  f"continue with 'amazonmine train --fold {fold} --resume'") from None
+            saved = state.saved_epoch()
+            if boundary.at_epoch_end and done > saved and model.optimizer.built:
+                state.save(model, done)  # stopped among the epoch-end writes: the weights are that epoch's end
+                saved = done
+            if saved:
+                raise AmazonmineError(f"interrupted: resume state saved in {state.folder} after epoch {saved}; "
+                                      f"continue with 'amazonmine train --fold {fold} --resume'") from None
+            # No epoch's end was reached (nor saved): nothing to resume.
+            state.clear()
+            if staged:
+                discard_retrain(final)
+            raise AmazonmineError(f"interrupted during the first epoch of fold {fold}: nothing to resume; "
+                                  f"run {again} again") from None
         wall = time.perf_counter() - started
         digest = weights_digest(model)
         if cluster is not None:

@@ -129,7 +129,7 @@ def measure_size(args, size: int, workdir: Path) -> dict:
     def pipeline(chips):
         return make_dataset(chips, rows, labels, None, size, args.batch_size, training=True, seed=args.seed,
                             augment=tc.augment, brightness=tc.brightness_jitter, contrast=tc.contrast_jitter,
-                            pixel_scale=255.0).repeat()
+                            pixel_scale=255.0, start=0)  # endless, as train reads it
 
     streamed = preflight(paths, size, cache=False, progress=False)
     cached = preflight(paths, size, cache=True, progress=False)

@@ -70,3 +70,30 @@ def test_the_configured_share_of_training_chips_is_remade(real256):
     differs = np.abs(some - plain).reshape(len(rows), -1).max(axis=1) > 0
     assert 0.2 < differs.mean() < 0.4
     assert (np.abs(every - plain).reshape(len(rows), -1).max(axis=1) > 0).mean() > 0.95
+
+
+def test_the_training_stream_is_a_function_of_the_seed_and_its_start():
+    """What lets a resumed fold end with the uninterrupted one's weights: each pass is a permutation of the
+    rows (every chip once), passes differ, and a stream started at chip k is the whole stream from chip k on."""
+    from amazonmine.pipeline import ChipSet, make_dataset
+
+    n, batch = 12, 4
+    pixels = np.arange(n, dtype=np.uint8)[:, None, None, None] * np.ones((1, 8, 8, 3), np.uint8)
+    chips = ChipSet(paths=[f"c{i}" for i in range(n)], channels=3, native_size=8, pixels=pixels)
+    labels = np.eye(n, 17, dtype=np.float32)  # the label says which chip it is, whatever the augmentation
+
+    def stream(start: int, batches: int):
+        ds = make_dataset(chips, np.arange(n), labels, None, 8, batch, training=True, seed=3, start=start)
+        parts = list(ds.take(batches))
+        return (np.concatenate([y.numpy().argmax(axis=1) for _, y in parts]),
+                np.concatenate([x.numpy() for x, _ in parts]))
+
+    order, images = stream(0, 9)  # three passes
+    passes = order.reshape(3, n)
+    assert all(sorted(p) == list(range(n)) for p in passes)
+    assert len({tuple(p) for p in passes}) == 3
+    later_order, later_images = stream(5 * batch, 4)
+    np.testing.assert_array_equal(later_order, order[5 * batch:])
+    np.testing.assert_array_equal(later_images, images[5 * batch:])
+    one_pass = make_dataset(chips, np.arange(n), labels, None, 8, batch, training=True, seed=3)
+    np.testing.assert_array_equal(np.concatenate([y.numpy().argmax(axis=1) for _, y in one_pass]), passes[0])

@@ -177,7 +177,7 @@ def test_interrupted_run_resumes_at_the_right_epoch_with_its_optimizer(learn_roo
     with pytest.raises(AmazonmineError, match="interrupted: resume state saved"):
         list(train.run_train(cfg, folds=[0]))
     assert saved["epoch"] == 1  # epoch 2 was cut short: it will be redone
-    assert saved["iterations"] == 5 + 3  # one full epoch plus three batches of the cut one
+    assert saved["iterations"] == 5  # the end of epoch 1: the cut epoch is redone from its start
     state = json.loads((cfg.run_dir / "fold0" / "resume" / "state.json").read_text())
     assert state["epoch"] == 1 and state["best_val_f2"] > 0
 
@@ -562,8 +562,8 @@ def test_averaged_weights_are_validated_and_kept_with_batchnorm_statistics_of_th
     assert result.summary["bn_recalibration"]["val_f2_after"] == result.summary["bn_recalibration"]["val_f2_before"]
 
 
-def test_ctrl_c_during_validation_of_averaged_weights_saves_the_raw_weights_and_statistics(learn_root, make_cfg,
-                                                                                           monkeypatch):
+def test_ctrl_c_during_validation_of_averaged_weights_resumes_from_the_raw_weights_of_the_epoch_before(
+        learn_root, make_cfg, monkeypatch):
     import keras
 
     import amazonmine.train as train
@@ -575,14 +575,15 @@ def test_ctrl_c_during_validation_of_averaged_weights_saves_the_raw_weights_and_
 
     cfg = tiny_cfg(make_cfg, learn_root, **{"train.epochs": 3, "train.steps_per_epoch": 4, "train.ema": 0.8,
                                             "train.bn_recalibration_batches": 2})
-    seen = {}
+    seen = {"saved": []}
 
     class CtrlCInValidation(keras.callbacks.Callback):
         def on_epoch_begin(self, epoch, logs=None):
             self._epoch = epoch
 
         def on_train_batch_end(self, batch, logs=None):
-            seen["trained"] = state_of(self.model)  # the raw weights and statistics as training left them
+            if self._epoch == 0:
+                seen["trained"] = state_of(self.model)  # the raw weights and statistics as epoch 1 left them
 
         def on_test_batch_end(self, batch, logs=None):
             if self._epoch == 1:
@@ -595,16 +596,18 @@ def test_ctrl_c_during_validation_of_averaged_weights_saves_the_raw_weights_and_
     original_save = train.ResumeState.save
 
     def spy_save(self, model, epoch):
-        seen["saved"] = state_of(model)
+        seen["saved"].append((epoch, state_of(model)))
         original_save(self, model, epoch)
 
     monkeypatch.setattr(train.ResumeState, "save", spy_save)
-    with pytest.raises(AmazonmineError, match="interrupted: resume state saved"):
+    with pytest.raises(AmazonmineError, match="interrupted: resume state saved in .* after epoch 1;"):
         list(train.run_train(cfg, folds=[0]))
-    # Validation ran on other weights and statistics (the averages), yet what was saved to resume from is
-    # exactly what training had reached.
+    # Validation ran on other weights and statistics (the averages); the state resumed from is the one saved at
+    # epoch 1's end, exactly the raw weights training had reached, and the interrupt saved nothing over it.
     assert any(not np.allclose(a, b) for a, b in zip(seen["validated"], seen["trained"], strict=True))
-    for a, b in zip(seen["saved"], seen["trained"], strict=True):
+    ((epoch, saved),) = seen["saved"]
+    assert epoch == 1
+    for a, b in zip(saved, seen["trained"], strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
@@ -670,6 +673,55 @@ def test_a_resume_inside_the_small_epochs_redoes_the_cut_epoch_small(learn_root,
     train.run_train(cfg, folds=[0], resume=True)
     # Epoch 2 of 3 was cut: it is redone on small chips, then epoch 3 at full size.
     assert seen[:3] == [32] * 3 and seen[3:6] == [48] * 3 and set(seen[3:]) == {48}
+
+
+@pytest.mark.parametrize("recipe,cut", [
+    ({}, "mid-epoch"),
+    ({"train.image_size": 48, "train.small_size": 32, "train.small_epochs": 2, "train.ema": 0.9, "train.dropout": 0.3},
+     "mid-epoch"),
+    ({}, "epoch-end")], ids=["plain", "progressive-ema-dropout", "among-the-epoch-end-writes"])
+def test_an_interrupted_and_resumed_fold_ends_with_the_uninterrupted_weights(learn_root, make_cfg, monkeypatch,
+                                                                             tmp_path, recipe, cut):
+    """The training stream is a function of the seed and the step, and the resume state holds the rest (with
+    dropout's random state): a Ctrl-C and --resume change nothing in the trained weights."""
+    import keras
+
+    import amazonmine.train as train
+
+    settings = {"train.epochs": 3, "train.steps_per_epoch": 5, "train.bn_recalibration_batches": 0, **recipe}
+    whole = tiny_cfg(make_cfg, learn_root, **{**settings, "run.dir": tmp_path / "whole"})
+    (uninterrupted,) = train.run_train(whole, folds=[0])
+
+    class CtrlC(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            if self._epoch == 1 and batch == 2:
+                raise KeyboardInterrupt
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self._epoch = epoch
+
+    cut_cfg = tiny_cfg(make_cfg, learn_root, **{**settings, "run.dir": tmp_path / "cut"})
+    original_callbacks, original_save = train.fold_callbacks, train.ResumeState.save
+    if cut == "mid-epoch":  # three batches into epoch 2: resumed from epoch 1's end
+        monkeypatch.setattr(train, "fold_callbacks",
+                            lambda *a: (lambda cbs: (cbs[0] + [CtrlC()], *cbs[1:]))(original_callbacks(*a)))
+        resumes_from = 1
+    else:  # epoch 2's history row is written, its resume state not yet: saved by the interrupt itself
+        def ctrl_c_once(self, model, epoch):
+            if epoch == 2 and not hasattr(ctrl_c_once, "done"):
+                ctrl_c_once.done = True
+                raise KeyboardInterrupt
+            original_save(self, model, epoch)
+
+        monkeypatch.setattr(train.ResumeState, "save", ctrl_c_once)
+        resumes_from = 2
+    with pytest.raises(AmazonmineError, match=f"resume state saved in .* after epoch {resumes_from};"):
+        list(train.run_train(cut_cfg, folds=[0]))
+    monkeypatch.setattr(train, "fold_callbacks", original_callbacks)
+    monkeypatch.setattr(train.ResumeState, "save", original_save)
+    (resumed,) = train.run_train(cut_cfg, folds=[0], resume=True)
+    assert resumed.summary["weights_sha256"] == uninterrupted.summary["weights_sha256"]
+    assert resumed.summary["best_val_f2"] == uninterrupted.summary["best_val_f2"]
 
 
 def record_training_sides(monkeypatch, pipeline) -> list[int]:
