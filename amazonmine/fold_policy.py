@@ -83,6 +83,8 @@ class ResumeState:
         self.best = -1.0
         self.resuming = False
         self.split_id, self.settings = split_id, settings or {}
+        self.counters: dict = {}  # early stopping's and the plateau schedule's, carried across a resume
+        self.counters_of = None  # set by the fold's callbacks: reads those counters when the state is saved
 
     def exists(self) -> bool:
         return self.weights.is_file() and self.meta.is_file()
@@ -98,8 +100,10 @@ class ResumeState:
         self.save_progress(epoch)
 
     def save_progress(self, epoch: int) -> None:
+        if self.counters_of is not None:
+            self.counters = self.counters_of()
         write_json_atomic(self.meta, {"epoch": epoch, "best_val_f2": self.best, "split_sha256": self.split_id,
-                                      "settings": self.settings})
+                                      "settings": self.settings, "counters": self.counters})
 
     def read_meta(self) -> dict:
         return read_json(self.meta)
@@ -127,6 +131,7 @@ class ResumeState:
         stamp = read_h5_stamp(self.weights)
         saved_best = read_h5_stamp(self.checkpoint).get("val_f2", -1.0) if self.checkpoint.is_file() else -1.0
         self.best = max(float(meta.get("best_val_f2", -1.0)), stamp.get("best_val_f2", -1.0), saved_best)
+        self.counters = meta.get("counters") or {}
         self.resuming = True
         return max(int(meta["epoch"]), int(stamp.get("epoch", 0)))
 
@@ -141,18 +146,24 @@ class ResumeState:
 _SEED_STATES = "amazonmine_seed_states"
 
 
-def _seed_generators(model) -> dict:
+def seed_generator_states(model) -> dict:
     """{layer name/k: state variable} of the random-number generators of the model's layers (dropout's), which
     Keras does not save with the weights: without them a resumed run draws other dropout masks than the
     uninterrupted one. Keyed by layer name, as the variables' own paths get a counter per model built."""
-    return {f"{layer.name}/{k}": generator.state for layer in model._flatten_layers(include_self=False)
-            for k, generator in enumerate(getattr(layer, "_seed_generators", []))}
+    states = {}
+    for layer in model._flatten_layers(include_self=False):
+        for k, generator in enumerate(getattr(layer, "_seed_generators", [])):
+            key = f"{layer.name}/{k}"
+            if key in states:  # two layers of one name (nested models): their states cannot be told apart
+                raise AmazonmineError(f"model has two layers named {layer.name!r} with random state; rename one")
+            states[key] = generator.state
+    return states
 
 
 def _write_seed_states(path: Path, model) -> None:
     import h5py
 
-    states = _seed_generators(model)
+    states = seed_generator_states(model)
     if not states:
         return
     with h5py.File(path, "a") as f:
@@ -166,7 +177,7 @@ def _read_seed_states(path: Path, model) -> None:
 
     with h5py.File(path, "r") as f:
         saved = {k.replace("|", "/"): v[()] for k, v in f[_SEED_STATES].items()} if _SEED_STATES in f else {}
-    for name, variable in _seed_generators(model).items():
+    for name, variable in seed_generator_states(model).items():
         if name in saved:  # a state saved by an older version has none: its dropout draws start over
             variable.assign(saved[name])
 

@@ -260,15 +260,35 @@ def fold_callbacks(files, train_cfg, initial_best: float, resume_state, global_b
         # The epoch's history row before its resume state: after a kill between the two the history has a row
         # too many, which a resume drops (trim_history), rather than one too few, which nothing could restore.
         keras.callbacks.CSVLogger(str(files.history), append=files.history.exists() and resume_state.resuming),
-        ResumeSaver(),
         keras.callbacks.TensorBoard(log_dir=str(files.tensorboard), write_graph=False, update_freq="epoch",
                                     profile_batch=0),
-        keras.callbacks.EarlyStopping(monitor="val_f2", mode="max", patience=train_cfg.early_stopping_patience,
-                                      restore_best_weights=False),
     ]
+    # Keras starts these counters over in every fit; a resume carries them on (in the resume state), so that a
+    # resumed fold stops, and lowers its learning rate, at the epochs the uninterrupted one would.
+    counted = {"early_stopping": (keras.callbacks.EarlyStopping(
+        monitor="val_f2", mode="max", patience=train_cfg.early_stopping_patience, restore_best_weights=False),
+        ("wait", "best", "best_epoch"))}
     if train_cfg.schedule == "plateau":
-        cbs.append(keras.callbacks.ReduceLROnPlateau(monitor="val_f2", mode="max", factor=0.3,
-                                                     patience=max(1, train_cfg.early_stopping_patience // 3)))
+        counted["plateau"] = (keras.callbacks.ReduceLROnPlateau(
+            monitor="val_f2", mode="max", factor=0.3, patience=max(1, train_cfg.early_stopping_patience // 3)),
+            ("wait", "best", "cooldown_counter"))
+
+    def counters() -> dict:
+        # A fit that never began (a resume after the last epoch) has none of its own: the carried ones stand.
+        return {name: ({attr: None if getattr(cb, attr) is None else float(getattr(cb, attr)) for attr in attrs}
+                       if all(hasattr(cb, attr) for attr in attrs) else resume_state.counters.get(name, {}))
+                for name, (cb, attrs) in counted.items()}
+
+    class CarriedCounters(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):  # after theirs, which reset them
+            for name, values in resume_state.counters.items():
+                if name in counted:
+                    for attr, value in values.items():
+                        setattr(counted[name][0], attr, value)
+
+    resume_state.counters_of = counters
+    # The resume state last: after the learning rate is lowered, so the optimizer it saves has the new one.
+    cbs += [cb for cb, _ in counted.values()] + [CarriedCounters(), ResumeSaver()]
     if train_cfg.verbose == 0:  # with verbose 1 or 2 Keras prints its own progress; two would interleave
         cbs.append(EpochProgress(files.fold, train_cfg.small_epochs if train_cfg.small_size else 0))
     return cbs, best, meter

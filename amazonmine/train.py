@@ -55,6 +55,7 @@ from amazonmine.fold_policy import (
     load_fold_plan,
     model_settings,
     resolve_folds,
+    seed_generator_states,
     training_files,
 )
 from amazonmine.io import atomic_path, read_h5_stamp, stamp_h5, write_csv_atomic, write_json_atomic
@@ -244,23 +245,24 @@ def train_fold(cfg, fold: int, strategy, gpu: bool = False, action: str = "train
     replicas = strategy.num_replicas_in_sync
     batch = tc.batch_size * replicas  # the global batch: train.batch_size on each replica of each worker
 
-    def stream(part: int, parts: int, part_batch: int, size: int, first_step: int):
+    def stream(part: int, parts: int, part_batch: int, size: int, first_batch: int):
         rows = slice(part, None, parts)
         return make_dataset(chips, remap[plan.train_rows[rows]], labels_used, plan.transforms[rows],
                             tc.image_size, part_batch, training=True, seed=(cfg.run.seed + fold) * parts + part,
                             augment=tc.augment, brightness=tc.brightness_jitter, contrast=tc.contrast_jitter,
                             pixel_scale=data.scale, chip_augment=tc.chip_augment, resize_to=size,
-                            start=first_step * part_batch)
+                            start=first_batch * part_batch)
 
-    def training_input(part: int, parts: int, part_batch: int, first_epoch: int):
+    def training_input(part: int, parts: int, part_batch: int, first_epoch: int, batches_per_step: int = 1):
         """Endless, from the first step of ``first_epoch`` on, exactly as the uninterrupted run had it: one
-        stream of chips, shrunk (progressive resizing) for the steps of the first ``train.small_epochs``."""
-        first_step = first_epoch * steps
-        small_steps = max(0, tc.small_epochs * steps - first_step) if tc.small_size else 0
-        full = stream(part, parts, part_batch, tc.image_size, first_step + small_steps)
-        if small_steps == 0:
+        stream of chips, shrunk (progressive resizing) for the steps of the first ``train.small_epochs``.
+        ``batches_per_step``: a worker's pipeline feeds each of its local replicas one batch per step."""
+        first_batch = first_epoch * steps * batches_per_step
+        small_batches = max(0, tc.small_epochs * steps * batches_per_step - first_batch) if tc.small_size else 0
+        full = stream(part, parts, part_batch, tc.image_size, first_batch + small_batches)
+        if small_batches == 0:
             return full
-        return stream(part, parts, part_batch, tc.small_size, first_step).take(small_steps).concatenate(full)
+        return stream(part, parts, part_batch, tc.small_size, first_batch).take(small_batches).concatenate(full)
 
     val_ds = make_dataset(chips, remap[plan.val_rows], labels_used, None, tc.image_size, cfg.predict.batch_size,
                           training=False, pixel_scale=data.scale)
@@ -283,8 +285,8 @@ def train_fold(cfg, fold: int, strategy, gpu: bool = False, action: str = "train
         train_ds = training_input(0, 1, batch, initial_epoch)
     else:
         # Endless on every worker, so all of them take the same steps whatever the size of their share.
-        train_ds = cluster.distribute(lambda part, parts, size: training_input(part, parts, size, initial_epoch),
-                                      batch)
+        train_ds = cluster.distribute(lambda part, parts, size: training_input(part, parts, size, initial_epoch,
+                                                                               cluster.local_replicas), batch)
         val_ds = cluster.evaluation_input(val_ds)
     # Every check has passed; only now is the fold written (a refused run leaves no fold folder, and a
     # refused retrain leaves the fold as it was).
@@ -487,8 +489,11 @@ def _start_from_chief(cluster: Cluster, model, state: ResumeState, tc, resume: b
     # Outside the strategy's scope: loading makes helper variables of its own, which inside it would be made in
     # step with the other workers, who load nothing.
     epoch = cluster.settle(start, chief_only=True)
-    epoch, state.best = cluster.from_chief([epoch, state.best])
-    cluster.broadcast(list(model.weights) + (list(model.optimizer.variables) if model.optimizer.built else []))
+    # Early stopping's counters too: every worker must stop at the same epoch.
+    epoch, state.best, state.counters = cluster.from_chief([epoch, state.best, state.counters])
+    # Dropout's random state too: it is not among the weights, and the chief alone restored it.
+    cluster.broadcast(list(model.weights) + list(seed_generator_states(model).values())
+                      + (list(model.optimizer.variables) if model.optimizer.built else []))
     return int(epoch)
 
 

@@ -116,7 +116,7 @@ def test_resume_state_files_and_format(cfg):
     state.weights.write_bytes(b"w")
     assert state.exists() and files.has_resume_state()
     assert json.loads(state.meta.read_text()) == {"epoch": 3, "best_val_f2": 0.5, "split_sha256": "ab" * 32,
-                                                  "settings": {"train.dropout": 0.2}}
+                                                  "settings": {"train.dropout": 0.2}, "counters": {}}
     state.clear()
     assert not state.folder.exists()
 

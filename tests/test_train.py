@@ -679,7 +679,9 @@ def test_a_resume_inside_the_small_epochs_redoes_the_cut_epoch_small(learn_root,
     ({}, "mid-epoch"),
     ({"train.image_size": 48, "train.small_size": 32, "train.small_epochs": 2, "train.ema": 0.9, "train.dropout": 0.3},
      "mid-epoch"),
-    ({}, "epoch-end")], ids=["plain", "progressive-ema-dropout", "among-the-epoch-end-writes"])
+    ({}, "epoch-end"),
+    ({"train.schedule": "plateau", "train.early_stopping_patience": 2, "train.epochs": 5}, "mid-epoch")],
+    ids=["plain", "progressive-ema-dropout", "among-the-epoch-end-writes", "plateau-early-stopping"])
 def test_an_interrupted_and_resumed_fold_ends_with_the_uninterrupted_weights(learn_root, make_cfg, monkeypatch,
                                                                              tmp_path, recipe, cut):
     """The training stream is a function of the seed and the step, and the resume state holds the rest (with
@@ -722,6 +724,7 @@ def test_an_interrupted_and_resumed_fold_ends_with_the_uninterrupted_weights(lea
     (resumed,) = train.run_train(cut_cfg, folds=[0], resume=True)
     assert resumed.summary["weights_sha256"] == uninterrupted.summary["weights_sha256"]
     assert resumed.summary["best_val_f2"] == uninterrupted.summary["best_val_f2"]
+    assert resumed.summary["epochs_run"] == uninterrupted.summary["epochs_run"]
 
 
 def record_training_sides(monkeypatch, pipeline) -> list[int]:
