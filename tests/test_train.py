@@ -646,7 +646,6 @@ def test_xla_on_the_cpu_trains(learn_root, make_cfg):
 
 
 def test_a_resume_inside_the_small_epochs_redoes_the_cut_epoch_small(learn_root, make_cfg, monkeypatch):
-    import keras
 
     import amazonmine.pipeline as pipeline
     import amazonmine.train as train
@@ -655,16 +654,8 @@ def test_a_resume_inside_the_small_epochs_redoes_the_cut_epoch_small(learn_root,
                                             "train.epochs": 3, "train.steps_per_epoch": 3,
                                             "train.bn_recalibration_batches": 0})
 
-    class CtrlC(keras.callbacks.Callback):
-        def on_train_batch_end(self, batch, logs=None):
-            if self._epoch == 1 and batch == 1:
-                raise KeyboardInterrupt
-
-        def on_epoch_begin(self, epoch, logs=None):
-            self._epoch = epoch
-
     original_callbacks = train.fold_callbacks
-    monkeypatch.setattr(train, "fold_callbacks", lambda *a: (lambda cbs: (cbs[0] + [CtrlC()], *cbs[1:]))(original_callbacks(*a)))
+    ctrl_c_at(monkeypatch, train, epoch=1, batch=1)
     with pytest.raises(AmazonmineError, match="interrupted: resume state saved"):
         list(train.run_train(cfg, folds=[0]))
     monkeypatch.setattr(train, "fold_callbacks", original_callbacks)
@@ -686,7 +677,6 @@ def test_an_interrupted_and_resumed_fold_ends_with_the_uninterrupted_weights(lea
                                                                              tmp_path, recipe, cut):
     """The training stream is a function of the seed and the step, and the resume state holds the rest (with
     dropout's random state): a Ctrl-C and --resume change nothing in the trained weights."""
-    import keras
 
     import amazonmine.train as train
 
@@ -694,19 +684,10 @@ def test_an_interrupted_and_resumed_fold_ends_with_the_uninterrupted_weights(lea
     whole = tiny_cfg(make_cfg, learn_root, **{**settings, "run.dir": tmp_path / "whole"})
     (uninterrupted,) = train.run_train(whole, folds=[0])
 
-    class CtrlC(keras.callbacks.Callback):
-        def on_train_batch_end(self, batch, logs=None):
-            if self._epoch == 1 and batch == 2:
-                raise KeyboardInterrupt
-
-        def on_epoch_begin(self, epoch, logs=None):
-            self._epoch = epoch
-
     cut_cfg = tiny_cfg(make_cfg, learn_root, **{**settings, "run.dir": tmp_path / "cut"})
     original_callbacks, original_save = train.fold_callbacks, train.ResumeState.save
     if cut == "mid-epoch":  # three batches into epoch 2: resumed from epoch 1's end
-        monkeypatch.setattr(train, "fold_callbacks",
-                            lambda *a: (lambda cbs: (cbs[0] + [CtrlC()], *cbs[1:]))(original_callbacks(*a)))
+        ctrl_c_at(monkeypatch, train, epoch=1, batch=2)
         resumes_from = 1
     else:  # epoch 2's history row is written, its resume state not yet: saved by the interrupt itself
         def ctrl_c_once(self, model, epoch):
@@ -725,6 +706,22 @@ def test_an_interrupted_and_resumed_fold_ends_with_the_uninterrupted_weights(lea
     assert resumed.summary["weights_sha256"] == uninterrupted.summary["weights_sha256"]
     assert resumed.summary["best_val_f2"] == uninterrupted.summary["best_val_f2"]
     assert resumed.summary["epochs_run"] == uninterrupted.summary["epochs_run"]
+
+
+def ctrl_c_at(monkeypatch, train, epoch: int, batch: int) -> None:
+    """Make the next training's fit raise KeyboardInterrupt after batch ``batch`` of epoch ``epoch`` (0-based)."""
+    import keras
+
+    class CtrlC(keras.callbacks.Callback):
+        def on_epoch_begin(self, e, logs=None):
+            self._epoch = e
+
+        def on_train_batch_end(self, b, logs=None):
+            if self._epoch == epoch and b == batch:
+                raise KeyboardInterrupt
+
+    original = train.fold_callbacks
+    monkeypatch.setattr(train, "fold_callbacks", lambda *a: (lambda cbs: (cbs[0] + [CtrlC()], *cbs[1:]))(original(*a)))
 
 
 def record_training_sides(monkeypatch, pipeline) -> list[int]:
