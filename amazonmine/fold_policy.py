@@ -40,7 +40,7 @@ import numpy as np
 
 from amazonmine.data import DataError, PlanetLayout
 from amazonmine.errors import AmazonmineError
-from amazonmine.io import atomic_path, read_h5_stamp, read_json, stamp_h5, write_json_atomic
+from amazonmine.io import atomic_path, read_h5_stamp, read_h5_text, read_json, stamp_h5, write_json_atomic
 from amazonmine.runfolder import FoldFiles, FoldState, RunFolder
 
 
@@ -91,17 +91,22 @@ class ResumeState:
 
     def save(self, model, epoch: int) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
+        self._read_counters()
         with atomic_path(self.weights, suffix=".weights.h5") as tmp:
             model.save_weights(tmp)
-            # The weights say which epoch they are: a kill between them and state.json must not make a resume
-            # train that epoch a second time on top of itself.
-            stamp_h5(tmp, epoch=epoch, best_val_f2=self.best)
+            # The weights say which epoch they are, and carry that epoch's counters: a kill between them and
+            # state.json must not make a resume train that epoch a second time on top of itself, nor count
+            # early stopping's patience from the epoch before.
+            stamp_h5(tmp, epoch=epoch, best_val_f2=self.best, counters=json.dumps(self.counters))
             _write_seed_states(tmp, model)
         self.save_progress(epoch)
 
-    def save_progress(self, epoch: int) -> None:
+    def _read_counters(self) -> None:
         if self.counters_of is not None:
             self.counters = self.counters_of()
+
+    def save_progress(self, epoch: int) -> None:
+        self._read_counters()
         write_json_atomic(self.meta, {"epoch": epoch, "best_val_f2": self.best, "split_sha256": self.split_id,
                                       "settings": self.settings, "counters": self.counters})
 
@@ -131,7 +136,9 @@ class ResumeState:
         stamp = read_h5_stamp(self.weights)
         saved_best = read_h5_stamp(self.checkpoint).get("val_f2", -1.0) if self.checkpoint.is_file() else -1.0
         self.best = max(float(meta.get("best_val_f2", -1.0)), stamp.get("best_val_f2", -1.0), saved_best)
-        self.counters = meta.get("counters") or {}
+        weights_ahead = int(stamp.get("epoch", 0)) > int(meta["epoch"])
+        stamped_counters = read_h5_text(self.weights, "counters") if weights_ahead else None
+        self.counters = json.loads(stamped_counters) if stamped_counters else (meta.get("counters") or {})
         self.resuming = True
         return max(int(meta["epoch"]), int(stamp.get("epoch", 0)))
 

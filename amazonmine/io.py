@@ -144,7 +144,7 @@ def read_json(path: Path) -> dict:
 _STAMP = "amazonmine_"
 
 
-def stamp_h5(path: str | Path, **facts: float | int) -> None:
+def stamp_h5(path: str | Path, **facts: float | int | str) -> None:
     """Write ``facts`` into an HDF5 file's root attributes (a model or weights file still at its temporary
     name): the file then says which epoch and score it holds, whatever happens between it and the next file.
     A ``.keras`` model is a zip archive, not HDF5: it is left as it is (and reads back with no facts)."""
@@ -157,15 +157,25 @@ def stamp_h5(path: str | Path, **facts: float | int) -> None:
             f.attrs[_STAMP + key] = value
 
 
-def read_h5_stamp(path: str | Path) -> dict[str, float]:
-    """The facts :func:`stamp_h5` wrote, or {} (an older file, or none at all)."""
+def _stamp(path: str | Path) -> dict:
     import h5py
 
     try:
         with h5py.File(path, "r") as f:
-            return {k[len(_STAMP):]: float(v) for k, v in f.attrs.items() if k.startswith(_STAMP)}
+            return {k[len(_STAMP):]: v for k, v in f.attrs.items() if k.startswith(_STAMP)}
     except OSError:
         return {}
+
+
+def read_h5_stamp(path: str | Path) -> dict[str, float]:
+    """The numbers :func:`stamp_h5` wrote, or {} (an older file, or none at all)."""
+    return {k: float(v) for k, v in _stamp(path).items() if not isinstance(v, (str, bytes))}
+
+
+def read_h5_text(path: str | Path, key: str) -> str | None:
+    """A text :func:`stamp_h5` wrote under ``key``, or None."""
+    value = _stamp(path).get(key)
+    return value.decode() if isinstance(value, bytes) else value if isinstance(value, str) else None
 
 
 def _open_temporary(folder: str, stem: str, suffix: str) -> tuple[int, str]:

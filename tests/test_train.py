@@ -224,6 +224,8 @@ def test_a_kill_between_the_resume_files_neither_repeats_an_epoch_nor_forgets_th
     model = _tiny_trained_model()
     state = ResumeState(files)
     state.best = 0.5
+    counters = {"early_stopping": {"wait": 0.0, "best": 0.5, "best_epoch": 0.0}}
+    state.counters_of = lambda: json.loads(json.dumps(counters))
     state.save(model, 1)
 
     class Killed(BaseException):
@@ -233,6 +235,7 @@ def test_a_kill_between_the_resume_files_neither_repeats_an_epoch_nor_forgets_th
         raise Killed
 
     state.best = 0.6
+    counters["early_stopping"].update(best=0.6, best_epoch=1.0)
     state.save_progress, saving = killed, state.save_progress
     with pytest.raises(Killed):  # epoch 2's weights are written, its state.json is not
         state.save(model, 2)
@@ -240,6 +243,7 @@ def test_a_kill_between_the_resume_files_neither_repeats_an_epoch_nor_forgets_th
     assert read_h5_stamp(files.resume_weights) == {"epoch": 2.0, "best_val_f2": 0.6}
     fresh = ResumeState(files)
     assert fresh.restore(_tiny_trained_model()) == 2 and fresh.best == 0.6  # epoch 2 is not trained again
+    assert fresh.counters == counters  # and early stopping counts its patience from epoch 2's, not epoch 1's
 
     # Epoch 3 beat the best and its checkpoint was written; the kill came before its resume state.
     with atomic_path(files.model) as tmp:
@@ -250,8 +254,10 @@ def test_a_kill_between_the_resume_files_neither_repeats_an_epoch_nor_forgets_th
 
     # Training that stopped early says in state.json that every epoch is done: that is not undone either.
     state.save_progress = saving
+    counters["early_stopping"]["wait"] = 1.0
     state.save_progress(cfg.train.epochs)
-    assert ResumeState(files).restore(_tiny_trained_model()) == cfg.train.epochs
+    fresh = ResumeState(files)
+    assert fresh.restore(_tiny_trained_model()) == cfg.train.epochs and fresh.counters == counters
 
 
 def test_gpu_flag_without_gpu_is_a_clear_error(learn_root, make_cfg):
