@@ -145,7 +145,7 @@ EMA_BN_BATCHES = 25
 
 
 def fold_callbacks(files, train_cfg, initial_best: float, resume_state, global_batch: int | None = None,
-                   calibration=None):
+                   calibration=None, boundary=None):
     """The callbacks of one fold's ``fit``: returns (callbacks, best checkpoint, throughput meter).
 
     ``files`` is the fold's :class:`amazonmine.runfolder.FoldFiles`; ``resume_state`` (a
@@ -153,6 +153,8 @@ def fold_callbacks(files, train_cfg, initial_best: float, resume_state, global_b
     ``global_batch`` is the chips of one step over every replica (default ``train.batch_size``), which the
     throughput counts. ``calibration`` (unaugmented training batches, in a fixed order) gives averaged
     weights their own BatchNorm statistics before they are validated (:func:`averaged_weights`).
+    ``boundary`` (:func:`epoch_boundary`) goes just before the resume saver: once it has seen an epoch end,
+    every callback that changes what a resume needs (counters, the learning rate) has run too.
     """
     import click
     import keras
@@ -288,7 +290,7 @@ def fold_callbacks(files, train_cfg, initial_best: float, resume_state, global_b
 
     resume_state.counters_of = counters
     # The resume state last: after the learning rate is lowered, so the optimizer it saves has the new one.
-    cbs += [cb for cb, _ in counted.values()] + [CarriedCounters(), ResumeSaver()]
+    cbs += [cb for cb, _ in counted.values()] + [CarriedCounters(), *([boundary] if boundary else []), ResumeSaver()]
     if train_cfg.verbose == 0:  # with verbose 1 or 2 Keras prints its own progress; two would interleave
         cbs.append(EpochProgress(files.fold, train_cfg.small_epochs if train_cfg.small_size else 0))
     return cbs, best, meter
@@ -296,7 +298,8 @@ def fold_callbacks(files, train_cfg, initial_best: float, resume_state, global_b
 
 def epoch_boundary():
     """A callback whose ``at_epoch_end`` says whether the model's weights are still those of the last epoch's
-    end (no batch of the next one has run): an interrupt then may save them as that epoch's resume state."""
+    end (no batch of the next one has run) and the epoch-end callbacks before it have run: an interrupt then
+    may save them as that epoch's resume state."""
     import keras
 
     class EpochBoundary(keras.callbacks.Callback):

@@ -300,9 +300,10 @@ def train_fold(cfg, fold: int, strategy, gpu: bool = False, action: str = "train
     # statistics would have to be gathered in step, so there they are the raw ones (the final recalibration
     # still fits the kept model).
     calibration = _calibration(cfg, data, fold) if tc.ema > 0 and replicas == 1 and cluster is None else None
-    callbacks, _, meter = fold_callbacks(files, tc, state.best, state, batch, calibration)
+    # An interrupt after the boundary has seen an epoch end saves that epoch's state; one in an earlier epoch-end
+    # callback (before early stopping or the plateau schedule have counted the epoch) redoes the epoch.
     boundary = epoch_boundary()
-    callbacks.insert(0, boundary)  # first: an interrupt in any epoch-end callback after it knows the epoch ended
+    callbacks, _, meter = fold_callbacks(files, tc, state.best, state, batch, calibration, boundary=boundary)
     if cluster is not None:
         callbacks.insert(0, cluster.same_statistics())  # before the checkpoints look at the model
     again = f"'amazonmine train --fold {fold}{' --retrain' if staged else ''}'"

@@ -52,17 +52,19 @@ DEFAULT_SETTINGS = ["float32", "mixed_bfloat16", "float32 + XLA", "mixed_bfloat1
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=48, help="Model input size (train.image_size).")
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--batch-sizes", default="",
-                        help="Comma-separated batch sizes to compare in one run (instead of --batch-size).")
+    batch = parser.add_mutually_exclusive_group()
+    batch.add_argument("--batch-size", type=int, default=64)
+    batch.add_argument("--batch-sizes", default="",
+                       help="Comma-separated batch sizes to compare in one run (instead of --batch-size).")
     parser.add_argument("--steps", type=int, default=12, help="Timed training steps per setting and round.")
     parser.add_argument("--warmup", type=int, default=3, help="Untimed steps before them (tracing, XLA compile).")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--chips", type=int, default=2048)
     default_data = REPO / "data" / "planet_32px"
-    parser.add_argument("--data", type=Path, default=default_data if default_data.is_dir() else None,
-                        help="A Kaggle-layout folder (default: data/planet_32px when unpacked; else synthetic).")
-    parser.add_argument("--synthetic", action="store_true", help="Synthetic chips even when --data's default exists.")
+    chips = parser.add_mutually_exclusive_group()
+    chips.add_argument("--data", type=Path, default=default_data if default_data.is_dir() else None,
+                       help="A Kaggle-layout folder (default: data/planet_32px when unpacked; else synthetic).")
+    chips.add_argument("--synthetic", action="store_true", help="Synthetic chips even when data/planet_32px exists.")
     parser.add_argument("--backbone", default="densenet121")
     parser.add_argument("--settings", default=",".join(DEFAULT_SETTINGS),
                         help=f"Comma-separated subset of: {', '.join(SETTINGS)}.")
@@ -113,6 +115,7 @@ def main(argv=None) -> int:
 
     from amazonmine.config import load_config
     from amazonmine.device import setup_device
+    from amazonmine.errors import AmazonmineError
     from amazonmine.pipeline import preflight
 
     setup_device(False)
@@ -120,11 +123,17 @@ def main(argv=None) -> int:
     cfg = load_config(None, [f"train.backbone={args.backbone}", "train.weights=none", f"train.image_size={args.size}",
                              f"train.batch_size={args.batch_sizes[0]}", "train.verbose=0"])
     with tempfile.TemporaryDirectory(prefix="bench_precision_") as tmp:
-        paths, labels = chip_paths(args, args.size, Path(tmp))
-        pixels = preflight(paths, args.size, cache=True, progress=False).pixels.astype(np.float32)
+        try:
+            paths, labels = chip_paths(args, args.size, Path(tmp))
+            pixels = preflight(paths, args.size, cache=True, progress=False).pixels.astype(np.float32)
+        except AmazonmineError as exc:
+            raise SystemExit(f"error: {exc}") from None
     labels = labels.astype(np.float32)
-    memory = {b: tf.data.Dataset.from_tensor_slices((pixels, labels)).batch(b).cache().repeat()
-              .prefetch(tf.data.AUTOTUNE) for b in args.batch_sizes}
+    if len(pixels) < max(args.batch_sizes):
+        raise SystemExit(f"error: {len(pixels)} chips, fewer than one batch of {max(args.batch_sizes)}")
+    # Whole batches only: a short last one would be timed as a full one (and make XLA compile again).
+    memory = {b: tf.data.Dataset.from_tensor_slices((pixels, labels)).batch(b, drop_remainder=True).cache()
+              .repeat().prefetch(tf.data.AUTOTUNE) for b in args.batch_sizes}
     source = f"{len(paths)} real chips from {args.data}" if args.data else f"{len(paths)} synthetic chips"
     batches = ", ".join(map(str, args.batch_sizes))
     print(f"bench_precision: {args.backbone} from scratch at {args.size} px, batch {batches}, {source}; "

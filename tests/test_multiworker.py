@@ -235,7 +235,7 @@ def test_a_stuck_worker_times_the_step_out(tmp_path):
         procs.append(subprocess.Popen([sys.executable, "-c", STUCK], env=env, stdout=subprocess.PIPE,
                                       stderr=subprocess.PIPE, text=True))
     try:
-        out, err = procs[0].communicate(timeout=120)
+        out, err = procs[0].communicate(timeout=HUNG)
     finally:
         for proc in procs:
             proc.kill()

@@ -165,7 +165,7 @@ def test_interrupted_run_resumes_at_the_right_epoch_with_its_optimizer(learn_roo
             self._epoch = epoch
 
     original_callbacks = train.fold_callbacks
-    monkeypatch.setattr(train, "fold_callbacks", lambda *a: (lambda cbs: (cbs[0] + [CtrlC()], *cbs[1:]))(original_callbacks(*a)))
+    monkeypatch.setattr(train, "fold_callbacks", lambda *a, **k: (lambda cbs: (cbs[0] + [CtrlC()], *cbs[1:]))(original_callbacks(*a, **k)))
     original_save = train.ResumeState.save
 
     def spy_save(self, model, epoch):
@@ -410,7 +410,7 @@ def test_ctrl_c_before_the_first_epoch_ends_leaves_nothing_unloadable(learn_root
 
     original_callbacks = train.fold_callbacks
     monkeypatch.setattr(train, "fold_callbacks",
-                        lambda *a: (lambda cbs: ([CtrlCAtStart()] + cbs[0], *cbs[1:]))(original_callbacks(*a)))
+                        lambda *a, **k: (lambda cbs: ([CtrlCAtStart()] + cbs[0], *cbs[1:]))(original_callbacks(*a, **k)))
     with pytest.raises(AmazonmineError, match="interrupted during the first epoch of fold 0: nothing to resume"):
         list(train.run_train(cfg, folds=[0]))
     assert not (cfg.run_dir / "fold0" / "resume").exists()
@@ -598,7 +598,7 @@ def test_ctrl_c_during_validation_of_averaged_weights_resumes_from_the_raw_weigh
 
     original_callbacks = train.fold_callbacks
     monkeypatch.setattr(train, "fold_callbacks",
-                        lambda *a: (lambda cbs: (cbs[0] + [CtrlCInValidation()], *cbs[1:]))(original_callbacks(*a)))
+                        lambda *a, **k: (lambda cbs: (cbs[0] + [CtrlCInValidation()], *cbs[1:]))(original_callbacks(*a, **k)))
     original_save = train.ResumeState.save
 
     def spy_save(self, model, epoch):
@@ -677,8 +677,10 @@ def test_a_resume_inside_the_small_epochs_redoes_the_cut_epoch_small(learn_root,
     ({"train.image_size": 48, "train.small_size": 32, "train.small_epochs": 2, "train.ema": 0.9, "train.dropout": 0.3},
      "mid-epoch"),
     ({}, "epoch-end"),
-    ({"train.schedule": "plateau", "train.early_stopping_patience": 2, "train.epochs": 5}, "mid-epoch")],
-    ids=["plain", "progressive-ema-dropout", "among-the-epoch-end-writes", "plateau-early-stopping"])
+    ({"train.schedule": "plateau", "train.early_stopping_patience": 2, "train.epochs": 5}, "mid-epoch"),
+    ({"train.schedule": "plateau", "train.early_stopping_patience": 2, "train.epochs": 5}, "before-the-counters")],
+    ids=["plain", "progressive-ema-dropout", "among-the-epoch-end-writes", "plateau-early-stopping",
+         "before-early-stopping-counts-the-epoch"])
 def test_an_interrupted_and_resumed_fold_ends_with_the_uninterrupted_weights(learn_root, make_cfg, monkeypatch,
                                                                              tmp_path, recipe, cut):
     """The training stream is a function of the seed and the step, and the resume state holds the rest (with
@@ -694,6 +696,23 @@ def test_an_interrupted_and_resumed_fold_ends_with_the_uninterrupted_weights(lea
     original_callbacks, original_save = train.fold_callbacks, train.ResumeState.save
     if cut == "mid-epoch":  # three batches into epoch 2: resumed from epoch 1's end
         ctrl_c_at(monkeypatch, train, epoch=1, batch=2)
+        resumes_from = 1
+    elif cut == "before-the-counters":
+        # Epoch 2's history row is written, but early stopping and the plateau schedule have not counted it
+        # (nor lowered the learning rate): its state is not saved, the epoch is redone.
+        import keras
+
+        class CtrlCBeforeTheCounters(keras.callbacks.Callback):
+            def on_epoch_end(self, epoch, logs=None):
+                if epoch == 1:
+                    raise KeyboardInterrupt
+
+        def cut_before_the_counters(*args, **kwargs):
+            callbacks, *rest = original_callbacks(*args, **kwargs)
+            at = next(i for i, cb in enumerate(callbacks) if isinstance(cb, keras.callbacks.EarlyStopping))
+            return (callbacks[:at] + [CtrlCBeforeTheCounters()] + callbacks[at:], *rest)
+
+        monkeypatch.setattr(train, "fold_callbacks", cut_before_the_counters)
         resumes_from = 1
     else:  # epoch 2's history row is written, its resume state not yet: saved by the interrupt itself
         def ctrl_c_once(self, model, epoch):
@@ -727,7 +746,7 @@ def ctrl_c_at(monkeypatch, train, epoch: int, batch: int) -> None:
                 raise KeyboardInterrupt
 
     original = train.fold_callbacks
-    monkeypatch.setattr(train, "fold_callbacks", lambda *a: (lambda cbs: (cbs[0] + [CtrlC()], *cbs[1:]))(original(*a)))
+    monkeypatch.setattr(train, "fold_callbacks", lambda *a, **k: (lambda cbs: (cbs[0] + [CtrlC()], *cbs[1:]))(original(*a, **k)))
 
 
 def record_training_sides(monkeypatch, pipeline) -> list[int]:

@@ -89,7 +89,7 @@ def _with_callback(monkeypatch, callback):
 
     original = train.fold_callbacks
     monkeypatch.setattr(train, "fold_callbacks",
-                        lambda *a: (lambda cbs: (cbs[0] + [callback], *cbs[1:]))(original(*a)))
+                        lambda *a, **k: (lambda cbs: (cbs[0] + [callback], *cbs[1:]))(original(*a, **k)))
     return original
 
 
