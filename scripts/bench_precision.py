@@ -12,7 +12,8 @@ round (``--rounds``), so that a change in the machine's load hits all of them al
 round and the spread (min-max) of each, and every row's ratio to float32 in the same round.
 
 ``--batch-sizes`` measures every setting at each batch size (one model each, in the same rounds): on a CPU a
-bigger batch is not always more images per second, and the ratios are then to float32 at the first size.
+bigger batch is not always more images per second. Ratios are to float32 at the first size (or to the first row
+when float32 is not among ``--settings``).
 
 The chips are the real 32-px competition chips when ``--data`` is a Kaggle-layout folder (default
 ``data/planet_32px``, which ``scripts/bench_real32.py`` unpacks), else synthetic chips. The first steps of every
@@ -158,9 +159,10 @@ def main(argv=None) -> int:
             rounds[name].append(images_per_s(models[name], memory[batch], timing))
         print(f"  round {r + 1}: " + ", ".join(f"{name} {rounds[name][-1]:.1f}" for name in variants), flush=True)
 
-    base = next((rounds[name] for name, (s, b) in variants.items() if s == "float32" and b == args.batch_sizes[0]),
-                None)
-    reference = "float32" if len(args.batch_sizes) == 1 else f"float32, batch {args.batch_sizes[0]}"
+    # Ratios to float32 at the first batch size, or to the first row when float32 is not among the settings.
+    reference = next((name for name, (s, b) in variants.items() if s == "float32" and b == args.batch_sizes[0]),
+                     next(iter(variants)))
+    base = rounds[reference]
     width = max(22, *map(len, variants))
     ratio_header = f"x {reference} (median of rounds)"
     print()
@@ -168,7 +170,7 @@ def main(argv=None) -> int:
           f"{'build + first step s':>21}")
     for name in variants:
         values = rounds[name]
-        ratio = (f"{statistics.median(v / b for v, b in zip(values, base)):.3f}" if base else "-")
+        ratio = f"{statistics.median(v / b for v, b in zip(values, base)):.3f}"
         print(f"{name:<{width}} {statistics.median(values):>15.1f} {f'{min(values):.1f}-{max(values):.1f}':>15} "
               f"{ratio:>{max(29, len(ratio_header))}} {first_s[name]:>21.0f}")
     print(f"\nload average {os.getloadavg()[0]:.1f} at the end")
