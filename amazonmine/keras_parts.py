@@ -210,6 +210,10 @@ def fold_callbacks(files, train_cfg, initial_best: float, resume_state, global_b
     class ResumeSaver(keras.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):
             resume_state.save(self.model, epoch + 1)
+            if self.model.stop_training:
+                # Early stopping has ended training: the state says so now, so that an interrupt from here
+                # on resumes into finishing the fold, not into one more epoch.
+                resume_state.save_progress(train_cfg.epochs)
 
     class EpochProgress(keras.callbacks.Callback):
         """One line per epoch with the time left, for runs where Keras prints nothing (verbose 0): a fold of
@@ -439,6 +443,8 @@ def recalibrate_batchnorm(model, dataset, batches: int) -> int:
     import numpy as np
 
     bns = batchnorm_layers(model)
+    if not bns:
+        return 0
     statistics = [v for bn in bns for v in (bn.moving_mean, bn.moving_variance)]
     momenta = [bn.momentum for bn in bns]
     sums, seen = None, 0
@@ -466,4 +472,4 @@ def _training_forward(model):
     statistics to 5e-7. It is traced per call of recalibrate_batchnorm, so it reads the momentum set then."""
     import tensorflow as tf
 
-    return tf.function(lambda x: model(x, training=True))
+    return tf.function(lambda x: model(x, training=True), reduce_retracing=True)  # a short last batch

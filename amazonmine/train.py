@@ -330,6 +330,9 @@ def train_fold(cfg, fold: int, strategy, gpu: bool = False, action: str = "train
             if boundary.at_epoch_end and done > saved and model.optimizer.built:
                 state.save(model, done)  # stopped among the epoch-end writes: the weights are that epoch's end
                 saved = done
+            if saved >= tc.epochs:
+                raise AmazonmineError(f"interrupted after training: continue with 'amazonmine train --fold {fold} "
+                                      f"--resume', which finishes the fold without training further") from None
             if saved:
                 raise AmazonmineError(f"interrupted: resume state saved in {state.folder} after epoch {saved}; "
                                       f"continue with 'amazonmine train --fold {fold} --resume'") from None

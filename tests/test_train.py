@@ -733,6 +733,35 @@ def test_an_interrupted_and_resumed_fold_ends_with_the_uninterrupted_weights(lea
     assert resumed.summary["epochs_run"] == uninterrupted.summary["epochs_run"]
 
 
+def test_an_interrupt_after_early_stopping_ended_the_fold_resumes_without_training_further(learn_root, make_cfg,
+                                                                                        monkeypatch, tmp_path):
+    import keras
+
+    import amazonmine.train as train
+
+    settings = {"train.epochs": 8, "train.steps_per_epoch": 3, "train.early_stopping_patience": 1,
+                "train.bn_recalibration_batches": 0}
+    (uninterrupted,) = train.run_train(tiny_cfg(make_cfg, learn_root, **{**settings, "run.dir": tmp_path / "whole"}),
+                                       folds=[0])
+    assert uninterrupted.summary["epochs_run"] < 8  # early stopping did end it
+
+    class CtrlCOnceStopped(keras.callbacks.Callback):  # after the resume state of the stopping epoch is saved
+        def on_epoch_end(self, epoch, logs=None):
+            if self.model.stop_training:
+                raise KeyboardInterrupt
+
+    cut_cfg = tiny_cfg(make_cfg, learn_root, **{**settings, "run.dir": tmp_path / "cut"})
+    original = train.fold_callbacks
+    monkeypatch.setattr(train, "fold_callbacks",
+                        lambda *a, **k: (lambda cbs: (cbs[0] + [CtrlCOnceStopped()], *cbs[1:]))(original(*a, **k)))
+    with pytest.raises(AmazonmineError, match="interrupted after training: .* without training further"):
+        list(train.run_train(cut_cfg, folds=[0]))
+    monkeypatch.setattr(train, "fold_callbacks", original)
+    (resumed,) = train.run_train(cut_cfg, folds=[0], resume=True)
+    assert resumed.summary["epochs_run"] == uninterrupted.summary["epochs_run"]
+    assert resumed.summary["weights_sha256"] == uninterrupted.summary["weights_sha256"]
+
+
 def ctrl_c_at(monkeypatch, train, epoch: int, batch: int) -> None:
     """Make the next training's fit raise KeyboardInterrupt after batch ``batch`` of epoch ``epoch`` (0-based)."""
     import keras
