@@ -321,8 +321,9 @@ def train_fold(cfg, fold: int, strategy, gpu: bool = False, action: str = "train
             if cluster is not None and done > 0:
                 # Saving now would wait for workers that may be gone: the state of the last finished epoch,
                 # saved by the chief, is what every worker resumes from.
-                raise AmazonmineError(f"interrupted in fold {fold} after epoch {done}: continue with "
-                                      f"'amazonmine train --fold {fold} --resume' on every worker") from None
+                raise AmazonmineError(f"interrupted in fold {fold} (history ends at epoch {done}): continue from "
+                                      f"the last saved epoch with 'amazonmine train --fold {fold} --resume' on "
+                                      f"every worker") from None
             for callback in callbacks:  # stopped during validation: the raw weights back before saving
                 if isinstance(callback, keras.callbacks.SwapEMAWeights):
                     callback.on_test_end()
