@@ -351,9 +351,6 @@ def train_fold(cfg, fold: int, strategy, gpu: bool = False, action: str = "train
                 return TrainResult(fold, run.fold(fold).model, {"follower": cluster.name, "weights_sha256": digest})
         if not files.model.is_file():
             raise AmazonmineError(f"fold {fold}: no epoch produced a validation F2 (is the validation fold empty?)")
-        if state.exists():
-            # Training is over (early stopping included): a resume from here only finishes what follows.
-            state.save_progress(tc.epochs)
         try:
             result = _finish_fold(cfg, data, files, state, meter=meter, wall=wall, replicas=replicas, gpu=gpu,
                                   note=note, model_path=final.model,
