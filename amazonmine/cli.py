@@ -72,7 +72,7 @@ def main():
     """Find illegal gold mining (and 16 other labels) in Planet satellite chips of the Amazon.
 
     Stages share one YAML config (--config) and one run folder (run.dir):
-    synth -> dehaze -> split -> train -> tune -> predict -> evaluate, or all at once with demo.
+    synth -> dehaze -> split -> train -> tune -> predict -> evaluate -> scan, or all at once with demo.
     """
 
 

@@ -146,7 +146,7 @@ class DataConfig:
 
 @dataclass
 class RunConfig:
-    # Every artifact of a run lives below this folder (see README "Run folder").
+    # Every artifact of a run lives below this folder (README "The stages"; amazonmine/runfolder.py).
     dir: Annotated[str, Rule(_not_empty, "must not be empty")] = "runs/default"
     # numpy's RandomState (used by the split) takes seeds in [0, 2**32).
     seed: Annotated[int, Range(ge=0, le=2**32 - 1)] = 42

@@ -1,6 +1,6 @@
 """The main job: the whole pipeline on a freshly generated synthetic Planet set, on the CPU, in minutes.
 
-synth -> dehaze -> split -> train (every fold) -> tune -> predict -> evaluate, each stage called as the CLI
+synth -> dehaze -> split -> train (every fold) -> tune -> predict -> evaluate -> scan, each stage called as the CLI
 would call it, with one config (``resources/demo.yaml``). The synthetic test
 chips have known labels, so the demo ends by scoring its own submission: an honest held-out F2.
 """
