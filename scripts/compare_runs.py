@@ -10,6 +10,12 @@ epochs, the training time and images/s its summary recorded, and the fold's out-
 half and scored on the other (cross-fit), the tuned figure's 95% bootstrap interval (chips resampled, 1,000
 draws, seeded) and artisinal_mine's recall at the tuned thresholds. The runs must share the split (the
 summaries' ``split_sha256``), or their scores are not on the same chips: that is checked.
+
+``--lockbox`` adds a second table for runs whose split set chips aside (``split.holdout``): each run's fold
+model on those chips (``fold{K}/holdout_probabilities.csv``, written by ``amazonmine evaluate``), decided by
+the thresholds fitted on the fold's out-of-fold chips (the Kaggle F2 point), with 95% intervals and each run's
+difference to the first run, paired over the chips. ``--average`` adds the runs' probabilities averaged, out
+of fold and on the lockbox, as one more model: do two recipes gain by being ensembled?
 """
 
 from __future__ import annotations
@@ -23,6 +29,68 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_real32 import _grid, hms, oof_scores  # noqa: E402
 
+LOCKBOX_DRAWS = 1000
+
+
+def lockbox_table(cfgs: list, names: list[str], fold: int, average: bool) -> list[str]:
+    """The --lockbox rows: per run (and their average), lockbox mean F2 at the fold's tuned thresholds."""
+    import numpy as np
+
+    from amazonmine.data import LABELS, PlanetLayout, load_matrix_csv
+    from amazonmine.decisions import decode, fit_thresholds
+    from amazonmine.errors import AmazonmineError
+    from amazonmine.metrics import bootstrap_intervals, per_image_f2
+    from amazonmine.runfolder import RunFolder
+
+    layout = PlanetLayout.from_config(cfgs[0].data)
+    frame, labels = layout.load_train(check_files=False)
+    row_of = {name: i for i, name in enumerate(frame["image_name"])}
+    models = []
+    for cfg in cfgs:
+        run = RunFolder.from_config(cfg)
+        oof = run.read_oof(layout)
+        keep = np.flatnonzero(oof.fold_of_row == fold)
+        keep = keep[np.argsort([oof.names[i] for i in keep])]  # the same chip order in every run
+        path = run.fold(fold).holdout
+        if not path.is_file():
+            raise AmazonmineError(f"{path}: no lockbox predictions of fold {fold}; run 'amazonmine evaluate' on "
+                                  f"{run.root} (its split needs split.holdout > 0)")
+        box_names, box = load_matrix_csv(path)
+        order = np.argsort(box_names)
+        models.append(([oof.names[i] for i in keep], oof.y_true[keep], oof.probs[keep],
+                       [box_names[i] for i in order], box[order].astype(np.float64)))
+    if any(m[0] != models[0][0] or m[3] != models[0][3] for m in models[1:]):
+        raise AmazonmineError("the runs' out-of-fold or lockbox chips differ: they were not split alike")
+    y_oof, y_box = models[0][1], labels[[row_of[n] for n in models[0][3]]].astype(bool)
+    entries = [(name, m[2], m[4]) for name, m in zip(names, models)]
+    if average:
+        entries.append(("average of the runs", np.mean([m[2] for m in models], axis=0),
+                        np.mean([m[4] for m in models], axis=0)))
+    tc, weather = cfgs[0].tune, cfgs[0].tune.weather_decoding
+    mine = LABELS.index("artisinal_mine")
+    draws = np.random.default_rng(0).integers(0, len(y_box), size=(LOCKBOX_DRAWS, len(y_box)))
+    rows = [["model", "OOF tuned", "lockbox tuned", "95% CI", "lockbox flat", "artisinal found",
+             "vs first (paired 95%)"]]
+    first = None
+    for name, p_oof, p_box in entries:
+        fitted = fit_thresholds(y_oof, p_oof, tc.start, tc.passes, tc.grid, weather_decoding=weather)
+        decided = decode(p_box, fitted, weather)
+        per_chip = per_image_f2(y_box, decided)
+        lo, hi = bootstrap_intervals(y_box, decided, LOCKBOX_DRAWS, 0)["mean_f2"]
+        flat = per_image_f2(y_box, decode(p_box, np.full(len(LABELS), tc.start), weather)).mean()
+        if first is None:
+            first, versus = per_chip, "-"
+        else:
+            diff = per_chip - first
+            d_lo, d_hi = np.percentile(diff[draws].mean(axis=1), [2.5, 97.5])
+            versus = f"{diff.mean():+.4f} ({d_lo:+.4f} to {d_hi:+.4f})"
+        oof_f2 = per_image_f2(y_oof, decode(p_oof, fitted, weather)).mean()
+        found = int((decided[:, mine] & y_box[:, mine]).sum())
+        rows.append([name, f"{oof_f2:.4f}", f"{per_chip.mean():.4f}", f"{lo:.4f}-{hi:.4f}", f"{flat:.4f}",
+                     f"{found} of {int(y_box[:, mine].sum())}", versus])
+    return [f"lockbox: {len(y_box)} chips no fold trained or tuned on; thresholds fitted on fold {fold}'s "
+            f"{len(y_oof)} out-of-fold chips (Kaggle F2 point)", *_grid(rows, "lrrrrrr")]
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -31,7 +99,11 @@ def main(argv=None) -> int:
     ap.add_argument("runs", nargs="+", type=Path)
     ap.add_argument("--fold", type=int, default=1)
     ap.add_argument("--config", default=str(REPO / "configs" / "planet32.yaml"))
+    ap.add_argument("--lockbox", action="store_true", help="also score each run's fold model on the lockbox")
+    ap.add_argument("--average", action="store_true", help="with --lockbox: add the runs averaged")
     args = ap.parse_args(argv)
+    if args.average and not args.lockbox:
+        ap.error("--average needs --lockbox")
 
     import dataclasses
 
@@ -73,6 +145,15 @@ def main(argv=None) -> int:
     print(f"fold {args.fold}, {scores['chips']} out-of-fold chips; train = training time of the session that "
           "finished the fold (a resumed fold shows only its last session)")
     print("\n".join(_grid(rows, "llrrrrrrrr")))
+    if args.lockbox:
+        from amazonmine.errors import AmazonmineError
+
+        cfgs = [load_config(args.config, [f"run.dir={run_dir}"]) for run_dir in args.runs]
+        try:
+            print("\n" + "\n".join(lockbox_table(cfgs, [str(r) for r in args.runs], args.fold, args.average)))
+        except AmazonmineError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
     return 0
 
 
