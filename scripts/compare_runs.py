@@ -56,6 +56,12 @@ def lockbox_table(cfgs: list, names: list[str], fold: int, average: bool) -> lis
             raise AmazonmineError(f"{path}: no lockbox predictions of fold {fold}; run 'amazonmine evaluate' on "
                                   f"{run.root} (its split needs split.holdout > 0)")
         box_names, box = load_matrix_csv(path)
+        if not (np.isfinite(box).all() and (box >= 0).all() and (box <= 1).all()):
+            raise AmazonmineError(f"{path}: probabilities missing or outside [0, 1]")
+        unknown = [n for n in box_names if n not in row_of]
+        if unknown:
+            raise AmazonmineError(f"{path}: {len(unknown)} chip(s) not in {layout.labels_csv} (e.g. {unknown[0]}); "
+                                  "is --config's data.root the run's?")
         order = np.argsort(box_names)
         models.append(([oof.names[i] for i in keep], oof.y_true[keep], oof.probs[keep],
                        [box_names[i] for i in order], box[order].astype(np.float64)))
@@ -104,7 +110,16 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if args.average and not args.lockbox:
         ap.error("--average needs --lockbox")
+    from amazonmine.errors import AmazonmineError
 
+    try:
+        return compare(args)
+    except (AmazonmineError, OSError, ValueError) as exc:  # a bad config, CSV or summary.json: one line
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+def compare(args) -> int:
     import dataclasses
 
     from amazonmine.config import TrainConfig, load_config
@@ -119,7 +134,11 @@ def main(argv=None) -> int:
         if not summary_path.is_file():
             print(f"error: {summary_path}: no finished fold {args.fold}", file=sys.stderr)
             return 2
-        summary = json.loads(summary_path.read_text())
+        try:
+            summary = json.loads(summary_path.read_text())
+        except (OSError, ValueError) as exc:
+            print(f"error: {summary_path}: unreadable ({exc})", file=sys.stderr)
+            return 2
         settings = summary.get("settings") or {}
         if split is None:
             split, base_settings = summary.get("split_sha256"), settings
@@ -146,14 +165,8 @@ def main(argv=None) -> int:
           "finished the fold (a resumed fold shows only its last session)")
     print("\n".join(_grid(rows, "llrrrrrrrr")))
     if args.lockbox:
-        from amazonmine.errors import AmazonmineError
-
         cfgs = [load_config(args.config, [f"run.dir={run_dir}"]) for run_dir in args.runs]
-        try:
-            print("\n" + "\n".join(lockbox_table(cfgs, [str(r) for r in args.runs], args.fold, args.average)))
-        except AmazonmineError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
+        print("\n" + "\n".join(lockbox_table(cfgs, [str(r) for r in args.runs], args.fold, args.average)))
     return 0
 
 
