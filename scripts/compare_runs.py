@@ -39,6 +39,7 @@ def lockbox_table(cfgs: list, names: list[str], fold: int, average: bool) -> lis
     from amazonmine.data import LABELS, PlanetLayout, load_matrix_csv
     from amazonmine.decisions import decode, fit_thresholds
     from amazonmine.errors import AmazonmineError
+    from amazonmine.evaluate import _paired_mean
     from amazonmine.metrics import bootstrap_intervals, per_image_f2
     from amazonmine.runfolder import RunFolder
 
@@ -74,7 +75,6 @@ def lockbox_table(cfgs: list, names: list[str], fold: int, average: bool) -> lis
                         np.mean([m[4] for m in models], axis=0)))
     tc, weather = cfgs[0].tune, cfgs[0].tune.weather_decoding
     mine = LABELS.index("artisinal_mine")
-    draws = np.random.default_rng(0).integers(0, len(y_box), size=(LOCKBOX_DRAWS, len(y_box)))
     rows = [["model", "OOF tuned", "lockbox tuned", "95% CI", "lockbox flat", "artisinal found",
              "vs first (paired 95%)"]]
     first = None
@@ -87,9 +87,8 @@ def lockbox_table(cfgs: list, names: list[str], fold: int, average: bool) -> lis
         if first is None:
             first, versus = per_chip, "-"
         else:
-            diff = per_chip - first
-            d_lo, d_hi = np.percentile(diff[draws].mean(axis=1), [2.5, 97.5])
-            versus = f"{diff.mean():+.4f} ({d_lo:+.4f} to {d_hi:+.4f})"
+            mean, d_lo, d_hi = _paired_mean(per_chip - first, LOCKBOX_DRAWS, 0)  # as evaluate's ensemble gain
+            versus = f"{mean:+.4f} ({d_lo:+.4f} to {d_hi:+.4f})"
         oof_f2 = per_image_f2(y_oof, decode(p_oof, fitted, weather)).mean()
         found = int((decided[:, mine] & y_box[:, mine]).sum())
         rows.append([name, f"{oof_f2:.4f}", f"{per_chip.mean():.4f}", f"{lo:.4f}-{hi:.4f}", f"{flat:.4f}",
