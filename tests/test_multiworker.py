@@ -32,6 +32,9 @@ STOP_BOUND = 60.0
 # running other jobs beside the suite has made two workers' start-up and first epoch take over 150 s.
 HUNG = 300.0
 DIGEST = re.compile(r"weights sha256 ([0-9a-f]{16,})")
+# Under pytest-xdist these tests run one after another on one worker (each starts two TensorFlow processes on
+# free loopback ports), beside at most the other workers' in-process tests.
+pytestmark = pytest.mark.xdist_group("cluster")
 
 
 @pytest.fixture(scope="module")

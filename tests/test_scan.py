@@ -194,6 +194,7 @@ def _same_outputs(a: Path, b: Path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("cluster")  # a Dask cluster of processes: not beside the multi-worker training tests
 def test_a_local_dask_cluster_gives_the_local_map_and_loads_the_models_once_per_worker(mini, tmp_path):
     from distributed import Client, LocalCluster
 

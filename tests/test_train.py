@@ -677,6 +677,7 @@ def test_a_resume_inside_the_small_epochs_redoes_the_cut_epoch_small(learn_root,
 _UNINTERRUPTED: dict[tuple, dict] = {}
 
 
+@pytest.mark.xdist_group("resume-equality")  # one pytest-xdist worker, so the cases share _UNINTERRUPTED
 @pytest.mark.parametrize("recipe,cut", [
     ({}, "mid-epoch"),
     ({"train.image_size": 48, "train.small_size": 32, "train.small_epochs": 2, "train.ema": 0.9, "train.dropout": 0.3},
