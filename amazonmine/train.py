@@ -274,6 +274,10 @@ def train_fold(cfg, fold: int, strategy, gpu: bool = False, action: str = "train
         model.compile(optimizer=make_optimizer(tc, steps), loss=make_loss(tc), metrics=[make_metric()],
                       jit_compile=(bool(gpu) or tc.xla) and cluster is None)
     if cluster is None:
+        # The optimizer's slots are made now, not inside the first traced step (Keras' default without a
+        # distribution strategy): a tf.function that creates variables is traced twice, seconds per fold.
+        with strategy.scope():
+            model.optimizer.build(model.trainable_variables)
         if tc.init_from and not resume:
             _init_from(model, Path(tc.init_from))
         initial_epoch = state.restore(model) if resume else 0

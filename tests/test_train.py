@@ -642,13 +642,21 @@ def test_progressive_resizing_trains_small_first_then_at_full_size(learn_root, m
     assert predictor.predict(chips).shape == (2, 17)
 
 
-def test_xla_on_the_cpu_trains(learn_root, make_cfg):
+def test_xla_on_the_cpu_trains_and_traces_its_step_once(learn_root, make_cfg, monkeypatch):
+    from keras.src.backend.tensorflow.trainer import TensorFlowTrainer
+
     from amazonmine.train import run_train
 
-    cfg = tiny_cfg(make_cfg, learn_root, **{"train.xla": "true", "train.epochs": 1, "train.steps_per_epoch": 3,
+    # train_step runs in Python only while tf.function traces it. Optimizer slots made inside the first trace
+    # would make it trace twice (and XLA build a graph for each trace).
+    traces = []
+    original_step = TensorFlowTrainer.train_step
+    monkeypatch.setattr(TensorFlowTrainer, "train_step", lambda self, data: traces.append(1) or original_step(self, data))
+    cfg = tiny_cfg(make_cfg, learn_root, **{"train.xla": "true", "train.epochs": 2, "train.steps_per_epoch": 2,
                                             "train.bn_recalibration_batches": 0})
     (result,) = run_train(cfg, folds=[0])
     assert result.model_path.is_file() and result.summary["settings"]["train.xla"] is True
+    assert len(traces) == 1
 
 
 def test_a_resume_inside_the_small_epochs_redoes_the_cut_epoch_small(learn_root, make_cfg, monkeypatch):
