@@ -211,6 +211,7 @@ class TrainConfig:
     small_epochs: Annotated[int, Range(ge=0)] = 0
     # XLA-compiled training steps on the CPU too (on GPUs they always are, except across workers): about 9%
     # more images/s for DenseNet121 at 48 px here, after a compile of about a minute (scripts/bench_precision.py).
+    # On the CPU it needs deterministic: false (op determinism turns XLA off; train refuses the pair).
     xla: bool = False
     # Weight averaging: > 0 keeps an exponential moving average of the weights with this momentum per step
     # (0.998 averages over roughly the last 500 steps); validation, the best checkpoint and every prediction

@@ -139,6 +139,11 @@ def run_train(cfg, folds: list[int] | None = None, gpu: bool = False, resume: bo
     """
     if resume and retrain:
         raise AmazonmineError("--resume and --retrain exclude each other: continue a fold, or start it over")
+    if cfg.train.xla and cfg.train.deterministic and not gpu and cluster is None:
+        # Keras would only warn and train without XLA: TensorFlow's op determinism (train.deterministic, on
+        # the CPU) turns jit_compile off.
+        raise AmazonmineError("train.xla: true has no effect while train.deterministic is true on the CPU (op "
+                              "determinism turns XLA off): set train.deterministic=false for XLA, or train.xla=false")
     chosen = folds if folds is not None else resolve_folds(cfg)
     if cluster is None:
         return _train_folds(cfg, chosen, gpu, resume, retrain, on_fold, None)

@@ -406,7 +406,7 @@ def test_ctrl_c_before_the_first_epoch_ends_leaves_nothing_unloadable(learn_root
 
     class CtrlCAtStart(keras.callbacks.Callback):
         def on_train_batch_begin(self, batch, logs=None):
-            raise KeyboardInterrupt  # before the optimizer's first step: its slots are not even built
+            raise KeyboardInterrupt  # before the optimizer's first step
 
     original_callbacks = train.fold_callbacks
     monkeypatch.setattr(train, "fold_callbacks",
@@ -647,16 +647,23 @@ def test_xla_on_the_cpu_trains_and_traces_its_step_once(learn_root, make_cfg, mo
 
     from amazonmine.train import run_train
 
-    # train_step runs in Python only while tf.function traces it. Optimizer slots made inside the first trace
-    # would make it trace twice (and XLA build a graph for each trace).
+    settings = {"train.xla": "true", "train.epochs": 2, "train.steps_per_epoch": 2, "train.bn_recalibration_batches": 0}
+    # Op determinism would turn XLA off with only a Keras warning: refused, before anything is written.
+    refused = tiny_cfg(make_cfg, learn_root, **settings)
+    with pytest.raises(AmazonmineError, match="train.xla: true has no effect while train.deterministic is true"):
+        run_train(refused, folds=[0])
+    assert not (refused.run_dir / "fold0").exists()
+
+    # train_step runs in Python only while tf.function traces it (recorded: was the step compiled with XLA?).
+    # Optimizer slots made inside the first trace would make it trace twice.
     traces = []
     original_step = TensorFlowTrainer.train_step
-    monkeypatch.setattr(TensorFlowTrainer, "train_step", lambda self, data: traces.append(1) or original_step(self, data))
-    cfg = tiny_cfg(make_cfg, learn_root, **{"train.xla": "true", "train.epochs": 2, "train.steps_per_epoch": 2,
-                                            "train.bn_recalibration_batches": 0})
+    monkeypatch.setattr(TensorFlowTrainer, "train_step",
+                        lambda self, data: traces.append(self.jit_compile) or original_step(self, data))
+    cfg = tiny_cfg(make_cfg, learn_root, **{**settings, "train.deterministic": "false"})
     (result,) = run_train(cfg, folds=[0])
     assert result.model_path.is_file() and result.summary["settings"]["train.xla"] is True
-    assert len(traces) == 1
+    assert traces == [True]
 
 
 def test_a_resume_inside_the_small_epochs_redoes_the_cut_epoch_small(learn_root, make_cfg, monkeypatch):
