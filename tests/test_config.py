@@ -295,7 +295,8 @@ def test_billion_laughs_is_refused_cheaply(tmp_path):
     text = "train: {epochs: [" + ", ".join(levels) + "]}\n"
     started = time.perf_counter()
     message = _refused(tmp_path, text)
-    assert time.perf_counter() - started < 0.5
+    # Not a speed target: expanded, these aliases would take minutes and gigabytes; refused, milliseconds.
+    assert time.perf_counter() - started < 5.0
     assert "aliases are expanded" in message
 
 
