@@ -254,14 +254,18 @@ def fold_callbacks(files, train_cfg, initial_best: float, resume_state, global_b
     # Swaps the averaged weights in around each validation only (not at epoch ends), so the resume state
     # keeps raw weights as weights and the average in the optimizer, as a fresh process expects them.
     averaged = None
+    validated_statistics = []
     if train_cfg.ema > 0:
         batches = min(EMA_BN_BATCHES, train_cfg.bn_recalibration_batches)
         averaged = averaged_weights(calibration if batches > 0 else None, batches)
+    elif train_cfg.validation_bn_batches > 0 and calibration is not None:
+        validated_statistics = [precise_validation(calibration, train_cfg.validation_bn_batches)]
     best = BestCheckpoint(files.model, initial_best, averaged)
     meter = Throughput(global_batch or train_cfg.batch_size)
     cbs = [
-        meter,  # first: its clock stops at validation, before the averaged weights' recalibration
+        meter,  # first: its clock stops at validation, before any recalibration of BatchNorm
         *([averaged] if averaged is not None else []),
+        *validated_statistics,
         best,
         # The epoch's history row before its resume state: after a kill between the two the history has a row
         # too many, which a resume drops (trim_history), rather than one too few, which nothing could restore.
@@ -370,6 +374,19 @@ def averaged_weights(calibration, batches: int):
                 super().on_test_end(logs)
 
     return AveragedWeights()
+
+
+def precise_validation(calibration, batches: int):
+    """A callback that recomputes BatchNorm's statistics (:func:`recalibrate_batchnorm`, ``batches`` batches of
+    ``calibration``) before each validation and leaves them in the model: training mode does not read them, and
+    the checkpoint saved after the validation then holds the statistics its score was measured with."""
+    import keras
+
+    class PreciseValidation(keras.callbacks.Callback):
+        def on_test_begin(self, logs=None):
+            recalibrate_batchnorm(self.model, calibration, batches)
+
+    return PreciseValidation()
 
 
 @contextlib.contextmanager

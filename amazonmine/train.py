@@ -305,10 +305,12 @@ def train_fold(cfg, fold: int, strategy, gpu: bool = False, action: str = "train
         discard_retrain(final)
         state.clear()
     files.dir.mkdir(parents=True, exist_ok=True)
-    # Averaged weights are validated with BatchNorm statistics of their own; across replicas or workers the
-    # statistics would have to be gathered in step, so there they are the raw ones (the final recalibration
-    # still fits the kept model).
-    calibration = _calibration(cfg, data, fold) if tc.ema > 0 and replicas == 1 and cluster is None else None
+    # Averaged weights (and with train.validation_bn_batches the raw ones) are validated with BatchNorm statistics
+    # of their own; across replicas or workers the statistics would have to be gathered in step, so there they
+    # are the running ones (the final recalibration still fits the kept model).
+    validated_with_own_statistics = tc.ema > 0 or tc.validation_bn_batches > 0
+    calibration = (_calibration(cfg, data, fold) if validated_with_own_statistics and replicas == 1 and cluster is None
+                   else None)
     # An interrupt after the boundary has seen an epoch end saves that epoch's state; one in an earlier epoch-end
     # callback (before early stopping or the plateau schedule have counted the epoch) redoes the epoch.
     boundary = epoch_boundary()

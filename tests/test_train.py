@@ -666,6 +666,40 @@ def test_xla_on_the_cpu_trains_and_traces_its_step_once(learn_root, make_cfg, mo
     assert traces == [True]
 
 
+def test_validation_bn_batches_validates_and_keeps_the_epochs_own_statistics(learn_root, make_cfg, monkeypatch):
+    import keras
+
+    import amazonmine.keras_parts as keras_parts
+    from amazonmine.model import load_trained
+    from amazonmine.train import run_train
+
+    after_recalibration = []  # each validation's BatchNorm statistics, as validated
+
+    def statistics(model):
+        return [keras.ops.convert_to_numpy(v) for bn in keras_parts.batchnorm_layers(model)
+                for v in (bn.moving_mean, bn.moving_variance)]
+    original = keras_parts.recalibrate_batchnorm
+
+    def spy(model, dataset, batches):
+        layers = original(model, dataset, batches)
+        after_recalibration.append((batches, statistics(model)))
+        return layers
+
+    monkeypatch.setattr(keras_parts, "recalibrate_batchnorm", spy)
+    cfg = tiny_cfg(make_cfg, learn_root, **{"train.validation_bn_batches": 2, "train.epochs": 3,
+                                            "train.steps_per_epoch": 3, "train.bn_recalibration_batches": 0})
+    (result,) = run_train(cfg, folds=[0])
+    assert [batches for batches, _ in after_recalibration] == [2, 2, 2]  # before each of the 3 validations
+    # The kept checkpoint holds the statistics its epoch was validated with, not running averages.
+    kept = load_trained(result.model_path)
+    saved = statistics(kept)
+    validated = after_recalibration[result.summary["best_epoch"] - 1][1]
+    for a, b in zip(saved, validated, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-6)
+    later = [stats for i, (_, stats) in enumerate(after_recalibration) if i != result.summary["best_epoch"] - 1]
+    assert all(any(not np.allclose(a, b) for a, b in zip(saved, other)) for other in later)
+
+
 def test_a_resume_inside_the_small_epochs_redoes_the_cut_epoch_small(learn_root, make_cfg, monkeypatch):
 
     import amazonmine.pipeline as pipeline
@@ -697,10 +731,10 @@ _UNINTERRUPTED: dict[tuple, dict] = {}
     ({}, "mid-epoch"),
     ({"train.image_size": 48, "train.small_size": 32, "train.small_epochs": 2, "train.ema": 0.9, "train.dropout": 0.3},
      "mid-epoch"),
-    ({}, "epoch-end"),
+    ({"train.validation_bn_batches": 2}, "epoch-end"),
     ({"train.schedule": "plateau", "train.early_stopping_patience": 2, "train.epochs": 5}, "mid-epoch"),
     ({"train.schedule": "plateau", "train.early_stopping_patience": 2, "train.epochs": 5}, "before-the-counters")],
-    ids=["plain", "progressive-ema-dropout", "among-the-epoch-end-writes", "plateau-early-stopping",
+    ids=["plain", "progressive-ema-dropout", "validation-bn-among-the-epoch-end-writes", "plateau-early-stopping",
          "before-early-stopping-counts-the-epoch"])
 def test_an_interrupted_and_resumed_fold_ends_with_the_uninterrupted_weights(learn_root, make_cfg, monkeypatch,
                                                                              tmp_path, recipe, cut):
