@@ -246,8 +246,9 @@ class TrainConfig:
     # > 0: before each validation the statistics are recomputed the same way, on this many batches with the
     # epoch's weights, and kept, so validation F2 (and with it the best checkpoint and early stopping) sees the
     # weights' own statistics rather than running averages that lag them while the learning rate is high. One
-    # GPU or the CPU only; with ema > 0 the averaged weights get this anyway. Off by default: not yet measured
-    # on the real data (README "The fold ensemble and its lockbox", fold 1's early stop).
+    # GPU or the CPU, and without ema (averaged weights are recalibrated before each validation already, on
+    # min(25, bn_recalibration_batches) batches); train refuses the other cases. Off by default: not yet
+    # measured on the real data (README "The fold ensemble and its lockbox", fold 1's early stop).
     validation_bn_batches: Annotated[int, Range(ge=0)] = 0
     # Same seed + same data -> same numbers on the CPU (TensorFlow op determinism). Costs some speed.
     deterministic: bool = True

@@ -464,6 +464,11 @@ def recalibrate_batchnorm(model, dataset, batches: int) -> int:
         return 0
     statistics = [v for bn in bns for v in (bn.moving_mean, bn.moving_variance)]
     momenta = [bn.momentum for bn in bns]
+    # Training-mode passes draw dropout masks: the random state goes back afterwards, so a recalibration
+    # between epochs leaves training's stream of masks as it was.
+    random_states = [generator.state for layer in model._flatten_layers(include_self=False)
+                     for generator in getattr(layer, "_seed_generators", [])]
+    random_before = [keras.ops.convert_to_numpy(state) for state in random_states]
     sums, seen = None, 0
     try:
         for bn in bns:
@@ -480,6 +485,8 @@ def recalibrate_batchnorm(model, dataset, batches: int) -> int:
     finally:
         for bn, m in zip(bns, momenta):
             bn.momentum = m
+        for state, value in zip(random_states, random_before, strict=True):
+            state.assign(value)
     return len(bns)
 
 

@@ -144,6 +144,13 @@ def run_train(cfg, folds: list[int] | None = None, gpu: bool = False, resume: bo
         # the CPU) turns jit_compile off.
         raise AmazonmineError("train.xla: true has no effect while train.deterministic is true on the CPU (op "
                               "determinism turns XLA off): set train.deterministic=false for XLA, or train.xla=false")
+    if cfg.train.validation_bn_batches and cfg.train.ema > 0:
+        raise AmazonmineError("train.validation_bn_batches applies without train.ema only: averaged weights are "
+                              "recalibrated before each validation already (on up to 25 of train.bn_recalibration_"
+                              "batches); set one of them to 0")
+    if cfg.train.validation_bn_batches and cluster is not None:
+        raise AmazonmineError("train.validation_bn_batches works on one process only (across workers the statistics "
+                              "would have to be gathered in step): set it to 0 for multi-worker training")
     chosen = folds if folds is not None else resolve_folds(cfg)
     if cluster is None:
         return _train_folds(cfg, chosen, gpu, resume, retrain, on_fold, None)
@@ -179,6 +186,11 @@ def _train_folds(cfg, chosen: list[int], gpu: bool, resume: bool, retrain: bool,
         if cluster is None:
             actions = decide()
             strategy = setup_device(gpu)
+            if cfg.train.validation_bn_batches and strategy.num_replicas_in_sync > 1:
+                replicas = strategy.num_replicas_in_sync
+                raise AmazonmineError(f"train.validation_bn_batches works on one device only ({replicas} replicas "
+                                      f"here: the statistics would have to be gathered in step): set it to 0, or "
+                                      f"train on one GPU")
         else:
             # The run folder's state (finished, interrupted, resume epochs) is the chief's: the other workers
             # follow it, whether or not they see the same folder.

@@ -85,15 +85,23 @@ def test_precise_batchnorm_replaces_moving_stats_with_the_batch_average():
     from amazonmine.keras_parts import recalibrate_batchnorm
 
     inner = keras.Sequential([keras.Input((3,)), keras.layers.BatchNormalization(name="bn")])
-    model = keras.Sequential([keras.Input((3,)), inner])  # nested, as the backbone is
+    # nested, as the backbone is; dropout after it, as in the head
+    model = keras.Sequential([keras.Input((3,)), inner, keras.layers.Dropout(0.5, seed=3, name="drop")])
     rng = np.random.default_rng(0)
     batches = [rng.normal(loc, 1.0, (16, 3)).astype(np.float32) for loc in (1.0, 5.0, 9.0)]
     dataset = tf.data.Dataset.from_tensor_slices(np.concatenate(batches)).batch(16)
+    dropout_state = model.get_layer("drop").seed_generator.state
+    before = keras.ops.convert_to_numpy(dropout_state).copy()
     assert recalibrate_batchnorm(model, dataset, 3) == 1
     bn = inner.get_layer("bn")
     np.testing.assert_allclose(bn.moving_mean.numpy(), np.mean([b.mean(0) for b in batches], axis=0), rtol=1e-5)
     np.testing.assert_allclose(bn.moving_variance.numpy(), np.mean([b.var(0) for b in batches], axis=0), rtol=1e-4)
     assert bn.momentum == 0.99  # restored
+    # Its training-mode passes drew dropout masks; the random state is put back, so training's masks are
+    # the ones it would have drawn without the recalibration.
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(dropout_state), before)
+    model(batches[0], training=True)
+    assert not np.array_equal(keras.ops.convert_to_numpy(dropout_state), before)  # a draw does move it
 
 
 def test_trim_history_keeps_the_rows_a_resume_continues_from(tmp_path):

@@ -685,11 +685,25 @@ def test_validation_bn_batches_validates_and_keeps_the_epochs_own_statistics(lea
         after_recalibration.append((batches, statistics(model)))
         return layers
 
+    events = []
+
+    class Validation(keras.callbacks.Callback):
+        def on_test_batch_begin(self, batch, logs=None):
+            if batch == 0:
+                events.append(f"validation {len(after_recalibration)}")
+
+    import amazonmine.train as train
+
+    original_callbacks = train.fold_callbacks
+    monkeypatch.setattr(train, "fold_callbacks",
+                        lambda *a, **k: (lambda cbs: (cbs[0] + [Validation()], *cbs[1:]))(original_callbacks(*a, **k)))
     monkeypatch.setattr(keras_parts, "recalibrate_batchnorm", spy)
     cfg = tiny_cfg(make_cfg, learn_root, **{"train.validation_bn_batches": 2, "train.epochs": 3,
                                             "train.steps_per_epoch": 3, "train.bn_recalibration_batches": 0})
     (result,) = run_train(cfg, folds=[0])
-    assert [batches for batches, _ in after_recalibration] == [2, 2, 2]  # before each of the 3 validations
+    # Each of the 3 validations' first batch comes after one more recalibration (of 2 batches).
+    assert [batches for batches, _ in after_recalibration] == [2, 2, 2]
+    assert events == ["validation 1", "validation 2", "validation 3"]
     # The kept checkpoint holds the statistics its epoch was validated with, not running averages.
     kept = load_trained(result.model_path)
     saved = statistics(kept)
@@ -698,6 +712,15 @@ def test_validation_bn_batches_validates_and_keeps_the_epochs_own_statistics(lea
         np.testing.assert_allclose(a, b, rtol=1e-6)
     later = [stats for i, (_, stats) in enumerate(after_recalibration) if i != result.summary["best_epoch"] - 1]
     assert all(any(not np.allclose(a, b) for a, b in zip(saved, other)) for other in later)
+
+
+def test_validation_bn_batches_beside_ema_is_refused_before_anything_is_written(learn_root, make_cfg):
+    from amazonmine.train import run_train
+
+    cfg = tiny_cfg(make_cfg, learn_root, **{"train.validation_bn_batches": 2, "train.ema": 0.9})
+    with pytest.raises(AmazonmineError, match="applies without train.ema only"):
+        run_train(cfg, folds=[0])
+    assert not (cfg.run_dir / "fold0").exists()
 
 
 def test_a_resume_inside_the_small_epochs_redoes_the_cut_epoch_small(learn_root, make_cfg, monkeypatch):
@@ -724,6 +747,9 @@ def test_a_resume_inside_the_small_epochs_redoes_the_cut_epoch_small(learn_root,
 # The uninterrupted run of each recipe, shared by the cases that cut it in different places (its summary's
 # figures do not depend on the run folder): two reference trainings fewer in the suite.
 _UNINTERRUPTED: dict[tuple, dict] = {}
+# The plateau schedule and early stopping count validation F2, here taken with recalibrated BatchNorm.
+PLATEAU = {"train.schedule": "plateau", "train.early_stopping_patience": 2, "train.epochs": 5,
+           "train.validation_bn_batches": 2}
 
 
 @pytest.mark.xdist_group("resume-equality")  # one pytest-xdist worker, so the cases share _UNINTERRUPTED
@@ -731,10 +757,10 @@ _UNINTERRUPTED: dict[tuple, dict] = {}
     ({}, "mid-epoch"),
     ({"train.image_size": 48, "train.small_size": 32, "train.small_epochs": 2, "train.ema": 0.9, "train.dropout": 0.3},
      "mid-epoch"),
-    ({"train.validation_bn_batches": 2}, "epoch-end"),
-    ({"train.schedule": "plateau", "train.early_stopping_patience": 2, "train.epochs": 5}, "mid-epoch"),
-    ({"train.schedule": "plateau", "train.early_stopping_patience": 2, "train.epochs": 5}, "before-the-counters")],
-    ids=["plain", "progressive-ema-dropout", "validation-bn-among-the-epoch-end-writes", "plateau-early-stopping",
+    ({}, "epoch-end"),
+    (PLATEAU, "mid-epoch"),
+    (PLATEAU, "before-the-counters")],
+    ids=["plain", "progressive-ema-dropout", "among-the-epoch-end-writes", "plateau-early-stopping-validation-bn",
          "before-early-stopping-counts-the-epoch"])
 def test_an_interrupted_and_resumed_fold_ends_with_the_uninterrupted_weights(learn_root, make_cfg, monkeypatch,
                                                                              tmp_path, recipe, cut):
