@@ -198,11 +198,17 @@ def _train_folds(cfg, chosen: list[int], gpu: bool, resume: bool, retrain: bool,
             shared = cluster.from_chief({str(k): list(a) for k, a in decided.items()} if decided else None)
             actions = {int(k): FoldAction(*a) for k, a in shared.items()}
             strategy = cluster.strategy
-        if not gpu and cfg.train.deterministic:
-            import tensorflow as tf
+        import tensorflow as tf
 
+        if not gpu and cfg.train.deterministic:
             # Same seed, same data -> same numbers on the CPU (tf.data order and kernels included).
             tf.config.experimental.enable_op_determinism()
+        else:
+            # The setting is process-wide: an earlier run in this process (a notebook, the tests) may have turned
+            # it on, and it would turn this run's XLA off.
+            from tensorflow.python.framework import config as tf_config
+
+            tf_config.disable_op_determinism()
         if lead:
             run.prepare(cfg)
         results = []
