@@ -351,13 +351,9 @@ class RunFolder:
         names: list[str] = []
         blocks = []
         for _, path in found:
-            fold_names, matrix = load_matrix_csv(path)
-            bad = ~np.isfinite(matrix).all(axis=1) | (matrix < 0).any(axis=1) | (matrix > 1).any(axis=1)
-            if bad.any():
-                rows = [n for n, b in zip(fold_names, bad) if b]
-                raise DataError(f"{path}: probabilities missing or outside [0, 1] for {_offenders(rows)}")
+            fold_names, matrix = read_probabilities(path)
             names += fold_names
-            blocks.append(matrix.astype(np.float64))
+            blocks.append(matrix)
         seen: set[str] = set()
         dups = sorted({n for n in names if n in seen or seen.add(n)})
         if dups:
@@ -424,3 +420,14 @@ def _read_split_csv(path: Path, columns: Sequence[str]):
         if not pd.api.types.is_integer_dtype(frame[column]):
             raise DataError(f"{path}: column '{column}' must hold whole numbers; run 'amazonmine split' again")
     return frame[list(columns)]
+
+
+def read_probabilities(path: Path) -> tuple[list[str], np.ndarray]:
+    """A CSV of image_name + 17 probabilities (oof_fold*.csv, a fold's lockbox predictions) -> (names, float64
+    matrix), refused in one line naming the chips whose probabilities are missing or outside [0, 1]."""
+    names, matrix = load_matrix_csv(path)
+    bad = ~np.isfinite(matrix).all(axis=1) | (matrix < 0).any(axis=1) | (matrix > 1).any(axis=1)
+    if bad.any():
+        rows = [n for n, b in zip(names, bad) if b]
+        raise DataError(f"{path}: probabilities missing or outside [0, 1] for {_offenders(rows)}")
+    return names, matrix.astype(np.float64)

@@ -36,12 +36,12 @@ def lockbox_table(cfgs: list, names: list[str], fold: int, average: bool) -> lis
     """The --lockbox rows: per run (and their average), lockbox mean F2 at the fold's tuned thresholds."""
     import numpy as np
 
-    from amazonmine.data import LABELS, PlanetLayout, load_matrix_csv
+    from amazonmine.data import LABELS, PlanetLayout
     from amazonmine.decisions import decode, fit_thresholds
     from amazonmine.errors import AmazonmineError
     from amazonmine.evaluate import _paired_mean
     from amazonmine.metrics import bootstrap_intervals, per_image_f2
-    from amazonmine.runfolder import RunFolder
+    from amazonmine.runfolder import RunFolder, read_probabilities
 
     layout = PlanetLayout.from_config(cfgs[0].data)
     frame, labels = layout.load_train(check_files=False)
@@ -56,16 +56,14 @@ def lockbox_table(cfgs: list, names: list[str], fold: int, average: bool) -> lis
         if not path.is_file():
             raise AmazonmineError(f"{path}: no lockbox predictions of fold {fold}; run 'amazonmine evaluate' on "
                                   f"{run.root} (its split needs split.holdout > 0)")
-        box_names, box = load_matrix_csv(path)
-        if not (np.isfinite(box).all() and (box >= 0).all() and (box <= 1).all()):
-            raise AmazonmineError(f"{path}: probabilities missing or outside [0, 1]")
+        box_names, box = read_probabilities(path)
         unknown = [n for n in box_names if n not in row_of]
         if unknown:
             raise AmazonmineError(f"{path}: {len(unknown)} chip(s) not in {layout.labels_csv} (e.g. {unknown[0]}); "
                                   "is --config's data.root the run's?")
         order = np.argsort(box_names)
         models.append(([oof.names[i] for i in keep], oof.y_true[keep], oof.probs[keep],
-                       [box_names[i] for i in order], box[order].astype(np.float64)))
+                       [box_names[i] for i in order], box[order]))
     if any(m[0] != models[0][0] or m[3] != models[0][3] for m in models[1:]):
         raise AmazonmineError("the runs' out-of-fold or lockbox chips differ: they were not split alike")
     y_oof, y_box = models[0][1], labels[[row_of[n] for n in models[0][3]]].astype(bool)
