@@ -199,7 +199,14 @@ class TrainConfig:
     epochs: Annotated[int, Range(ge=1)] = 30
     learning_rate: Annotated[float, Range(gt=0)] = 1e-3
     warmup_epochs: Annotated[int, Range(ge=0)] = 1
-    schedule: Literal["cosine", "constant", "plateau"] = "cosine"
+    # cosine: warmup_epochs from a tenth of learning_rate up to it, then cosine decay to 1% of it by the last
+    # epoch. one_cycle (Smith's one-cycle policy, learning-rate part, with PyTorch OneCycleLR's defaults):
+    # from learning_rate/25 up to learning_rate over the first one_cycle_warmup share of all steps, then
+    # cosine decay to 1/10,000 of the start; warmup_epochs is not used. Adam's beta_1 is not cycled (Keras
+    # keeps it a constant of the traced step, and Adam's bias correction assumes it fixed). constant and
+    # plateau: learning_rate throughout, or cut on a validation plateau.
+    schedule: Literal["cosine", "one_cycle", "constant", "plateau"] = "cosine"
+    one_cycle_warmup: Annotated[float, Range(gt=0, lt=1)] = 0.3
     weight_decay: Annotated[float, Range(ge=0)] = 1e-4
     dropout: Annotated[float, Range(ge=0, lt=1)] = 0.2
     soft_f2_weight: Annotated[float, Range(ge=0)] = 0.0
@@ -451,7 +458,9 @@ def _apply(cfg: Config, section: str, key: str, value: Any, source: str) -> None
     sec_obj = getattr(cfg, section)
     types = _section_types(type(sec_obj))
     if key not in types:
-        raise ConfigError(f"{source}: unknown key '{section}.{_short(key)}' (known: {', '.join(types)})")
+        close = difflib.get_close_matches(key, types, n=3) if len(key) < 100 else []
+        hint = f"did you mean {' or '.join(close)}?" if close else f"known: {', '.join(types)}"
+        raise ConfigError(f"{source}: unknown key '{section}.{_short(key)}' ({hint})")
     setattr(sec_obj, key, _coerce(value, types[key], f"{source}: {section}.{key}"))
 
 

@@ -4,7 +4,8 @@
   best checkpoint and early stopping follow its validation value, ``val_f2``.
 * :func:`make_loss` -- binary cross-entropy, plus optionally a differentiable ("soft") F2 term that pushes
   recall. Both F2s take beta from :data:`amazonmine.metrics.BETA`, as the NumPy scores do.
-* :func:`make_optimizer` -- AdamW with the configured schedule (cosine with warm-up, or constant + plateau).
+* :func:`make_optimizer` -- AdamW with the configured schedule (cosine with warm-up, one-cycle, or constant +
+  plateau).
 * :func:`fold_callbacks` -- best checkpoint (which survives a resume), throughput, resume saver, CSV history,
   TensorBoard, early stopping, plateau, and one progress line per epoch when Keras itself prints nothing.
 * :func:`recalibrate_batchnorm` -- precise BatchNorm statistics for the final weights.
@@ -23,6 +24,11 @@ from amazonmine.metrics import BETA
 
 # The Kaggle metric's threshold for every label; tune fits per-label thresholds afterwards.
 FLAT_THRESHOLD = 0.2
+
+# One-cycle: the start is the peak over ONE_CYCLE_DIV, the end the start over ONE_CYCLE_FINAL_DIV (PyTorch
+# OneCycleLR's div_factor and final_div_factor).
+ONE_CYCLE_DIV = 25.0
+ONE_CYCLE_FINAL_DIV = 1e4
 
 _B2 = BETA * BETA  # F-beta = (1 + b2) tp / ((1 + b2) tp + b2 fn + fp), as in amazonmine.metrics
 
@@ -101,7 +107,15 @@ def make_optimizer(train_cfg, steps_per_epoch: int):
     import keras
 
     lr = train_cfg.learning_rate
-    if train_cfg.schedule == "cosine":
+    if train_cfg.schedule == "one_cycle":
+        total = train_cfg.epochs * steps_per_epoch
+        warmup = max(1, round(train_cfg.one_cycle_warmup * total))
+        # CosineDecay's warm-up is linear (as in Smith's paper); after it the rate is
+        # warmup_target * ((1 - alpha) * cosine + alpha), so alpha is the final rate over the peak.
+        lr = keras.optimizers.schedules.CosineDecay(lr / ONE_CYCLE_DIV, max(1, total - warmup),
+                                                    alpha=1 / (ONE_CYCLE_DIV * ONE_CYCLE_FINAL_DIV),
+                                                    warmup_target=lr, warmup_steps=warmup)
+    elif train_cfg.schedule == "cosine":
         warmup = train_cfg.warmup_epochs * steps_per_epoch
         decay = max(1, train_cfg.epochs * steps_per_epoch - warmup)
         if warmup > 0:

@@ -51,6 +51,10 @@ def test_model_settings_leave_out_speed_and_output(make_cfg):
     dehazed = model_settings(make_cfg(None, **{"dehaze.enabled": "true"}))
     assert any(k.startswith("dehaze.") and k != "dehaze.enabled" for k in dehazed)
     assert "dehaze.workers" not in dehazed
+    # one-cycle's warm-up share matters only to that schedule
+    assert "train.one_cycle_warmup" not in plain
+    one_cycle = model_settings(make_cfg(None, **{"train.schedule": "one_cycle", "train.one_cycle_warmup": 0.25}))
+    assert one_cycle["train.one_cycle_warmup"] == 0.25
 
 
 def _finish(cfg, fold, **summary):

@@ -172,3 +172,28 @@ def _fold_folder(cfg):
     files = RunFolder.from_config(cfg).fold(0)
     files.dir.mkdir()
     return files
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "one_cycle"])
+def test_learning_rate_schedules_start_peak_and_end_where_documented(schedule):
+    from amazonmine.config import load_config
+    from amazonmine.keras_parts import ONE_CYCLE_DIV, ONE_CYCLE_FINAL_DIV, make_optimizer
+
+    cfg = load_config(None, [f"train.schedule={schedule}", "train.epochs=10", "train.warmup_epochs=1",
+                             "train.learning_rate=0.004", "train.one_cycle_warmup=0.3"])
+    steps_per_epoch = 50
+    optimizer = make_optimizer(cfg.train, steps_per_epoch)
+
+    def rate(step):  # the rate the optimizer applies at this step
+        optimizer.iterations.assign(step)
+        return float(optimizer.learning_rate)
+
+    peak_step, last_step = (150, 500) if schedule == "one_cycle" else (50, 500)
+    at = {step: rate(step) for step in range(0, last_step + 1, 5)}
+    start, end = (0.004 / ONE_CYCLE_DIV, 0.004 / ONE_CYCLE_DIV / ONE_CYCLE_FINAL_DIV) if schedule == "one_cycle" \
+        else (0.0004, 0.004 * 0.01)
+    np.testing.assert_allclose([at[0], at[peak_step], at[last_step]], [start, 0.004, end], rtol=1e-4)
+    assert max(at, key=at.get) == peak_step
+    rising = [at[s] for s in at if s <= peak_step]
+    falling = [at[s] for s in at if s >= peak_step]
+    assert np.all(np.diff(rising) > 0) and np.all(np.diff(falling) < 0)
