@@ -63,7 +63,7 @@ from amazonmine.decisions import decode, fit_thresholds
 from amazonmine.errors import AmazonmineError
 from amazonmine.fold_policy import fold_action, load_fold_plan, resolve_folds
 from amazonmine.io import LockedError, read_json
-from amazonmine.metrics import bootstrap_intervals, mean_f2, per_label_scores
+from amazonmine.metrics import bootstrap_intervals, mean_f2, per_image_f2, per_label_scores
 from amazonmine.runfolder import FoldState, RunFolder
 
 REPO = Path(__file__).resolve().parents[1]
@@ -370,22 +370,25 @@ def check_submission(cfg) -> dict:
 
 # --- ablation: TTA views x thresholds x weather decoding ---------------------------------------------------
 
-def _fit_and_score(y, p, tc, weather: bool, seed: int, interval: bool = False) -> dict:
+def _fit_and_score(y, p, tc, weather: bool, seed: int, interval: bool = False, per_chip: bool = False) -> dict:
     """Flat, tuned and cross-fitted mean F2, rare labels' recall at the tuned thresholds and, if asked, the
-    tuned score's bootstrap 95% interval."""
+    tuned score's bootstrap 95% interval and each chip's cross-fitted F2 (for paired comparisons)."""
     fitted = fit_thresholds(y, p, tc.start, tc.passes, tc.grid, weather_decoding=weather)
     order = np.random.default_rng(seed).permutation(len(y))
     halves = order[: len(y) // 2], order[len(y) // 2:]
-    cross = []
+    cross, crossfit_per_chip = [], np.empty(len(y))
     for fit_on, score_on in (halves, halves[::-1]):
         t = fit_thresholds(y[fit_on], p[fit_on], tc.start, tc.passes, tc.grid, weather_decoding=weather)
-        cross.append(mean_f2(y[score_on], decode(p[score_on], t, weather)))
+        crossfit_per_chip[score_on] = per_image_f2(y[score_on], decode(p[score_on], t, weather))
+        cross.append(crossfit_per_chip[score_on].mean())
     decided, truth = decode(p, fitted, weather), y.astype(bool)
     # Recall at the tuned thresholds of the labels oversampling is for.
     rare_recall = {name: float((decided[:, j] & truth[:, j]).sum() / truth[:, j].sum()) if truth[:, j].any()
                    else float("nan") for j, name in enumerate(LABELS) if name in PLANET_RARE_LABELS}
     scores = {"flat": mean_f2(y, decode(p, np.full(len(LABELS), tc.start), weather)), "tuned": mean_f2(y, decided),
               "tuned_crossfit": float(np.mean(cross)), "rare_recall": rare_recall}
+    if per_chip:  # each chip under thresholds fitted without it
+        scores["crossfit_per_chip"] = crossfit_per_chip
     if interval:
         scores["tuned_interval"] = bootstrap_intervals(y, decided, 1000, 0)["mean_f2"]
     return scores
@@ -452,8 +455,9 @@ def ablate_views(cfg, folds: list[int]) -> dict:
     return result
 
 
-def oof_scores(cfg, fold: int, interval: bool = False) -> dict | None:
-    """Flat / tuned / cross-fitted OOF mean F2 of one fold, under the config's weather decoding."""
+def oof_scores(cfg, fold: int, interval: bool = False, per_chip: bool = False) -> dict | None:
+    """Flat / tuned / cross-fitted OOF mean F2 of one fold, under the config's weather decoding (per_chip: also
+    the chips' names and each one's cross-fitted F2)."""
     run = RunFolder.from_config(cfg)
     if not run.fold(fold).oof.is_file():
         return None
@@ -461,8 +465,11 @@ def oof_scores(cfg, fold: int, interval: bool = False) -> dict | None:
     folds = run.read_folds()
     mine = set(folds.loc[folds["fold"] == fold, "image_name"])
     keep = np.array([n in mine for n in oof.names])
-    return {"chips": int(keep.sum()), **_fit_and_score(oof.y_true[keep], oof.probs[keep], cfg.tune,
-                                                       cfg.tune.weather_decoding, cfg.run.seed, interval)}
+    scores = _fit_and_score(oof.y_true[keep], oof.probs[keep], cfg.tune, cfg.tune.weather_decoding, cfg.run.seed,
+                            interval, per_chip)
+    if per_chip:
+        scores["names"] = [n for n, k in zip(oof.names, keep) if k]
+    return {"chips": int(keep.sum()), **scores}
 
 
 def ablate_training(bench: Bench, cfg, fold: int, budget: list[str]) -> list[dict]:

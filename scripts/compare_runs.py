@@ -8,7 +8,8 @@ the table shows what its recipe changed against the first run's (the ``settings`
 epochs, the training time and images/s its summary recorded, and the fold's out-of-fold mean F2: at a flat
 0.2, with thresholds fitted on those chips (the Kaggle F2 point, no operating points), the same fitted on one
 half and scored on the other (cross-fit), the tuned figure's 95% bootstrap interval (chips resampled, 1,000
-draws, seeded) and artisinal_mine's recall at the tuned thresholds. The runs must share the split (the
+draws, seeded), the cross-fitted figure's difference to the first run's with its 95% interval, paired over the
+chips (much narrower than either run's own interval), and artisinal_mine's recall at the tuned thresholds. The runs must share the split (the
 summaries' ``split_sha256``), or their scores are not on the same chips: that is checked.
 
 ``--lockbox`` adds a second table for runs whose split set chips aside (``split.holdout``): each run's fold
@@ -120,12 +121,13 @@ def compare(args) -> int:
     import dataclasses
 
     from amazonmine.config import TrainConfig, load_config
+    from amazonmine.evaluate import _paired_mean
 
     defaults = {f"train.{k}": v for k, v in json.loads(json.dumps(dataclasses.asdict(TrainConfig()),
                                                                  default=str)).items()}
     rows = [["run", "recipe (vs the first run)", "epochs", "train", "img/s", "flat 0.2", "tuned", "95% CI",
-             "cross-fit", "artisinal rec"]]
-    base_settings, split = None, None
+             "cross-fit", "vs first (paired 95%)", "artisinal rec"]]
+    base_settings, split, first = None, None, None
     for run_dir in args.runs:
         summary_path = run_dir / f"fold{args.fold}" / "summary.json"
         if not summary_path.is_file():
@@ -146,21 +148,31 @@ def compare(args) -> int:
         before = {**defaults, **base_settings}
         changed = [f"{k.removeprefix('train.')}={v}" for k, v in settings.items() if k in before and before[k] != v]
         cfg = load_config(args.config, [f"run.dir={run_dir}"])
-        scores = oof_scores(cfg, args.fold, interval=True)  # one threshold fit per run, as bench_real32's
+        scores = oof_scores(cfg, args.fold, interval=True, per_chip=True)  # one threshold fit per run, as bench_real32's
         if scores is None:
             print(f"error: {run_dir}: no out-of-fold predictions of fold {args.fold}", file=sys.stderr)
             return 2
         lo, hi = scores["tuned_interval"]
+        # Cross-fitted, so neither side is scored on the chips its thresholds were fitted on; the halves are the
+        # same in every run (seeded, same chip order), so the difference is paired chip by chip.
+        if first is None:
+            first, versus = scores, "-"
+        elif scores["names"] != first["names"]:
+            print(f"error: {run_dir}: its out-of-fold chips are not in {args.runs[0]}'s order", file=sys.stderr)
+            return 2
+        else:
+            mean, d_lo, d_hi = _paired_mean(scores["crossfit_per_chip"] - first["crossfit_per_chip"], LOCKBOX_DRAWS, 0)
+            versus = f"{mean:+.4f} ({d_lo:+.4f} to {d_hi:+.4f})"
         recall = scores["rare_recall"]["artisinal_mine"]
         rate = summary.get("train_images_per_s")
         rows.append([str(run_dir), ", ".join(changed) or "-", f"{summary['epochs_run']} (best {summary['best_epoch']})",
                      hms(summary.get("train_seconds_this_session")) if rate else "(resumed)",
                      f"{rate:.0f}" if rate else "-",
                      f"{scores['flat']:.4f}", f"{scores['tuned']:.4f}", f"{lo:.4f}-{hi:.4f}",
-                     f"{scores['tuned_crossfit']:.4f}", f"{recall:.3f}"])
+                     f"{scores['tuned_crossfit']:.4f}", versus, f"{recall:.3f}"])
     print(f"fold {args.fold}, {scores['chips']} out-of-fold chips; train = training time of the session that "
           "finished the fold (a resumed fold shows only its last session)")
-    print("\n".join(_grid(rows, "llrrrrrrrr")))
+    print("\n".join(_grid(rows, "llrrrrrrrrr")))
     if args.lockbox:
         cfgs = [load_config(args.config, [f"run.dir={run_dir}"]) for run_dir in args.runs]
         print("\n" + "\n".join(lockbox_table(cfgs, [str(r) for r in args.runs], args.fold, args.average)))
