@@ -4,6 +4,7 @@
     .venv/bin/python scripts/bench_real32.py --all-folds     # all 5 folds (~5x the training time)
     .venv/bin/python scripts/bench_real32.py --ablate        # + what TTA, tuning and weather decoding add
     .venv/bin/python scripts/bench_real32.py --set run.dir=runs/try2 --set train.epochs=5 --json bench.json
+    .venv/bin/python scripts/bench_real32.py --all-folds --score-only --set run.dir=runs/ens   # score, train nothing
 
 What it does, in order:
 
@@ -61,7 +62,7 @@ from amazonmine.config import load_config
 from amazonmine.data import LABELS, MINE_LABELS, PLANET_RARE_LABELS, PlanetLayout, load_matrix_csv
 from amazonmine.decisions import decode, fit_thresholds
 from amazonmine.errors import AmazonmineError
-from amazonmine.fold_policy import fold_action, load_fold_plan, resolve_folds
+from amazonmine.fold_policy import FoldAction, fold_action, load_fold_plan, resolve_folds
 from amazonmine.io import LockedError, read_json
 from amazonmine.metrics import bootstrap_intervals, mean_f2, per_image_f2, per_label_scores
 from amazonmine.runfolder import FoldState, RunFolder
@@ -102,6 +103,10 @@ def parse_args(argv=None):
     parser.add_argument("--all-folds", action="store_true",
                         help="Train (and score) every fold of the split, not just the config's train.folds.")
     parser.add_argument("--skip-predict", action="store_true", help="Stop before predict (no submission).")
+    parser.add_argument("--score-only", action="store_true",
+                        help="Train nothing: score the folds already finished on the run's split, whatever "
+                             "settings each was trained with (folds trained by other commands, across sessions). "
+                             "A fold not finished is an error naming it.")
     parser.add_argument("--ablate", action="store_true",
                         help="Also measure TTA views x tuned thresholds x weather decoding on the OOF chips.")
     parser.add_argument("--ablate-train", action="store_true",
@@ -115,6 +120,8 @@ def parse_args(argv=None):
                         help="Also write the table's numbers to this JSON file.")
     args = parser.parse_args(argv)
     args.ablate = args.ablate or args.ablate_train
+    if args.ablate_train and args.score_only:
+        parser.error("--ablate-train trains; it cannot go with --score-only")
     # The user's paths are relative to where they started the script; the stages run from the repo root.
     for name in ("archive", "work", "config", "json_out"):
         if getattr(args, name) is not None:
@@ -304,18 +311,26 @@ def split(bench: Bench, cfg, extra=(), label: str = "") -> None:
     check.note = f"same split as the trained folds of {run.root}: kept"
 
 
-def train(bench: Bench, cfg, folds: list[int], extra=(), label: str = "") -> dict:
-    """Train each fold as ``amazonmine train --resume`` decides (skip / resume / train). Returns its figures."""
+def train(bench: Bench, cfg, folds: list[int], extra=(), label: str = "", score_only: bool = False) -> dict:
+    """Train each fold as ``amazonmine train --resume`` decides (skip / resume / train), or with ``score_only``
+    check that each is finished and train none. Returns their figures."""
     run = RunFolder.from_config(cfg)
     stale = [f"fold{k}" for k in folds if run.fold_state(k) is FoldState.OTHER_SPLIT]
     if stale:  # train would replace them; a model that may have cost hours is the user's call
         raise BenchError(f"{run.root}: {', '.join(stale)} trained on another split than the run's: "
                          "'amazonmine train --retrain' replaces them, or use another run.dir")
-    try:  # refusals come before any training
-        actions = {k: fold_action(cfg, k, resume=True) for k in folds}
-    except AmazonmineError as exc:
-        raise BenchError(f"{exc} (this script never retrains a finished fold: pass the --set it was trained with, "
-                         "or another run.dir)") from None
+    if score_only:
+        unfinished = [f"fold{k} ({run.fold_state(k).value})" for k in folds
+                      if run.fold_state(k) is not FoldState.FINISHED]
+        if unfinished:
+            raise BenchError(f"{run.root}: --score-only needs finished folds: {', '.join(unfinished)}")
+        actions = {k: FoldAction("skip", "--score-only") for k in folds}
+    else:
+        try:  # refusals come before any training
+            actions = {k: fold_action(cfg, k, resume=True) for k in folds}
+        except AmazonmineError as exc:
+            raise BenchError(f"{exc} (this script never retrains a finished fold: pass the --set it was trained "
+                             "with, or --score-only, or another run.dir)") from None
     for k in folds:
         name, (kind, note) = f"{label}train fold {k}", actions[k]
         if kind == "skip":
@@ -689,7 +704,7 @@ def run_bench(args, bench: Bench, report: dict) -> None:
                                  else f"already unpacked: {data_root}"))
 
     split(bench, cfg)
-    report["train"] = train(bench, cfg, folds)
+    report["train"] = train(bench, cfg, folds, score_only=args.score_only)
     rates = [f["train_images_per_s"] for f in report["train"].values() if f.get("train_images_per_s")]
     report["train_images_per_s"] = sum(rates) / len(rates) if rates else None
     for s in bench.stages:
