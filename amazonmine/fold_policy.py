@@ -60,8 +60,8 @@ def model_settings(cfg) -> dict:
     """The settings a fold's model depends on (train.*, except those that only change speed or output, and
     which chips it reads), recorded in its summary: a re-run with other settings is refused, not skipped."""
     ignored = {"verbose", "folds", "cache"}
-    if cfg.train.schedule != "one_cycle":  # its warm-up share means nothing to the other schedules
-        ignored.add("one_cycle_warmup")
+    # Each warm-up setting means something to its own schedule only.
+    ignored.add("warmup_epochs" if cfg.train.schedule == "one_cycle" else "one_cycle_warmup")
     settings = {f"train.{k}": v for k, v in dataclasses.asdict(cfg.train).items() if k not in ignored}
     settings.update({"dehaze.enabled": cfg.dehaze.enabled, "data.image_format": cfg.data.image_format,
                      "data.chip_size": cfg.data.chip_size})

@@ -106,7 +106,8 @@ def parse_args(argv=None):
     parser.add_argument("--score-only", action="store_true",
                         help="Train nothing: score the folds already finished on the run's split, whatever "
                              "settings each was trained with (folds trained by other commands, across sessions). "
-                             "A fold not finished is an error naming it.")
+                             "A fold not finished is an error naming it. tune and evaluate still run, rewriting "
+                             "the run's thresholds.json and report.")
     parser.add_argument("--ablate", action="store_true",
                         help="Also measure TTA views x tuned thresholds x weather decoding on the OOF chips.")
     parser.add_argument("--ablate-train", action="store_true",
@@ -311,6 +312,20 @@ def split(bench: Bench, cfg, extra=(), label: str = "") -> None:
     check.note = f"same split as the trained folds of {run.root}: kept"
 
 
+def check_finished(run: RunFolder, folds: list[int]) -> None:
+    """--score-only: every fold must be finished (refused before anything is written); a retrain staged beside
+    a fold is said, since its finished model is the one scored."""
+    unfinished = [f"fold{k} ({run.fold_state(k).value})" for k in folds if run.fold_state(k) is not FoldState.FINISHED]
+    if unfinished:
+        raise BenchError(f"{run.root}: --score-only scores finished folds only: {', '.join(unfinished)}; finish "
+                         "each with 'amazonmine train --fold K --resume', or leave it out (--set train.folds=[...] "
+                         "without --all-folds)")
+    for k in folds:
+        if run.fold(k).staged().dir.is_dir():
+            print(f"note: fold {k} has a retrain under way in {run.fold(k).staged().dir}; its finished model is "
+                  "the one scored", flush=True)
+
+
 def train(bench: Bench, cfg, folds: list[int], extra=(), label: str = "", score_only: bool = False) -> dict:
     """Train each fold as ``amazonmine train --resume`` decides (skip / resume / train), or with ``score_only``
     check that each is finished and train none. Returns their figures."""
@@ -320,10 +335,7 @@ def train(bench: Bench, cfg, folds: list[int], extra=(), label: str = "", score_
         raise BenchError(f"{run.root}: {', '.join(stale)} trained on another split than the run's: "
                          "'amazonmine train --retrain' replaces them, or use another run.dir")
     if score_only:
-        unfinished = [f"fold{k} ({run.fold_state(k).value})" for k in folds
-                      if run.fold_state(k) is not FoldState.FINISHED]
-        if unfinished:
-            raise BenchError(f"{run.root}: --score-only needs finished folds: {', '.join(unfinished)}")
+        check_finished(run, folds)
         actions = {k: FoldAction("skip", "--score-only") for k in folds}
     else:
         try:  # refusals come before any training
@@ -385,25 +397,37 @@ def check_submission(cfg) -> dict:
 
 # --- ablation: TTA views x thresholds x weather decoding ---------------------------------------------------
 
-def _fit_and_score(y, p, tc, weather: bool, seed: int, interval: bool = False, per_chip: bool = False) -> dict:
-    """Flat, tuned and cross-fitted mean F2, rare labels' recall at the tuned thresholds and, if asked, the
-    tuned score's bootstrap 95% interval and each chip's cross-fitted F2 (for paired comparisons)."""
-    fitted = fit_thresholds(y, p, tc.start, tc.passes, tc.grid, weather_decoding=weather)
+# Half-splits each chip's cross-fitted F2 is averaged over for paired comparisons (tune averages 10 too).
+PAIRED_SPLITS = 10
+
+
+def _crossfit_per_chip(y, p, tc, weather: bool, seed: int) -> np.ndarray:
+    """Each chip's F2 under thresholds fitted on the other half of one seeded half-split (the halves depend
+    only on the seed and the chips' order)."""
     order = np.random.default_rng(seed).permutation(len(y))
     halves = order[: len(y) // 2], order[len(y) // 2:]
-    cross, crossfit_per_chip = [], np.empty(len(y))
+    per_chip = np.empty(len(y))
     for fit_on, score_on in (halves, halves[::-1]):
         t = fit_thresholds(y[fit_on], p[fit_on], tc.start, tc.passes, tc.grid, weather_decoding=weather)
-        crossfit_per_chip[score_on] = per_image_f2(y[score_on], decode(p[score_on], t, weather))
-        cross.append(crossfit_per_chip[score_on].mean())
+        per_chip[score_on] = per_image_f2(y[score_on], decode(p[score_on], t, weather))
+    return per_chip
+
+
+def _fit_and_score(y, p, tc, weather: bool, seed: int, interval: bool = False, per_chip: bool = False) -> dict:
+    """Flat, tuned and cross-fitted mean F2 (one half-split), rare labels' recall at the tuned thresholds and,
+    if asked, the tuned score's bootstrap 95% interval and each chip's cross-fitted F2 averaged over
+    PAIRED_SPLITS half-splits (seeds seed, seed + 1, ...: the same in every run, for paired comparisons)."""
+    fitted = fit_thresholds(y, p, tc.start, tc.passes, tc.grid, weather_decoding=weather)
+    crossfit = _crossfit_per_chip(y, p, tc, weather, seed)
     decided, truth = decode(p, fitted, weather), y.astype(bool)
     # Recall at the tuned thresholds of the labels oversampling is for.
     rare_recall = {name: float((decided[:, j] & truth[:, j]).sum() / truth[:, j].sum()) if truth[:, j].any()
                    else float("nan") for j, name in enumerate(LABELS) if name in PLANET_RARE_LABELS}
     scores = {"flat": mean_f2(y, decode(p, np.full(len(LABELS), tc.start), weather)), "tuned": mean_f2(y, decided),
-              "tuned_crossfit": float(np.mean(cross)), "rare_recall": rare_recall}
-    if per_chip:  # each chip under thresholds fitted without it
-        scores["crossfit_per_chip"] = crossfit_per_chip
+              "tuned_crossfit": float(crossfit.mean()), "rare_recall": rare_recall}
+    if per_chip:
+        scores["crossfit_per_chip"] = np.mean([crossfit] + [_crossfit_per_chip(y, p, tc, weather, seed + k)
+                                                            for k in range(1, PAIRED_SPLITS)], axis=0)
     if interval:
         scores["tuned_interval"] = bootstrap_intervals(y, decided, 1000, 0)["mean_f2"]
     return scores
@@ -703,6 +727,8 @@ def run_bench(args, bench: Bench, report: dict) -> None:
                                  note=f"{args.archive.name} -> {data_root}" if unpack_seconds is not None
                                  else f"already unpacked: {data_root}"))
 
+    if args.score_only:  # before split, which would write a split into a new run folder
+        check_finished(run, folds)
     split(bench, cfg)
     report["train"] = train(bench, cfg, folds, score_only=args.score_only)
     rates = [f["train_images_per_s"] for f in report["train"].values() if f.get("train_images_per_s")]

@@ -8,8 +8,10 @@ the table shows what its recipe changed against the first run's (the ``settings`
 epochs, the training time and images/s its summary recorded, and the fold's out-of-fold mean F2: at a flat
 0.2, with thresholds fitted on those chips (the Kaggle F2 point, no operating points), the same fitted on one
 half and scored on the other (cross-fit), the tuned figure's 95% bootstrap interval (chips resampled, 1,000
-draws, seeded), the cross-fitted figure's difference to the first run's with its 95% interval, paired over the
-chips (much narrower than either run's own interval), and artisinal_mine's recall at the tuned thresholds. The runs must share the split (the
+draws, seeded), the difference to the first run in cross-fitted F2 with its 95% interval, paired over the chips
+(each chip's cross-fitted F2 averaged over 10 seeded half-splits, the same in every run; the chips are resampled,
+the thresholds not refitted, so the interval leaves out their fitting noise), and artisinal_mine's recall at the
+tuned thresholds. The runs must share the split (the
 summaries' ``split_sha256``), or their scores are not on the same chips: that is checked.
 
 ``--lockbox`` adds a second table for runs whose split set chips aside (``split.holdout``): each run's fold
@@ -153,12 +155,13 @@ def compare(args) -> int:
             print(f"error: {run_dir}: no out-of-fold predictions of fold {args.fold}", file=sys.stderr)
             return 2
         lo, hi = scores["tuned_interval"]
-        # Cross-fitted, so neither side is scored on the chips its thresholds were fitted on; the halves are the
-        # same in every run (seeded, same chip order), so the difference is paired chip by chip.
+        # Cross-fitted, so neither side is scored on the chips its thresholds were fitted on; the half-splits are
+        # the same in every run (seeded, same chip order), so the difference is paired chip by chip.
         if first is None:
             first, versus = scores, "-"
         elif scores["names"] != first["names"]:
-            print(f"error: {run_dir}: its out-of-fold chips are not in {args.runs[0]}'s order", file=sys.stderr)
+            print(f"error: {run_dir}: its out-of-fold chips differ from {args.runs[0]}'s (or come in another "
+                  "order), so its half-splits would not be the same chips", file=sys.stderr)
             return 2
         else:
             mean, d_lo, d_hi = _paired_mean(scores["crossfit_per_chip"] - first["crossfit_per_chip"], LOCKBOX_DRAWS, 0)

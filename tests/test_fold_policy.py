@@ -54,7 +54,7 @@ def test_model_settings_leave_out_speed_and_output(make_cfg):
     # one-cycle's warm-up share matters only to that schedule
     assert "train.one_cycle_warmup" not in plain
     one_cycle = model_settings(make_cfg(None, **{"train.schedule": "one_cycle", "train.one_cycle_warmup": 0.25}))
-    assert one_cycle["train.one_cycle_warmup"] == 0.25
+    assert one_cycle["train.one_cycle_warmup"] == 0.25 and "train.warmup_epochs" not in one_cycle
 
 
 def _finish(cfg, fold, **summary):

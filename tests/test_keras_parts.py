@@ -184,7 +184,7 @@ def test_learning_rate_schedules_start_peak_and_end_where_documented(schedule):
     steps_per_epoch = 50
     optimizer = make_optimizer(cfg.train, steps_per_epoch)
 
-    def rate(step):  # the rate the optimizer applies at this step
+    def rate(step):  # the schedule's rate at this step (the last step applied is last_step - 1)
         optimizer.iterations.assign(step)
         return float(optimizer.learning_rate)
 
