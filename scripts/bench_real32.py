@@ -321,21 +321,20 @@ def check_finished(run: RunFolder, folds: list[int]) -> None:
                          "each with 'amazonmine train --fold K --resume', or leave it out (--set train.folds=[...] "
                          "without --all-folds)")
     for k in folds:
-        if run.fold(k).staged().dir.is_dir():
-            print(f"note: fold {k} has a retrain under way in {run.fold(k).staged().dir}; its finished model is "
+        if run.fold(k).staged.dir.is_dir():
+            print(f"note: fold {k} has a retrain under way in {run.fold(k).staged.dir}; its finished model is "
                   "the one scored", flush=True)
 
 
 def train(bench: Bench, cfg, folds: list[int], extra=(), label: str = "", score_only: bool = False) -> dict:
     """Train each fold as ``amazonmine train --resume`` decides (skip / resume / train), or with ``score_only``
-    check that each is finished and train none. Returns their figures."""
+    train none (the caller has run :func:`check_finished` before split). Returns their figures."""
     run = RunFolder.from_config(cfg)
     stale = [f"fold{k}" for k in folds if run.fold_state(k) is FoldState.OTHER_SPLIT]
     if stale:  # train would replace them; a model that may have cost hours is the user's call
         raise BenchError(f"{run.root}: {', '.join(stale)} trained on another split than the run's: "
                          "'amazonmine train --retrain' replaces them, or use another run.dir")
     if score_only:
-        check_finished(run, folds)
         actions = {k: FoldAction("skip", "--score-only") for k in folds}
     else:
         try:  # refusals come before any training

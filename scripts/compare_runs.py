@@ -150,7 +150,7 @@ def compare(args) -> int:
         before = {**defaults, **base_settings}
         changed = [f"{k.removeprefix('train.')}={v}" for k, v in settings.items() if k in before and before[k] != v]
         cfg = load_config(args.config, [f"run.dir={run_dir}"])
-        scores = oof_scores(cfg, args.fold, interval=True, per_chip=True)  # one threshold fit per run, as bench_real32's
+        scores = oof_scores(cfg, args.fold, interval=True, per_chip=True)  # the same fits as bench_real32's
         if scores is None:
             print(f"error: {run_dir}: no out-of-fold predictions of fold {args.fold}", file=sys.stderr)
             return 2
