@@ -104,3 +104,50 @@ def test_score_only_refuses_an_unfinished_fold_by_name(scripts, tiny_run):
         bench_real32.check_finished(run, [0, 1])
     message = str(caught.value)
     assert "fold1 (absent)" in message and "fold0" not in message.split(":", 1)[1].split(";")[0]
+
+
+TINY_BENCH_SETS = ["data.chip_size=64", "split.folds=2", "split.rare_target=4", "split.holdout=0.2",
+                   "train.backbone=densenet_mini", "train.mini_blocks=[2]", "train.image_size=32",
+                   "train.batch_size=16", "train.epochs=1", "train.steps_per_epoch=2", "train.folds=[1]",
+                   "train.bn_recalibration_batches=2", "predict.tta=2", "predict.batch_size=16",
+                   "evaluate.gallery_size=2", "evaluate.thumbnail=32"]
+
+
+def test_bench_real32_runs_every_stage_on_a_tiny_archive_then_scores_without_training(scripts, synth_root,
+                                                                                      tmp_path, monkeypatch):
+    """The script behind the README's real-data figures, end to end on a 72-chip archive in the Kaggle layout:
+    unpack, the five CLI stages, a valid submission, the lockbox; its table's tuned figure is thresholds.json's.
+    Then --score-only re-scores the finished fold with no train stage, and refuses a fold that was not trained."""
+    import tarfile
+
+    bench_real32, _ = scripts
+    monkeypatch.chdir(tmp_path)  # main() moves to the repository root; monkeypatch moves back
+    archive = tmp_path / "tiny_32px.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(synth_root, arcname="planet_32px")
+    run_dir, report_path = tmp_path / "run", tmp_path / "bench.json"
+    sets = [a for s in TINY_BENCH_SETS + [f"run.dir={run_dir}"] for a in ("--set", s)]
+    common = ["--archive", str(archive), "--work", str(tmp_path / "work"), *sets]
+
+    assert bench_real32.main([*common, "--json", str(report_path)]) == 0
+    report = json.loads(report_path.read_text())
+    stages = [s["name"] for s in report["stages"]]
+    assert stages == ["unpack", "split", "train fold 1", "tune", "predict", "evaluate"], stages
+    assert all(s["exit_code"] in (0, None) for s in report["stages"])
+    thresholds = json.loads((run_dir / "thresholds.json").read_text())
+    assert report["tune"]["oof_f2_tuned"] == thresholds["oof_f2_tuned"]
+    assert report["submission"]["problems"] == [] and report["submission"]["rows"] == 12
+    assert report["lockbox"]["chips"] == 12  # 20% of the 60 labelled chips, scored by fold 1's model
+    assert (tmp_path / "work" / "planet_32px" / "train_v2.csv").is_file()
+
+    model = run_dir / "fold1" / "b01_dense121.h5"
+    stamp = model.stat().st_mtime_ns
+    assert bench_real32.main([*common, "--score-only", "--skip-predict", "--json", str(report_path)]) == 0
+    rescored = json.loads(report_path.read_text())
+    assert [s["name"] for s in rescored["stages"]] == ["unpack", "split", "train fold 1", "tune", "evaluate"]
+    assert rescored["stages"][2]["seconds"] is None  # listed from its summary, not run
+    assert rescored["stages"][0]["note"].startswith("already unpacked")
+    assert rescored["tune"]["oof_f2_tuned"] == thresholds["oof_f2_tuned"]  # same OOF chips, same fit
+    assert model.stat().st_mtime_ns == stamp
+
+    assert bench_real32.main([*common, "--score-only", "--all-folds"]) == 1  # fold 0 was never trained
