@@ -13,27 +13,6 @@ os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")  # tests always run on the CPU
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
-_GROUPING_LOST = pytest.StashKey[str]()
-
-
-@pytest.hookimpl(trylast=True)
-def pytest_collection_modifyitems(config, items):
-    """On a pytest-xdist worker under --dist loadgroup, each xdist_group test's id must carry its group (that is
-    how the scheduler keeps a group on one worker). A pytest/xdist pair that drops it would run the cluster tests
-    side by side and the resume-equality cases apart with nothing failing, so those tests fail instead."""
-    if not (os.environ.get("PYTEST_XDIST_WORKER") and getattr(config.option, "loadgroup", False)):
-        return
-    if any(item.get_closest_marker("xdist_group") and "@" not in item.nodeid for item in items):
-        config.stash[_GROUPING_LOST] = ("pytest-xdist's --dist loadgroup did not group this test under this pytest "
-                                        "(pytest-xdist issue 1386): pip install -e '.[test]' for the pinned versions")
-
-
-def pytest_runtest_setup(item):
-    lost = item.config.stash.get(_GROUPING_LOST, None)
-    if lost and item.get_closest_marker("xdist_group"):
-        pytest.fail(lost, pytrace=False)
-
-
 @pytest.fixture(scope="session")
 def synth_root(tmp_path_factory) -> Path:
     """60 labelled + 12 test chips at 64 px with 4-band TIFs and haze truth (read-only: copy before mutating)."""

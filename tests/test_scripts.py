@@ -11,11 +11,13 @@ from pathlib import Path
 import pytest
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
-pytestmark = pytest.mark.xdist_group("scripts_tiny_run")  # one worker, so the module's run is trained once
+# The tests on tiny_run share a group, so the module's run is trained once, on one worker.
+ON_TINY_RUN = pytest.mark.xdist_group("scripts_tiny_run")
 
 
 @pytest.fixture(scope="module")
 def scripts():
+    saved = sys.path[:]  # compare_runs puts scripts/ on the path itself, so restore the whole list
     sys.path.insert(0, str(SCRIPTS))
     try:
         import bench_real32
@@ -23,7 +25,7 @@ def scripts():
 
         yield bench_real32, compare_runs
     finally:
-        sys.path.remove(str(SCRIPTS))
+        sys.path[:] = saved
 
 
 @pytest.fixture(scope="module")
@@ -62,12 +64,21 @@ def _table_rows(text: str, first_cell: str) -> list[list[str]]:
     return rows
 
 
+@pytest.mark.slow
+@ON_TINY_RUN
 def test_compare_runs_pairs_identical_runs_to_zero_and_refuses_another_split(scripts, tiny_run, capsys):
     """A copy of a run compared with it differs by exactly zero, paired over the same chips, out of fold and on
-    the lockbox, and averaging the two changes nothing; a run trained on another split is refused in one line."""
+    the lockbox (its lockbox rows shuffled: the pairing goes by chip name, not row), and averaging the two
+    changes nothing; a run trained on another split is refused in one line."""
+    import pandas as pd
+
     _, compare_runs = scripts
     copy = tiny_run.parent / "run_b"
     shutil.copytree(tiny_run, copy)
+    box = copy / "fold0" / "holdout_probabilities.csv"
+    shuffled = pd.read_csv(box, dtype={"image_name": str}).sample(frac=1.0, random_state=0)
+    assert list(shuffled.index) != sorted(shuffled.index)
+    shuffled.to_csv(box, index=False)
     config = str(tiny_run / "config.yaml")
     rc = compare_runs.main([str(tiny_run), str(copy), "--fold", "0", "--config", config, "--lockbox", "--average"])
     out = capsys.readouterr().out
@@ -94,6 +105,8 @@ def test_compare_runs_pairs_identical_runs_to_zero_and_refuses_another_split(scr
     assert rc == 2 and "no finished fold 1" in capsys.readouterr().err
 
 
+@pytest.mark.slow
+@ON_TINY_RUN
 def test_score_only_refuses_an_unfinished_fold_by_name(scripts, tiny_run):
     bench_real32, _ = scripts
     from amazonmine.runfolder import RunFolder
@@ -106,15 +119,22 @@ def test_score_only_refuses_an_unfinished_fold_by_name(scripts, tiny_run):
     assert "fold1 (absent)" in message and "fold0" not in message.split(":", 1)[1].split(";")[0]
 
 
-TINY_BENCH_SETS = ["data.chip_size=64", "split.folds=2", "split.rare_target=4", "split.holdout=0.2",
-                   "train.backbone=densenet_mini", "train.mini_blocks=[2]", "train.image_size=32",
-                   "train.batch_size=16", "train.epochs=1", "train.steps_per_epoch=2", "train.folds=[1]",
-                   "train.bn_recalibration_batches=2", "predict.tta=2", "predict.batch_size=16",
-                   "evaluate.gallery_size=2", "evaluate.thumbnail=32"]
+# Its own config rather than configs/planet32.yaml, so that tuning the real benchmark cannot slow or change this.
+TINY_BENCH_CONFIG = """
+data: {image_format: jpg, chip_size: 64}
+dehaze: {enabled: false}
+split: {folds: 2, rare_target: 4, holdout: 0.2}
+train: {backbone: densenet_mini, mini_blocks: [2], weights: none, image_size: 32, batch_size: 16, epochs: 1,
+        steps_per_epoch: 2, folds: [1], artifact_name: b01_dense121.h5, verbose: 2}
+tune: {objectives: {artisinal_mine: {recall: 0.5}}}
+predict: {tta: 2, batch_size: 16}
+evaluate: {gallery_size: 2, thumbnail: 32}
+"""
 
 
+@pytest.mark.slow
 def test_bench_real32_runs_every_stage_on_a_tiny_archive_then_scores_without_training(scripts, synth_root,
-                                                                                      tmp_path, monkeypatch):
+                                                                                      tmp_path, monkeypatch, capfd):
     """The script behind the README's real-data figures, end to end on a 72-chip archive in the Kaggle layout:
     unpack, the five CLI stages, a valid submission, the lockbox; its table's tuned figure is thresholds.json's.
     Then --score-only re-scores the finished fold with no train stage, and refuses a fold that was not trained."""
@@ -125,17 +145,21 @@ def test_bench_real32_runs_every_stage_on_a_tiny_archive_then_scores_without_tra
     archive = tmp_path / "tiny_32px.tar.gz"
     with tarfile.open(archive, "w:gz") as tar:
         tar.add(synth_root, arcname="planet_32px")
-    run_dir, report_path = tmp_path / "run", tmp_path / "bench.json"
-    sets = [a for s in TINY_BENCH_SETS + [f"run.dir={run_dir}"] for a in ("--set", s)]
-    common = ["--archive", str(archive), "--work", str(tmp_path / "work"), *sets]
+    run_dir, report_path, config = tmp_path / "run", tmp_path / "bench.json", tmp_path / "tiny.yaml"
+    config.write_text(TINY_BENCH_CONFIG)
+    common = ["--archive", str(archive), "--work", str(tmp_path / "work"), "--config", str(config),
+              "--set", f"run.dir={run_dir}"]
 
     assert bench_real32.main([*common, "--json", str(report_path)]) == 0
+    printed = capfd.readouterr().out
     report = json.loads(report_path.read_text())
     stages = [s["name"] for s in report["stages"]]
     assert stages == ["unpack", "split", "train fold 1", "tune", "predict", "evaluate"], stages
     assert all(s["exit_code"] in (0, None) for s in report["stages"])
     thresholds = json.loads((run_dir / "thresholds.json").read_text())
-    assert report["tune"]["oof_f2_tuned"] == thresholds["oof_f2_tuned"]
+    tune_row = [line for line in printed.splitlines() if line.startswith("tune ")]
+    assert len(tune_row) == 1 and (f"{thresholds['oof_f2_flat']:.4f} -> {thresholds['oof_f2_tuned']:.4f} on "
+                                   f"{thresholds['oof_chips']} chips") in tune_row[0]
     assert report["submission"]["problems"] == [] and report["submission"]["rows"] == 12
     assert report["lockbox"]["chips"] == 12  # 20% of the 60 labelled chips, scored by fold 1's model
     assert (tmp_path / "work" / "planet_32px" / "train_v2.csv").is_file()
@@ -150,4 +174,6 @@ def test_bench_real32_runs_every_stage_on_a_tiny_archive_then_scores_without_tra
     assert rescored["tune"]["oof_f2_tuned"] == thresholds["oof_f2_tuned"]  # same OOF chips, same fit
     assert model.stat().st_mtime_ns == stamp
 
-    assert bench_real32.main([*common, "--score-only", "--all-folds"]) == 1  # fold 0 was never trained
+    capfd.readouterr()
+    assert bench_real32.main([*common, "--score-only", "--all-folds"]) == 1
+    assert "fold0 (absent)" in capfd.readouterr().err  # fold 0 was never trained
