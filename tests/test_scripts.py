@@ -1,11 +1,13 @@
-"""The benchmark scripts' scoring paths on a tiny trained run: compare_runs' table and bench_real32's
---score-only refusal. The scripts are otherwise run by hand on the real data, so these are their only tests."""
+"""The benchmark scripts on tiny data: compare_runs' tables on a tiny trained run, bench_real32 end to end on a
+tiny archive and its --score-only refusal. The scripts are otherwise run by hand on the real data, so these are
+their only tests."""
 
 from __future__ import annotations
 
 import json
 import shutil
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -28,6 +30,20 @@ def scripts():
         sys.path[:] = saved
 
 
+# One tiny recipe for the fixture's run and bench_real32's (not configs/planet32.yaml, so that tuning the real
+# benchmark cannot slow or change these tests).
+TINY_CONFIG = """
+data: {image_format: jpg, chip_size: 64}
+dehaze: {enabled: false}
+split: {folds: 2, rare_target: 4, holdout: 0.2}
+train: {backbone: densenet_mini, mini_blocks: [2], weights: none, image_size: 32, batch_size: 16, epochs: 1,
+        steps_per_epoch: 2, folds: [1], artifact_name: b01_dense121.h5, verbose: 2}
+tune: {objectives: {artisinal_mine: {recall: 0.5}}}
+predict: {tta: 2, batch_size: 16}
+evaluate: {gallery_size: 2, thumbnail: 32}
+"""
+
+
 @pytest.fixture(scope="module")
 def tiny_run(synth_root, tmp_path_factory):
     """split (2 folds, 20% lockbox) -> train fold 0 only -> evaluate: a run folder with one finished fold, its
@@ -37,21 +53,15 @@ def tiny_run(synth_root, tmp_path_factory):
     from amazonmine.split import run_split
     from amazonmine.train import run_train
 
-    run_dir = tmp_path_factory.mktemp("scripts") / "run_a"
-    cfg = load_config(None, [f"run.dir={run_dir}", f"data.root={synth_root}", "dehaze.enabled=false",
-                             "split.folds=2", "split.rare_target=4", "split.holdout=0.2",
-                             "train.backbone=densenet_mini", "train.mini_blocks=[2]", "train.image_size=32",
-                             "train.batch_size=16", "train.epochs=1", "train.steps_per_epoch=2", "train.verbose=0",
-                             "predict.tta=2", "predict.batch_size=16", "evaluate.gallery_size=2",
-                             "evaluate.thumbnail=32"])
-    import warnings
-
+    base = tmp_path_factory.mktemp("scripts")
+    (base / "tiny.yaml").write_text(TINY_CONFIG)
+    cfg = load_config(base / "tiny.yaml", [f"run.dir={base / 'run_a'}", f"data.root={synth_root}"])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the tiny split's rare-label warnings are not under test
         run_split(cfg)
     list(run_train(cfg, folds=[0]))
     run_evaluate(cfg)  # writes fold0's lockbox probabilities
-    return run_dir
+    return base / "run_a"
 
 
 def _table_rows(text: str, first_cell: str) -> list[list[str]]:
@@ -116,20 +126,7 @@ def test_score_only_refuses_an_unfinished_fold_by_name(scripts, tiny_run):
     with pytest.raises(bench_real32.BenchError) as caught:
         bench_real32.check_finished(run, [0, 1])
     message = str(caught.value)
-    assert "fold1 (absent)" in message and "fold0" not in message.split(":", 1)[1].split(";")[0]
-
-
-# Its own config rather than configs/planet32.yaml, so that tuning the real benchmark cannot slow or change this.
-TINY_BENCH_CONFIG = """
-data: {image_format: jpg, chip_size: 64}
-dehaze: {enabled: false}
-split: {folds: 2, rare_target: 4, holdout: 0.2}
-train: {backbone: densenet_mini, mini_blocks: [2], weights: none, image_size: 32, batch_size: 16, epochs: 1,
-        steps_per_epoch: 2, folds: [1], artifact_name: b01_dense121.h5, verbose: 2}
-tune: {objectives: {artisinal_mine: {recall: 0.5}}}
-predict: {tta: 2, batch_size: 16}
-evaluate: {gallery_size: 2, thumbnail: 32}
-"""
+    assert message.split("finished folds only: ", 1)[1].split(";")[0] == "fold1 (absent)"
 
 
 @pytest.mark.slow
@@ -146,7 +143,7 @@ def test_bench_real32_runs_every_stage_on_a_tiny_archive_then_scores_without_tra
     with tarfile.open(archive, "w:gz") as tar:
         tar.add(synth_root, arcname="planet_32px")
     run_dir, report_path, config = tmp_path / "run", tmp_path / "bench.json", tmp_path / "tiny.yaml"
-    config.write_text(TINY_BENCH_CONFIG)
+    config.write_text(TINY_CONFIG)
     common = ["--archive", str(archive), "--work", str(tmp_path / "work"), "--config", str(config),
               "--set", f"run.dir={run_dir}"]
 
