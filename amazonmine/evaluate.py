@@ -7,10 +7,11 @@ zipped and mailed. Sections, in the order a reviewer asks the questions:
 1. per-label precision, recall, F2 and counts on the out-of-fold chips, decided as ``predict`` would decide
    (the rule tune wrote to thresholds.json, else the flat ``tune.start`` threshold), each precision and recall
    with its bootstrap 95% interval (chips resampled): a rare label's recall moves by a whole chip per positive;
-2. the lockbox: the chips ``split.holdout`` set aside, which no fold trained or tuned on, scored once with the
+2. the lockbox: the chips ``split.holdout`` set aside, which no fold trained or tuned on, scored with the
    same decisions and reported apart from the out-of-fold figures. Their probabilities come from the run's
    finished fold models (``holdout_probabilities.csv``), recomputed when absent or older than a model or the
-   split;
+   split. Each distinct set of predictions scored there is logged (``lockbox_looks.json``), and from the
+   second the report says which look this is and what the first scored;
 3. precision-recall curves of the mine labels with the operating point marked (and its objective, when tune
    was given one);
 4. threshold curves: the dataset's mean F2 as each label's threshold moves, the others held (what ``tune``
@@ -26,8 +27,10 @@ Plots use matplotlib's Agg canvas through the object API (no pyplot state, no di
 
 from __future__ import annotations
 
+import hashlib
 import html
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from urllib.parse import quote
 
@@ -62,7 +65,7 @@ from amazonmine.io import (
     write_text_atomic,
 )
 from amazonmine.metrics import bootstrap_intervals, mean_f2, per_image_f2, per_label_scores
-from amazonmine.runfolder import HOLDOUT_FOLD, THRESHOLDS_JSON, OofSet, RunFolder
+from amazonmine.runfolder import HOLDOUT_FOLD, LOCKBOX_LOOKS_JSON, THRESHOLDS_JSON, OofSet, RunFolder
 
 DEHAZE_PAIRS = 8
 _CSS = """
@@ -97,6 +100,8 @@ class EvaluateResult:
         if self.lockbox is not None:
             lo, hi = self.lockbox.interval
             lockbox = f"; lockbox mean F2 {self.lockbox.f2:.4f} (95% {lo:.4f}-{hi:.4f}) over {self.lockbox.n} chips"
+            if len(self.lockbox.looks) > 1:
+                lockbox += f", its look {len(self.lockbox.looks)} (see the report)"
             if self.lockbox.single:
                 scores = [f2 for _, f2, _ in self.lockbox.single]
                 lockbox += (f", each fold alone {min(scores):.4f}-{max(scores):.4f}, ensemble gain "
@@ -107,7 +112,7 @@ class EvaluateResult:
 
 @dataclass
 class Lockbox:
-    """The hold-out chips scored once with the run's decisions."""
+    """The hold-out chips scored with the run's decisions."""
 
     n: int
     f2: float
@@ -124,6 +129,8 @@ class Lockbox:
     # other, fitted on the OOF chips as tune fits it), and expected-F2 minus thresholds (mean, paired interval).
     decoders: dict[str, tuple[float, float, float]] = field(default_factory=dict)
     decoder_difference: tuple[float, float, float] | None = None
+    # Every distinct set of predictions scored on these chips in this run folder, oldest first (_record_look).
+    looks: list[dict] = field(default_factory=list)
 
 
 # --- small helpers -----------------------------------------------------------------------------------------
@@ -202,7 +209,7 @@ def _tuned(run: RunFolder) -> tuple[dict, dict[int, Objective]]:
 
 def _bootstrap_settings(cfg) -> tuple[int, int]:
     # getattr: read with tune's defaults until the config section has the fields.
-    return int(getattr(cfg.tune, "bootstrap", 1000)), int(getattr(cfg.tune, "bootstrap_seed", 0))
+    return int(cfg.tune.bootstrap), int(cfg.tune.bootstrap_seed)
 
 
 def _interval(pair) -> str:
@@ -242,9 +249,11 @@ def _summary(cfg, oof: OofSet, pred: np.ndarray, source: str, weather: bool, f2:
         rows.append(["OOF mean F2 cross-fitted (rule fitted on one half, scored on the other)",
                      ", ".join(f"{k} {v:.4f}" for k, v in saved["crossfit_f2"].items())])
     if lockbox is not None:
-        rows.append(["lockbox mean F2 (held-out chips, scored once)",
+        first = "" if len(lockbox.looks) < 2 else (f"; look {len(lockbox.looks)} at these chips, the first "
+                                                    f"scored {lockbox.looks[0].get('mean_f2', float('nan')):.4f}")
+        rows.append(["lockbox mean F2 (held-out chips)",
                      f"{lockbox.f2:.4f} (95% interval {lockbox.interval[0]:.4f}-{lockbox.interval[1]:.4f}) over "
-                     f"{lockbox.n} chips"])
+                     f"{lockbox.n} chips{first}"])
     return "<h2>Summary</h2>" + _table([], rows, numeric_from=2)
 
 
@@ -584,7 +593,7 @@ def _lockbox_decoders(cfg, oof: OofSet, rule, y: np.ndarray, probs: np.ndarray, 
     points, the one the run does not use fitted on the OOF chips as tune would fit it; None without tuning."""
     if not isinstance(rule, DecisionRule):
         return None
-    calibration = getattr(cfg.tune, "calibration", "none")
+    calibration = cfg.tune.calibration
     rules = {name: rule if name == rule.decoder else rule.with_decoder(name, calibration, oof.y_true, oof.probs)
              for name in DECODERS}
     decided = {name: r.decide(probs) for name, r in rules.items()}  # the expected-F2 decoder is the dear one
@@ -601,6 +610,41 @@ def _lockbox_decoders(cfg, oof: OofSet, rule, y: np.ndarray, probs: np.ndarray, 
                  f"thresholds is {difference[0]:+.4f} (95% interval {difference[1]:+.4f} to {difference[2]:+.4f}, "
                  "paired).</p>" + _table(["decisions", "lockbox mean F2", "95% interval"], rows))
     return scored, difference, html_part
+
+
+def _record_look(run: RunFolder, names: list[str], pred: np.ndarray, f2: float) -> list[dict]:
+    """Log this lockbox score in the run folder unless the same predictions were scored before; the log.
+
+    A hold-out stays a fair test only while nothing is chosen by looking at it. Re-running evaluate with the
+    same models and decisions is the same look; new decisions, folds or models that change what is predicted
+    for the held-out chips are a new one, and the report says how many there have been."""
+    path = run.lockbox_looks
+    looks = read_json(path).get("looks", []) if path.is_file() else []
+    if not isinstance(looks, list) or not all(isinstance(look, dict) for look in looks):
+        raise AmazonmineError(f"{path}: 'looks' must be a list of objects; delete the file to start the count again")
+    digest = hashlib.sha256("\n".join(names).encode() + np.packbits(pred.astype(bool)).tobytes()).hexdigest()
+    if not any(look.get("predictions_sha256") == digest for look in looks):
+        try:
+            folds = run.finished_models().folds
+        except AmazonmineError:
+            folds = []
+        looks.append({"scored_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                      "mean_f2": round(float(f2), 6), "folds": [files.fold for files in folds],
+                      "predictions_sha256": digest})
+        write_json_atomic(path, {"looks": looks})
+    return looks
+
+
+def _looks_html(looks: list[dict]) -> str:
+    """Nothing for a first look; otherwise a warning with every earlier score."""
+    if len(looks) < 2:
+        return ""
+    earlier = "; ".join(f"{look.get('scored_utc', '?')}: {look.get('mean_f2', float('nan')):.4f}"
+                        for look in looks[:-1])
+    return _missing(f"This is look {len(looks)} at the lockbox: it has been scored with {len(looks)} different "
+                    f"sets of predictions in this run folder (earlier: {earlier}; all in {LOCKBOX_LOOKS_JSON}). "
+                    "Whatever was chosen by comparing them was fitted to these chips, so the best of them is "
+                    "optimistic: quote the first look, or set aside a new hold-out (a new split) for a fair test.")
 
 
 def _lockbox(cfg, run: RunFolder, layout: PlanetLayout, frame, matrix, rule, weather: bool,
@@ -626,15 +670,17 @@ def _lockbox(cfg, run: RunFolder, layout: PlanetLayout, frame, matrix, rule, wea
     scored = {names[i] for i in keep}
     box = Lockbox(len(y), mean_f2(y, pred), intervals["mean_f2"], y, pred, intervals,
                   sorted(set(held) - scored))
+    box.looks = _record_look(run, [names[i] for i in keep], pred, box.f2)
     alone = _each_fold_alone(run, names, keep, y, pred, box.interval, rule, weather, draws, seed)
     if alone is not None:
         box.single, box.gain, alone_html = alone
     rows = _score_rows(y, pred, intervals, lambda j, name: [])
     note = (f"<p>{box.n} chips that <code>split</code> set aside before the folds (fold {HOLDOUT_FOLD} in "
-            f"folds.csv): no model trained on them and no threshold was tuned on them. Scored once with the "
+            f"folds.csv): no model trained on them and no threshold was tuned on them. Scored with the "
             f"decisions above, by every finished fold model averaged as <code>predict</code> averages them "
             f"({_e(run.holdout_probabilities.name)}). Mean F2 {box.f2:.4f}, 95% interval "
             f"{box.interval[0]:.4f}-{box.interval[1]:.4f}.</p>")
+    note += _looks_html(box.looks)
     if box.single:
         note += alone_html
     decoders = _lockbox_decoders(cfg, oof, rule, y, probs[keep], draws, seed)
@@ -699,7 +745,8 @@ def _lockbox_record(box: Lockbox) -> dict:
                          for name, (f2, lo, hi) in box.decoders.items()},
             "expected_f2_minus_thresholds": None if box.decoder_difference is None else {
                 "mean": box.decoder_difference[0], "interval": pair(box.decoder_difference[1:])},
-            "unscored": len(box.unscored), "per_label": per_label}
+            "unscored": len(box.unscored), "looks": len(box.looks),
+            "first_look": box.looks[0] if box.looks else None, "per_label": per_label}
 
 
 def _credit(layout: PlanetLayout) -> str:

@@ -101,7 +101,7 @@ class Predictor:
         return cls(models=models, model_paths=finished.paths, image_size=int(size), channels=int(shape[2]),
                    image_format=settings.get("data.image_format", cfg.data.image_format),
                    chip_size=int(settings.get("data.chip_size", cfg.data.chip_size)),
-                   chip_ground_m=float(getattr(cfg.data, "chip_ground_m", 768.0)),
+                   chip_ground_m=float(cfg.data.chip_ground_m),
                    dehaze=_dehaze_params(settings, cfg), tta=tta or cfg.predict.tta,
                    batch_size=batch_size or cfg.predict.batch_size, thresholds=thresholds,
                    weather_decoding=weather, unfinished=finished.unfinished)

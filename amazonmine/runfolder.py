@@ -51,6 +51,7 @@ PREDICT_FAILURES_CSV = "predict_failures.csv"
 DEHAZE_STATS_CSV = "dehaze_stats.csv"
 DEHAZE_ERRORS_CSV = "dehaze_errors.csv"
 HOLDOUT_PROBABILITIES_CSV = "holdout_probabilities.csv"
+LOCKBOX_LOOKS_JSON = "lockbox_looks.json"
 HOLDOUT_FOLD = -1  # folds.csv's fold of the lockbox chips (split.holdout): in no fold's training or validation
 _OOF = re.compile(r"^oof_fold(\d+)\.csv$")
 
@@ -214,6 +215,11 @@ class RunFolder:
     def holdout_probabilities(self) -> Path:
         """The fold models' probabilities for the lockbox chips (evaluate)."""
         return self.root / HOLDOUT_PROBABILITIES_CSV
+
+    @property
+    def lockbox_looks(self) -> Path:
+        """Every distinct set of lockbox predictions evaluate has scored in this run folder (evaluate)."""
+        return self.root / LOCKBOX_LOOKS_JSON
 
     def fold(self, k: int) -> FoldFiles:
         d = self.root / f"fold{int(k)}"

@@ -413,7 +413,7 @@ def plan_scan(cfg, scenes, out: Path | None = None, since: Path | None = None, p
     if predictor.channels != (4 if look.kind == "tif" else 3):
         raise AmazonmineError(f"{cfg.run.dir}: the models take {predictor.channels} bands but the run's chips are "
                               f"{predictor.image_format}")
-    ground = float(getattr(predictor, "chip_ground_m", 0) or getattr(cfg.data, "chip_ground_m", 768.0))
+    ground = float(getattr(predictor, "chip_ground_m", 0) or cfg.data.chip_ground_m)
     jobs = []
     for path in paths:
         scene = open_scene(path, look, ground, settings.max_resolution_ratio, tuple(settings.stretch_percentiles),
@@ -731,7 +731,7 @@ def scan_chip_mosaic(cfg, chip_dir: Path, labels_csv: Path, work: Path, progress
     names = sorted(p.stem for p in Path(chip_dir).glob("*.jpg"))
     side = int(np.ceil(np.sqrt(len(names))))
     made = mosaic_folder(chip_dir, labels_csv, Path(work) / "scene.tif", cols=side, rows=-(-len(names) // side),
-                         ground_m=float(getattr(cfg.data, "chip_ground_m", 768.0)), names=names)
+                         ground_m=float(cfg.data.chip_ground_m), names=names)
     summary = run_scan(cfg, [made.tif], progress=progress)
     features = json.loads((summary.out_dir / SITES_GEOJSON).read_text())["features"]
     chips = json.loads(made.chips_geojson.read_text())["features"]

@@ -333,7 +333,7 @@ def run_split(cfg, check_files: bool = True) -> SplitSummary:
 
     started = time.perf_counter()
     # getattr: read with its default until the config section has the field.
-    folds = make_folds_with_holdout(matrix, split_cfg.folds, cfg.run.seed, float(getattr(split_cfg, "holdout", 0.0)))
+    folds = make_folds_with_holdout(matrix, split_cfg.folds, cfg.run.seed, float(split_cfg.holdout))
     manifest = build_manifest(names, matrix, folds, split_cfg.folds, rare, split_cfg.rare_target,
                               split_cfg.rare_max_factor, cfg.run.seed)
     seconds = time.perf_counter() - started

@@ -132,7 +132,7 @@ def run_tune(cfg) -> TuneResult:
 
 @dataclass
 class _Settings:
-    """tune's settings, read with defaults while the config does not have them all yet."""
+    """tune's settings, checked once: the decoder, calibration, operating points and bootstrap."""
 
     decoder: str
     calibration: str
@@ -142,20 +142,20 @@ class _Settings:
 
     @classmethod
     def from_config(cls, tc) -> "_Settings":
-        decoder = getattr(tc, "decoder", "thresholds")
-        calibration = getattr(tc, "calibration", "none")
+        decoder = tc.decoder
+        calibration = tc.calibration
         if decoder not in DECODERS:
             raise ConfigError(f"tune.decoder must be one of {', '.join(DECODERS)}, got {decoder!r}")
         if calibration not in CALIBRATIONS:
             raise ConfigError(f"tune.calibration must be one of {', '.join(CALIBRATIONS)}, got {calibration!r}")
         try:
-            objectives = parse_objectives(getattr(tc, "objectives", None) or {})
+            objectives = parse_objectives(tc.objectives or {})
         except ValueError as exc:
             raise ConfigError(f"tune.{exc}") from None
-        draws = int(getattr(tc, "bootstrap", 1000))
+        draws = int(tc.bootstrap)
         if draws < 1:
             raise ConfigError(f"tune.bootstrap must be at least 1 draw, got {draws}")
-        return cls(decoder, calibration, objectives, draws, int(getattr(tc, "bootstrap_seed", 0)))
+        return cls(decoder, calibration, objectives, draws, int(tc.bootstrap_seed))
 
 
 def crossfit(y, p, weather_decoding: bool, settings: _Settings, start: float, passes: int, grid: int,

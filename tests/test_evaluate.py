@@ -18,6 +18,7 @@ import pytest
 
 from amazonmine.data import LABEL_INDEX, LABELS, DataError, PlanetLayout, matrix_to_tags, read_image
 from amazonmine.decisions import decode
+from amazonmine.errors import AmazonmineError
 from amazonmine.evaluate import run_evaluate
 from amazonmine.metrics import mean_f2
 from amazonmine.tune import run_tune, simulate_oof
@@ -258,7 +259,7 @@ def test_lockbox_is_scored_once_by_the_fold_models_and_reported_apart(synth_root
         "train.mini_blocks": "[2]", "train.image_size": 32, "train.batch_size": 16, "train.epochs": 1,
         "train.steps_per_epoch": 2, "train.verbose": 0, "predict.tta": 2, "predict.batch_size": 16,
         "evaluate.gallery_size": 2, "evaluate.thumbnail": 32})
-    cfg.split.holdout = 0.2  # set directly: the field may be new to the config
+    cfg.split.holdout = 0.2
     run_split(cfg)
     list(run_train(cfg, folds=[0]))
     run_tune(cfg)
@@ -298,6 +299,8 @@ def test_lockbox_is_scored_once_by_the_fold_models_and_reported_apart(synth_root
     assert "expected-F2 decoding minus thresholds" in text
     record = json.loads((run / "report" / "lockbox.json").read_text())
     assert record["decoders"]["expected_f2"]["mean_f2"] == pytest.approx(box.decoders["expected_f2"][0])
+    assert record["looks"] == 1 and record["first_look"]["mean_f2"] == pytest.approx(box.f2, abs=1e-6)
+    assert "look 1" not in text and "This is look" not in text
 
     # Scored once: a second report reuses the probabilities; a fold trained since makes them stale.
     stamp = probs_csv.stat().st_mtime_ns
@@ -306,8 +309,10 @@ def test_lockbox_is_scored_once_by_the_fold_models_and_reported_apart(synth_root
     summary = run / "fold0" / "summary.json"
     later = probs_csv.stat().st_mtime + 10
     os.utime(summary, (later, later))
-    run_evaluate(cfg)
+    again = run_evaluate(cfg)
     assert probs_csv.stat().st_mtime_ns != stamp
+    # The same model and decisions again: the same look, not a second one.
+    assert len(again.lockbox.looks) == 1 and "look 2" not in again.headline()
 
 
 @pytest.mark.filterwarnings("ignore::amazonmine.split.SplitWarning")
@@ -378,3 +383,32 @@ def test_report_follows_the_expected_f2_decoder(synth_cfg):
     assert result.thresholds_source.startswith("tuned expected-F2 decoding, platt calibration")
     assert result.oof_f2 == pytest.approx(tuned.f2_tuned, abs=2e-3)  # calibration rounded in the file
     assert "dot may lie off the curve" in result.path.read_text()
+
+
+def test_each_new_set_of_lockbox_predictions_is_a_new_look(tmp_path):
+    """A hold-out scored with other decisions or models is a second look, which the report must admit; the
+    same predictions scored again are not."""
+    from amazonmine.evaluate import _looks_html, _record_look
+    from amazonmine.runfolder import RunFolder
+
+    run = RunFolder(tmp_path / "run")
+    run.root.mkdir()
+    names = [f"train_{i}" for i in range(6)]
+    pred = np.zeros((6, len(LABELS)), dtype=bool)
+    pred[:, 0] = True
+    assert len(_record_look(run, names, pred, 0.81)) == 1
+    assert len(_record_look(run, names, pred.copy(), 0.81)) == 1
+    assert _looks_html(_record_look(run, names, pred, 0.81)) == ""
+    other = pred.copy()
+    other[2, 5] = True
+    looks = _record_look(run, names, other, 0.86)
+    assert [look["mean_f2"] for look in looks] == [0.81, 0.86]
+    warning = _looks_html(looks)
+    assert "look 2 at the lockbox" in warning and "0.8100" in warning and "first look" in warning
+    # The same predictions for other chips are another look too.
+    assert len(_record_look(run, [n + "x" for n in names], pred, 0.81)) == 3
+    assert json.loads(run.lockbox_looks.read_text())["looks"][0]["folds"] == []
+
+    run.lockbox_looks.write_text('{"looks": 3}')
+    with pytest.raises(AmazonmineError, match="lockbox_looks.json.*delete the file"):
+        _record_look(run, names, pred, 0.81)

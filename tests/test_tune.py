@@ -252,7 +252,6 @@ def test_cli_tune(tmp_path):
 def test_a_recall_floor_is_met_on_the_oof_it_was_fitted_on(tmp_path, make_cfg):
     root, run, y, p = write_run(tmp_path, n=1500, seed=2)
     cfg = make_cfg(root)
-    # Set directly: works whether or not the config section declares the field yet.
     cfg.tune.objectives = {"artisinal_mine": {"recall": 0.9}, "blow_down": {"recall": 0.5},
                            "road": {"precision": 0.8}}
     result = run_tune(cfg)
