@@ -208,7 +208,6 @@ def _tuned(run: RunFolder) -> tuple[dict, dict[int, Objective]]:
 
 
 def _bootstrap_settings(cfg) -> tuple[int, int]:
-    # getattr: read with tune's defaults until the config section has the fields.
     return int(cfg.tune.bootstrap), int(cfg.tune.bootstrap_seed)
 
 

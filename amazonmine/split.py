@@ -332,7 +332,6 @@ def run_split(cfg, check_files: bool = True) -> SplitSummary:
         raise DataError(f"{layout.labels_csv}: {len(names)} chips cannot fill split.folds={split_cfg.folds} folds")
 
     started = time.perf_counter()
-    # getattr: read with its default until the config section has the field.
     folds = make_folds_with_holdout(matrix, split_cfg.folds, cfg.run.seed, float(split_cfg.holdout))
     manifest = build_manifest(names, matrix, folds, split_cfg.folds, rare, split_cfg.rare_target,
                               split_cfg.rare_max_factor, cfg.run.seed)
