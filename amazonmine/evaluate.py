@@ -618,9 +618,13 @@ def _record_look(run: RunFolder, names: list[str], pred: np.ndarray, f2: float) 
     same models and decisions is the same look; new decisions, folds or models that change what is predicted
     for the held-out chips are a new one, and the report says how many there have been."""
     path = run.lockbox_looks
-    looks = read_json(path).get("looks", []) if path.is_file() else []
+    restart = "delete the file to start the count again"
+    try:
+        looks = read_json(path).get("looks", []) if path.is_file() else []
+    except AmazonmineError as exc:
+        raise AmazonmineError(f"{exc}; {restart}") from None
     if not isinstance(looks, list) or not all(isinstance(look, dict) for look in looks):
-        raise AmazonmineError(f"{path}: 'looks' must be a list of objects; delete the file to start the count again")
+        raise AmazonmineError(f"{path}: 'looks' must be a list of objects; {restart}")
     digest = hashlib.sha256("\n".join(names).encode() + np.packbits(pred.astype(bool)).tobytes()).hexdigest()
     if not any(look.get("predictions_sha256") == digest for look in looks):
         try:

@@ -409,6 +409,7 @@ def test_each_new_set_of_lockbox_predictions_is_a_new_look(tmp_path):
     assert len(_record_look(run, [n + "x" for n in names], pred, 0.81)) == 3
     assert json.loads(run.lockbox_looks.read_text())["looks"][0]["folds"] == []
 
-    run.lockbox_looks.write_text('{"looks": 3}')
-    with pytest.raises(AmazonmineError, match="lockbox_looks.json.*delete the file"):
-        _record_look(run, names, pred, 0.81)
+    for broken in ('{"looks": 3}', '{"looks": [{"scored_utc": "2026'):  # wrong shape; cut short
+        run.lockbox_looks.write_text(broken)
+        with pytest.raises(AmazonmineError, match="lockbox_looks.json.*delete the file"):
+            _record_look(run, names, pred, 0.81)
