@@ -53,6 +53,13 @@ def _friendly(fn):
     return wrapper
 
 
+def _uses_bundle(model, config_path, overrides) -> bool:
+    """A model bundle predicts when one is named, or when nothing names a run (no --config, no --set run.dir):
+    then it is the released model that ships with the package."""
+    names_run = config_path is not None or any(o.split("=", 1)[0].strip() == "run.dir" for o in overrides)
+    return model is not None or not names_run
+
+
 def _load(config_path, overrides):
     from amazonmine.config import load_config
 
@@ -101,6 +108,47 @@ def synth(out, config_path, overrides, n_train, n_test, size, seed, rare_boost, 
                f"({summary['size']} px, {summary['haze']} hazy) to {summary['out']}; {rare}")
 
 
+@main.command(short_help="Cut labelled training chips from scenes and polygons (Kaggle layout).")
+@click.argument("scenes", nargs=-1, required=True, metavar="SCENE...")
+@click.option("--labels", "labels_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              metavar="LABELS.geojson|.gpkg", help="Polygons with a 'label' property (a Planet label, or "
+                                                   "unlabelled/ignore for places to leave out).")
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="The dataset folder to write (train_v2.csv, train-jpg/, chips.csv, chips.geojson, chips.json).")
+@_config_options
+@click.option("--min-tile-share", type=click.FloatRange(0, 1, min_open=True), default=0.1, show_default=True,
+              help="A tile takes a label when that label's polygons cover this share of it ...")
+@click.option("--min-polygon-share", type=click.FloatRange(0, 1, min_open=True), default=0.5, show_default=True,
+              help="... or when this share of one of its polygons lies in the tile.")
+@click.option("--weather", type=click.Choice(["clear", "haze", "partly_cloudy", "cloudy"]), default="clear",
+              show_default=True, help="Weather label of chips no weather polygon covers (one per chip).")
+@click.option("--negative-share", type=click.FloatRange(0, 1, min_open=True), default=1.0, show_default=True,
+              help="Share of the tiles without a polygon label to keep (seeded by name).")
+@click.option("--block-size-m", type=click.FloatRange(min=0), default=0.0,
+              help="Side of the spatial blocks chips are grouped by (default: 10 chip sides).")
+@click.option("--size", type=int, default=None, help="Chip side in pixels (default: data.chip_size, else 256).")
+@click.option("--look-like", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              metavar="CHIP", help="Store chips like this JPEG chip (default: like Kaggle's, CMYK at quality 75).")
+@click.option("--seed", type=int, default=None, help="Seed of the negatives kept (default: run.seed).")
+@click.option("--overwrite", is_flag=True, help="Replace chips made earlier in --out from other inputs.")
+@_friendly
+def chips(scenes, labels_path, out, config_path, overrides, min_tile_share, min_polygon_share, weather,
+          negative_share, block_size_m, size, look_like, seed, overwrite):
+    """Cut SCENE... into tiles exactly as scan does and label them from polygons, into the Kaggle layout.
+
+    A stopped run re-run with the same inputs goes on where it stopped; the output folder appears only once
+    every chip is written. Scan's settings (scan.stride, scan.stretch_*, data.chip_ground_m) come from --config.
+    """
+    from amazonmine.chips import run_chips
+
+    cfg = _load(config_path, overrides)
+    summary = run_chips(cfg, list(scenes), labels_path, out, overwrite=overwrite, progress=True,
+                        min_tile_share=min_tile_share, min_polygon_share=min_polygon_share, weather=weather,
+                        negative_share=negative_share, block_size_m=block_size_m, size=size, look_like=look_like,
+                        seed=seed)
+    click.echo(summary.headline())
+
+
 @main.command(short_help="Remove haze from every chip (dark-channel prior).")
 @click.argument("src", required=False, type=click.Path(path_type=Path))
 @click.argument("dst", required=False, type=click.Path(path_type=Path))
@@ -121,8 +169,10 @@ def dehaze(src, dst, config_path, overrides, workers, overwrite):
 
 @main.command(short_help="Stratified k-fold plan with rare-label oversampling.")
 @_config_options
+@click.option("--group-by", "group_by", metavar="COLUMN", default=None,
+              help="Keep chips of one group in one fold (e.g. 'block' of chips.csv from 'amazonmine chips').")
 @_friendly
-def split(config_path, overrides):
+def split(config_path, overrides, group_by):
     """Multi-label stratified k-fold plan with rare-label oversampling (folds.csv, train_manifest.csv)."""
     import warnings
 
@@ -131,7 +181,7 @@ def split(config_path, overrides):
     cfg = _load(config_path, overrides)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", SplitWarning)  # the headline already says it, once
-        summary = run_split(cfg)
+        summary = run_split(cfg, group_by=group_by)
     click.echo(summary.headline())
 
 
@@ -148,8 +198,8 @@ def split(config_path, overrides):
               help="Train with other machines, each running this same command: auto joins the workers TF_CONFIG "
                    "names when it is set; slurm joins the tasks of the srun job step; none trains alone.")
 @click.option("--cluster-timeout", type=click.FloatRange(min=0), default=600.0, show_default=True,
-              help="Seconds a training step waits for the other workers (0: no limit); a worker that dies or "
-                   "goes silent is noticed within seconds either way.")
+              help="Seconds a worker waits for the other workers to start, and a training step for the "
+                   "others (0: no limit); a worker that dies or goes silent is noticed within seconds either way.")
 @_friendly
 def train(config_path, overrides, folds, all_folds, gpu, resume, retrain, cluster_mode, cluster_timeout):
     """Train the DenseNet121 multi-label classifier; writes b01_dense121.h5 and out-of-fold predictions.
@@ -163,7 +213,8 @@ def train(config_path, overrides, folds, all_folds, gpu, resume, retrain, cluste
     cfg = _load(config_path, overrides)
     chosen = resolve_folds(cfg, folds, all_folds)
     # Joining a cluster must be the process's first TensorFlow call; everything above is plain Python.
-    cluster = join(cluster_mode, gpu=gpu, step_timeout=cluster_timeout)
+    cluster = join(cluster_mode, gpu=gpu, step_timeout=cluster_timeout, join_timeout=cluster_timeout,
+                   say=click.echo)
     try:
         run_train(cfg, folds=chosen, gpu=gpu, resume=resume, retrain=retrain, cluster=cluster,
                   on_fold=lambda result: click.echo(result.headline()))
@@ -183,22 +234,35 @@ def tune(config_path, overrides):
     click.echo(run_tune(cfg).headline())
 
 
-@main.command(short_help="Label the test chips; write a Kaggle submission.")
+@main.command(short_help="Label chips: the Kaggle test set, or your own chips with a model.")
 @_config_options
 @click.argument("inputs", nargs=-1, type=click.Path(path_type=Path))
+@click.option("--model", "model", metavar="NAME|PATH", default=None,
+              help="A model bundle (folder or installed name) instead of a run; default without --config: the "
+                   "released model.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="With a model: the folder for labels.csv and probabilities.csv (default: predictions).")
 @click.option("--allow-missing", is_flag=True, help="Exit 0 even if some chips are missing or corrupt.")
 @click.option("--gpu", is_flag=True, help="Require a GPU.")
 @_friendly
-def predict(config_path, overrides, inputs, allow_missing, gpu):
+def predict(config_path, overrides, inputs, model, out, allow_missing, gpu):
     """Label the test chips with the fold models and tuned thresholds; writes submission.csv.
 
     INPUTS (folders of chips, or CSV lists with an image_name column) label your own chips instead: the labels
-    go to predictions/labels.csv in the run folder, and the Kaggle submission is left alone.
+    go to predictions/labels.csv in the run folder, and the Kaggle submission is left alone. With --model, or
+    with no run named (neither --config nor --set run.dir: the released model that ships with amazonmine), no
+    run is needed:
+    INPUTS are labelled into --out (labels.csv, probabilities.csv).
     """
-    from amazonmine.predict import run_predict
+    from amazonmine.predict import run_predict, run_predict_bundle
 
     cfg = _load(config_path, overrides)
-    summary = run_predict(cfg, inputs=list(inputs) or None, allow_missing=allow_missing, gpu=gpu)
+    if _uses_bundle(model, config_path, overrides):
+        summary = run_predict_bundle(list(inputs), out or Path("predictions"), model=model, gpu=gpu, cfg=cfg)
+    else:
+        if out is not None:
+            raise click.UsageError("--out goes with --model (a run writes into its own folder)")
+        summary = run_predict(cfg, inputs=list(inputs) or None, allow_missing=allow_missing, gpu=gpu)
     click.echo(summary.headline())
     if summary.failed and not (allow_missing or cfg.predict.allow_missing):
         sys.exit(1)
@@ -227,29 +291,112 @@ def demo(out, config_path, overrides):
     run_demo(out, config_path=config_path, overrides=list(overrides))
 
 
-@main.command(short_help="Map mines in satellite scenes (GeoTIFF/COG) with a trained run.")
+@main.command(short_help="Map mines in satellite scenes (GeoTIFF/COG) with a trained model.")
 @click.argument("scenes", nargs=-1, required=True, metavar="SCENE...")
 @_config_options
+@click.option("--model", "model", metavar="NAME|PATH", default=None,
+              help="A model bundle (folder or installed name) instead of the run's models; default without "
+                   "--config: the released model.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Output folder (default: <run.dir>/scans/<scene name>).")
+              help="Output folder (default: <run.dir>/scans/<scene name>, or scans/<scene name> with a model).")
 @click.option("--scheduler", metavar="ADDRESS", default=None,
               help="Send the blocks to a running dask.distributed scheduler, e.g. tcp://10.0.0.5:8786.")
 @click.option("--since", "since", type=click.Path(exists=True, path_type=Path), default=None,
               metavar="PREVIOUS_SCAN", help="An earlier scan's folder: also write new_sites.geojson.")
+@click.option("--format", "out_format", metavar="geojson|gpkg|fgb", default="geojson", show_default=True,
+              help="How tiles, sites and new sites are written: GeoJSON, GeoPackage or FlatGeobuf (an extension "
+                   "such as .gpkg names one too); QGIS styles (.qml) are written beside them.")
+@click.option("--truth", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              metavar="TRUTH.geojson", help="Known mine sites: also score the scan (site_scores.json).")
 @_friendly
-def scan(scenes, config_path, overrides, out, scheduler, since):
-    """Scan SCENE... (GeoTIFFs or COGs in any CRS, folders of them, or URLs) with the run's models.
+def scan(scenes, config_path, overrides, model, out, scheduler, since, out_format, truth):
+    """Scan SCENE... (GeoTIFFs or COGs in any CRS, folders of them, URLs, or STAC Items: item.json, local or a
+    URL, whose visual or analytic asset is scanned) with a trained model.
 
-    Writes tiles.geojson, sites.geojson, one probability COG per mine label, scan_report.html and scan.json.
-    Finished blocks are kept in blocks/, so a stopped scan re-run does only the rest.
+    The model is the run's (--config or --set run.dir=...), a bundle (--model), or, with neither, the released
+    model that ships with amazonmine. Writes tiles.geojson, sites.geojson, one probability COG per mine label, scan_report.html
+    and scan.json. Finished blocks are kept in blocks/, so a stopped scan re-run does only the rest.
     """
-    from amazonmine.scan import run_scan
+    from amazonmine.scan import check_scheduler_address, default_name, list_scenes, run_scan
 
     cfg = _load(config_path, overrides)
-    summary = run_scan(cfg, list(scenes), out=out, scheduler=scheduler, since=since)
+    if scheduler is not None:
+        check_scheduler_address(scheduler)  # refused before a bundle's models load (run_scan checks it too)
+    predictor = None
+    if _uses_bundle(model, config_path, overrides):
+        from amazonmine.bundle import open_bundle, resolve
+        from amazonmine.predictor import Predictor
+
+        open_bundle(resolve(model))  # a bad bundle is refused before the scenes are opened
+        predictor = Predictor.from_bundle(model, batch_size=cfg.scan.batch_size or None)
+        if out is None:
+            out = Path("scans") / default_name(list(scenes), list_scenes(scenes))
+    summary = run_scan(cfg, list(scenes), out=out, scheduler=scheduler, since=since, predictor=predictor,
+                       out_format=out_format)
     click.echo(summary.headline())
+    if truth is not None:
+        from amazonmine.site_scores import score_scan
+
+        click.echo(score_scan(summary.out_dir, truth).headline())
     if summary.failed_blocks:
         sys.exit(1)
+
+
+@main.command("score-sites", short_help="Score a scan against known sites (found, false sites per 1,000 km2).")
+@click.argument("scan_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--truth", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              metavar="TRUTH.geojson|.gpkg", help="Polygons of known mine sites ('label' optional).")
+@click.option("--min-tile-share", type=click.FloatRange(0, 1, min_open=True), default=0.1, show_default=True,
+              help="Tile truth: a site covers this share of the tile ...")
+@click.option("--min-polygon-share", type=click.FloatRange(0, 1, min_open=True), default=0.5, show_default=True,
+              help="... or this share of the site lies in the tile (the rule 'chips' labels by).")
+@click.option("--bootstrap", "draws", type=click.IntRange(min=0), default=1000, show_default=True,
+              help="Bootstrap draws over sites for the 95% intervals (0: none).")
+@_friendly
+def score_sites(scan_dir, truth, min_tile_share, min_polygon_share, draws):
+    """Score the scan in SCAN_DIR as its users judge it: truth sites found, false sites per 1,000 km2, tile
+    precision and recall with intervals over sites, and a curve along the threshold (site_scores.json)."""
+    from amazonmine.site_scores import score_scan
+
+    click.echo(score_scan(scan_dir, truth, min_tile_share=min_tile_share, min_polygon_share=min_polygon_share,
+                          draws=draws).headline())
+
+
+@main.command(short_help="Write a finished run as a model bundle (models, decisions, card).")
+@_config_options
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="The bundle folder to write.")
+@click.option("--name", default=None, help="The bundle's name (default: the run folder's name).")
+@click.option("--version", "version", default="1", show_default=True, help="The bundle's version.")
+@click.option("--card-notes", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Markdown about the imagery, its licence and limits, placed in the model card.")
+@click.option("--overwrite", is_flag=True, help="Replace an earlier bundle at --out (once the new one is complete).")
+@_friendly
+def export(config_path, overrides, out, name, version, card_notes, overwrite):
+    """Export the run's finished fold models, tuned decisions and preprocessing as one self-checking folder
+    that scan --model, predict --model and Predictor.from_bundle read without the run or its data."""
+    from amazonmine.export import run_export
+
+    cfg = _load(config_path, overrides)
+    click.echo(run_export(cfg, out, name=name, version=version, overwrite=overwrite, card_notes=card_notes).line())
+
+
+@main.command(short_help="List the model bundles amazonmine can see.")
+@_friendly
+def models():
+    """List the installed model bundles (the released one, and those in $AMAZONMINE_MODELS folders): name,
+    version, labels, held-out F2 from the card, size. A bundle that fails its checks is listed with the reason."""
+    from amazonmine.bundle import BundleError, installed
+
+    found = installed()
+    if not found:
+        click.echo("no model bundles found (the package's models/ folder and $AMAZONMINE_MODELS are empty)")
+        return
+    for folder, bundle in found:
+        if isinstance(bundle, BundleError):
+            click.echo(f"{folder.name}  UNUSABLE: {bundle}")
+            continue
+        click.echo(f"{bundle.name} v{bundle.version}  {len(bundle.labels)} labels  {bundle.headline}  "
+                   f"{bundle.size_bytes() / 1e6:.1f} MB  {folder}")
 
 
 if __name__ == "__main__":  # pragma: no cover

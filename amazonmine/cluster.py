@@ -8,7 +8,14 @@ weights after every step. What this module adds around that engine, in the order
 
 * :func:`join` -- creates the strategy at program start, before any other TensorFlow call (TensorFlow refuses
   later: "Collective ops must be configured at program startup", tensorflow#55178), with the devices of
-  ``--gpu`` (mixed precision, every local GPU) or the CPU.
+  ``--gpu`` (mixed precision, every local GPU) or the CPU. Before that it checks what TensorFlow would only
+  stumble on: this worker's port must be free (it is held from then on), and every other worker must answer
+  on its port within ``--cluster-timeout``. TensorFlow's strategy creation waits for the others inside C++,
+  holding the interpreter, for up to an hour, and takes SIGTERM for its own preemption notice: a worker whose
+  peer never starts would hang there, deaf to Ctrl-C and SIGTERM. The wait is therefore done here, in Python,
+  where it says what it waits for, ends in one line at the timeout, and stops on Ctrl-C or SIGTERM; and the
+  creation itself, which then takes seconds, is watched by a small process that ends it (one line) if the
+  cluster still has not formed after the timeout, or on a Ctrl-C or SIGTERM sent to the process group.
 * :meth:`Cluster.require_same` -- every worker must train the same thing: the split, the settings a model
   depends on, the folds, the flags and the versions are exchanged, and a worker that differs is named with the
   difference; every worker then stops with the same line.
@@ -42,14 +49,17 @@ import hashlib
 import json
 import os
 import re
+import socket
+import sys
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Mapping
 
 import numpy as np
 
-from amazonmine.errors import AmazonmineError
+from amazonmine.errors import AmazonmineError, shorten
 
 CLUSTER_MODES = ("auto", "tf-config", "slurm", "none")
 # A training step that waits this long for the other workers gives up (they are alive but stuck); dead or
@@ -59,6 +69,9 @@ DEFAULT_STEP_TIMEOUT = 600.0
 SLURM_PORT_BASE = 8888
 _JOBS = ("chief", "worker")
 _TASK = re.compile(r"/job:(\w+)/(?:replica:\d+/)?task:(\d+)")
+# How often a waiting worker tries the ports of those not yet answering, and how long one try may take.
+_PEER_POLL_SECONDS = 0.25
+_PEER_CONNECT_SECONDS = 1.0
 
 
 class ClusterError(AmazonmineError):
@@ -145,6 +158,10 @@ def _tf_config_membership(raw: str) -> Membership:
         addresses = cluster.get(job, [])
         if not isinstance(addresses, list) or not all(isinstance(a, str) and ":" in a for a in addresses):
             raise ClusterError(f'TF_CONFIG: cluster.{job} must be a list of "host:port" strings')
+        for position, address in enumerate(addresses):
+            if split_address(address) is None:
+                raise ClusterError(f"TF_CONFIG: cluster.{job}[{position}] {shorten(repr(address))} is not a host:port "
+                                   f"address (a host name or IP, a colon, a port from 1 to 65535)")
         if addresses:
             jobs[job] = tuple(addresses)
     if len(jobs.get("chief", ())) > 1:
@@ -161,6 +178,15 @@ def _tf_config_membership(raw: str) -> Membership:
     if len(set(addresses)) != len(addresses):
         raise ClusterError("TF_CONFIG: a host:port appears twice in the cluster")
     return Membership("TF_CONFIG", jobs, task_type, index)
+
+
+def split_address(address: str) -> tuple[str, int] | None:
+    """("host", port) of a "host:port" address ("[::1]:port" for IPv6), or None when it is not one."""
+    host, _, port = address.rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not host or any(c.isspace() or c in "/[]" for c in host) or not port.isdigit() or not 0 < int(port) < 65536:
+        return None
+    return host, int(port)
 
 
 def _tasks_per_node(spec: str) -> list[int]:
@@ -198,40 +224,180 @@ def _slurm_membership(environ: Mapping[str, str]) -> Membership:
 
 # --- joining -----------------------------------------------------------------------------------------------
 
-def join(mode: str = "auto", gpu: bool = False, step_timeout: float = DEFAULT_STEP_TIMEOUT) -> "Cluster | None":
+def join(mode: str = "auto", gpu: bool = False, step_timeout: float = DEFAULT_STEP_TIMEOUT,
+         join_timeout: float = DEFAULT_STEP_TIMEOUT, say: Callable[[str], None] | None = None) -> "Cluster | None":
     """Join the cluster the environment describes, or return None for a single process.
 
     Must run before anything else touches TensorFlow in this process: the strategy configures the runtime.
     With one worker in the cluster there is nothing to distribute and None is returned as well.
+
+    ``join_timeout`` bounds the wait for the other workers (0: no limit): their ports must answer within it
+    (``say`` is told once what this worker waits for), and TensorFlow must then form the cluster within it
+    again; otherwise one line says which worker did not come. Ctrl-C and SIGTERM end the wait.
     """
     membership = read_membership(mode)
     if membership is None or membership.num_workers == 1:
         return None
-    if step_timeout < 0:
-        raise ClusterError("--cluster-timeout must be 0 (wait for ever) or a number of seconds")
-    from amazonmine.device import configure_devices
-    from amazonmine.tfquiet import import_tensorflow
+    for name, value in (("--cluster-timeout", step_timeout), ("the join timeout", join_timeout)):
+        if value < 0:
+            raise ClusterError(f"{name} must be 0 (wait for ever) or a number of seconds")
+    # Before any work: a port held by another program (or by a worker started twice with one task index) is
+    # said now, not by a gRPC traceback after TensorFlow has started. Held from here on, it stays this worker's.
+    port = _reserve_port(membership)
+    try:
+        from amazonmine.device import configure_devices
+        from amazonmine.tfquiet import import_tensorflow
 
-    tf = import_tensorflow()
-    if membership.source == "Slurm" and gpu:
-        # Slurm's resolver gives each task its own GPUs through CUDA_VISIBLE_DEVICES, which CUDA reads once:
-        # before the devices are configured.
-        tf.distribute.cluster_resolver.SlurmClusterResolver(port_base=SLURM_PORT_BASE).cluster_spec()
-    gpus = configure_devices(gpu)
-    # The cluster as read above, with this worker's device count said outright: the strategy then need not
-    # probe the devices itself (TFConfigClusterResolver's way), which would start CUDA on a CPU-only run.
-    spec = tf.train.ClusterSpec({job: list(addresses) for job, addresses in membership.jobs.items()})
-    resolver = tf.distribute.cluster_resolver.SimpleClusterResolver(
-        spec, task_type=membership.task_type, task_id=membership.task_index, num_accelerators={"GPU": gpus},
-        rpc_layer="grpc")
-    options = tf.distribute.experimental.CommunicationOptions(timeout_seconds=float(step_timeout) or None)
+        tf = import_tensorflow()
+        if membership.source == "Slurm" and gpu:
+            # Slurm's resolver gives each task its own GPUs through CUDA_VISIBLE_DEVICES, which CUDA reads once:
+            # before the devices are configured.
+            tf.distribute.cluster_resolver.SlurmClusterResolver(port_base=SLURM_PORT_BASE).cluster_spec()
+        gpus = configure_devices(gpu)
+        # The cluster as read above, with this worker's device count said outright: the strategy then need not
+        # probe the devices itself (TFConfigClusterResolver's way), which would start CUDA on a CPU-only run.
+        spec = tf.train.ClusterSpec({job: list(addresses) for job, addresses in membership.jobs.items()})
+        resolver = tf.distribute.cluster_resolver.SimpleClusterResolver(
+            spec, task_type=membership.task_type, task_id=membership.task_index, num_accelerators={"GPU": gpus},
+            rpc_layer="grpc")
+        options = tf.distribute.experimental.CommunicationOptions(timeout_seconds=float(step_timeout) or None)
+        # Answered only now that this worker is ready to create its strategy at once: a worker that saw every
+        # other one answer creates its own, and waits in it (bounded below) only for those still on their way.
+        _listen(port, membership)
+        with _terminate_as_interrupt():
+            wait_for_peers(membership, float(join_timeout), say)
+    finally:
+        port.close()  # handed to TensorFlow's server, which binds it next
+    strategy = _create_strategy(tf, membership, resolver, options, float(join_timeout))
+    _mend_keras_for_workers()
+    return Cluster(strategy, membership, local_replicas=max(1, gpus), step_timeout=float(step_timeout))
+
+
+def _reserve_port(membership: Membership) -> socket.socket:
+    """A socket bound to this worker's port on every interface, as TensorFlow's server binds it; refused in one
+    line when something else holds the port."""
+    port = split_address(membership.addresses[membership.index])[1]
+    held = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    # As gRPC does: a port whose last connections are still closing (TIME_WAIT, a worker restarted at once) is
+    # free for a listener; one another program listens on is not.
+    held.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        held.bind(("", port))
+    except OSError as exc:
+        held.close()
+        raise ClusterError(_port_taken(membership, port, exc)) from None
+    return held
+
+
+def _listen(held: socket.socket, membership: Membership) -> None:
+    try:
+        held.listen(64)  # the others' tries only connect and close: nobody need accept them
+    except OSError as exc:  # two sockets may share a port until one listens: the other worker listened first
+        raise ClusterError(_port_taken(membership, held.getsockname()[1], exc)) from None
+
+
+def _port_taken(membership: Membership, port: int, exc: OSError) -> str:
+    return (f"cannot join the cluster as {membership.describe()}: port {port} is in use on this machine "
+            f"({exc.strerror or exc}: another program holds it, or a worker was started twice with the same task "
+            f"index); give each worker a free port in TF_CONFIG")
+
+
+def wait_for_peers(membership: Membership, timeout: float, say: Callable[[str], None] | None = None,
+                   poll: float = _PEER_POLL_SECONDS) -> None:
+    """Return once every other worker's port answers; a ClusterError naming those that did not after
+    ``timeout`` seconds (0: wait for ever). ``say`` is told once, when some are not up yet, what this worker
+    waits for. Interruptible: Ctrl-C (and SIGTERM, as the caller arranges) ends it between two tries."""
+    waiting = {index: "no answer yet" for index in range(membership.num_workers) if index != membership.index}
+    deadline = time.monotonic() + timeout if timeout else None
+    told = False
+    while True:
+        for index in list(waiting):
+            host, port = split_address(membership.addresses[index])
+            try:
+                with socket.create_connection((host, port), timeout=_PEER_CONNECT_SECONDS):
+                    pass
+                del waiting[index]
+            except OSError as exc:
+                waiting[index] = exc.strerror or str(exc) or type(exc).__name__
+        if not waiting:
+            return
+        names = ", ".join(membership.describe(i) for i in waiting)
+        if deadline is not None and time.monotonic() >= deadline:
+            reasons = "; ".join(sorted(set(waiting.values())))
+            raise ClusterError(f"cannot join the cluster as {membership.describe()}: {names} did not answer within "
+                               f"{timeout:g} s ({shorten(reasons)}); start every worker with the same command and "
+                               f"its own TF_CONFIG task, or raise --cluster-timeout")
+        if not told and say is not None:
+            limit = f"up to {timeout:g} s" if timeout else "with no time limit"
+            say(f"{membership.describe()}: waiting for {names} to start ({limit}, --cluster-timeout)")
+            told = True
+        time.sleep(poll)
+
+
+@contextlib.contextmanager
+def _terminate_as_interrupt():
+    """SIGTERM ends the wait for the other workers as Ctrl-C does (KeyboardInterrupt), in the main thread."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+# The watchdog of the strategy's creation: a separate process, since the creation holds this one's interpreter
+# (no Python runs in it, no signal handler, until it returns). It ends quietly when its stdin closes (the
+# strategy is made, or this process died); after the timeout, or on a Ctrl-C or SIGTERM sent to the process
+# group, it writes one line and kills this process, which nothing else could stop then.
+_WATCHDOG = """
+import os, select, signal, sys
+parent, seconds, line = int(sys.argv[1]), float(sys.argv[2]), sys.argv[3]
+def stop(text):
+    os.write(2, (text + "\\n").encode())
+    try:
+        os.kill(parent, signal.SIGKILL)
+    except OSError:
+        pass
+    os._exit(0)
+signal.signal(signal.SIGINT, lambda *_: stop("interrupted"))
+signal.signal(signal.SIGTERM, lambda *_: stop("interrupted"))
+if not select.select([0], [], [], seconds or None)[0]:
+    stop(line)
+"""
+
+
+def _create_strategy(tf, membership: Membership, resolver, options, timeout: float):
+    """TensorFlow's MultiWorkerMirroredStrategy, made under the watchdog; TensorFlow's own SIGTERM handler
+    (a preemption notice that stops nothing) is replaced by the one this process had."""
+    import signal
+    import subprocess
+
+    line = (f"error: cannot join the cluster as {membership.describe()}: the workers answered but TensorFlow did "
+            f"not form the cluster within {timeout:g} s (a worker stopped since, or another program answers on a "
+            f"worker's port)")
+    watchdog = subprocess.Popen([sys.executable, "-c", _WATCHDOG, str(os.getpid()), str(timeout), line],
+                                stdin=subprocess.PIPE)
+    on_terminate = signal.getsignal(signal.SIGTERM)
     try:
         strategy = tf.distribute.MultiWorkerMirroredStrategy(cluster_resolver=resolver,
                                                             communication_options=options)
-    except RuntimeError as exc:
+    except (RuntimeError, ValueError, tf.errors.OpError) as exc:
         raise ClusterError(f"cannot join the cluster as {membership.describe()}: {_first_line(exc)}") from None
-    _mend_keras_for_workers()
-    return Cluster(strategy, membership, local_replicas=max(1, gpus), step_timeout=float(step_timeout))
+    finally:
+        watchdog.stdin.close()
+        watchdog.wait()
+        if on_terminate is not None:
+            signal.signal(signal.SIGTERM, on_terminate)
+    return strategy
 
 
 class Cluster:

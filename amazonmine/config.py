@@ -1,40 +1,29 @@
 """One typed configuration for every stage.
 
-The config is a tree of dataclasses (one section per stage) loaded from YAML and then overridden from the
-command line with ``--set section.key=value``. Every key and every type is checked where it enters, so a typo
-in a 40-line YAML file is a one-line error naming the key and the file, not a ``KeyError`` an hour into
-training.
+A tree of pydantic models (one section per stage) loaded from YAML, then overridden from the command line with
+``--set section.key=value``. Each field states its type, choices, bounds and help text (:func:`json_schema` and
+:func:`reference_markdown` render them for the docs); every count and size has an upper bound, so a slip such as
+``epochs: 1e8`` is refused at load, not met an hour later as a 40 GiB allocation. A bad value is one line naming
+its source (the file, or the ``--set`` that gave it), the key, the value (quoted briefly) and the problem. Models
+are mutable and assignments are not validated, as with the dataclasses they replace (stages check what they use).
 
-Each field says what it accepts in its own type annotation, and the loader (``_coerce``) reads it:
-
-* ``Literal[...]`` is a choice: ``image_format: Literal["jpg", "tif"]``;
-* ``Annotated[T, Range(...)]`` bounds a number and ``Annotated[T, Rule(...)]`` states any other test of one
-  value; inside a ``list[...]`` or ``dict[..., ...]`` they apply to each item or value;
-* ``Annotated[str, Canonical(...)]`` stores several spellings of one value as one (``train.weights``: none,
-  null, an empty string -> ``"none"``), so the code downstream compares with one constant.
-
-A new setting therefore cannot miss its check. :func:`validate` keeps only the checks that involve two fields.
-
-YAML is read with the semantics of ``yaml.safe_load`` (no Python tags) by a loader that also refuses what no
-config needs and what would let a file hang or exhaust the machine: duplicate keys, nesting deeper than
-:data:`MAX_DEPTH`, aliases expanding past :data:`MAX_NODES` nodes ("billion laughs"), files that are not UTF-8
-or larger than :data:`MAX_CONFIG_BYTES`. ``--set`` values go through the same loader. Values are quoted in
-error messages only up to a few dozen characters.
+YAML is read with the semantics of ``yaml.safe_load`` by a loader that also refuses what no config needs and what
+would let a file hang or exhaust the machine: duplicate keys, nesting deeper than :data:`MAX_DEPTH`, aliases
+expanding past :data:`MAX_NODES` nodes ("billion laughs"), files that are not UTF-8 or larger than
+:data:`MAX_CONFIG_BYTES`. ``--set`` values go through the same loader.
 """
 
-from __future__ import annotations
-
-import dataclasses
+import copy
 import difflib
 import functools
-import math
+import json
 import reprlib
-import typing
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Callable, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic_core import PydanticCustomError
 
 from amazonmine.data import LABELS
 from amazonmine.errors import AmazonmineError
@@ -44,307 +33,286 @@ class ConfigError(AmazonmineError):
     """A config file or override that cannot be used."""
 
 
-# --- constraints, attached to fields with Annotated ----------------------------------------------------------
+# --- what a value may be ---------------------------------------------------------------------------------------
+# Strict types: "epochs: true" or "epochs: 2.5" is a mistake, not 1 or 2. The text YAML leaves as strings
+# ("1e-4" in YAML 1.1, a quoted "3", "--set train.folds=0,2") is read first.
 
-def _num(x: float) -> str:
-    return f"{x:g}" if isinstance(x, float) else str(x)
-
-
-@dataclass(frozen=True)
-class Range:
-    """Bounds on a number: ``ge``/``le`` inclusive, ``gt``/``lt`` exclusive."""
-
-    ge: float | None = None
-    gt: float | None = None
-    le: float | None = None
-    lt: float | None = None
-
-    def problem(self, value: float) -> str | None:
-        ok = ((self.ge is None or value >= self.ge) and (self.gt is None or value > self.gt)
-              and (self.le is None or value <= self.le) and (self.lt is None or value < self.lt))
-        return None if ok else self.describe()
-
-    def describe(self) -> str:
-        lo = self.gt if self.gt is not None else self.ge
-        hi = self.lt if self.lt is not None else self.le
-        if lo is not None and hi is not None:
-            left, right = "(" if self.gt is not None else "[", ")" if self.lt is not None else "]"
-            return f"must be in {left}{_num(lo)}, {_num(hi)}{right}"
-        if lo is not None:
-            if self.gt is not None:
-                return "must be positive" if self.gt == 0 else f"must be more than {_num(lo)}"
-            return f"must be at least {_num(lo)}"
-        return f"must be less than {_num(hi)}" if self.lt is not None else f"must be at most {_num(hi)}"
+def _whole(value: Any) -> Any:
+    if isinstance(value, str):
+        try:
+            return int(value)
+        except ValueError:  # not an integer, or more digits than Python converts
+            pass
+    elif not isinstance(value, (bool, float)):
+        return value  # an int, or what the strict check refuses as "expected an integer" itself
+    raise PydanticCustomError("int_type", "expected an integer")
 
 
-@dataclass(frozen=True)
-class Rule:
-    """Any other test of one (already typed) value: ``Rule(predicate, "must be ...")``."""
-
-    ok: Callable[[Any], bool]
-    says: str
-
-    def problem(self, value: Any) -> str | None:
-        return None if self.ok(value) else self.says
+def _number(value: Any) -> Any:
+    try:
+        return float(value) if isinstance(value, (str, int)) and not isinstance(value, bool) else value
+    except (ValueError, OverflowError):  # not a number, or an integer past the largest float
+        raise PydanticCustomError("float_type", "expected a number") from None
 
 
-@dataclass(frozen=True)
-class Canonical:
-    """Several spellings of one value: YAML null, or any of ``spellings`` (compared without case or surrounding
-    blanks), is stored as ``value`` before the type is checked."""
-
-    value: str
-    spellings: tuple[str, ...]
-
-    def normalise(self, raw: Any) -> Any:
-        if raw is None or (isinstance(raw, str) and raw.strip().lower() in self.spellings):
-            return self.value
-        return raw
+def _text(value: Any) -> Any:
+    if isinstance(value, str) and "\x00" in value:
+        raise PydanticCustomError("nul", "a NUL character is not allowed")
+    return str(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else value
 
 
-# "No weights" has one spelling after loading; model.py compares with this constant only.
-NO_WEIGHTS = "none"
-Weights = Annotated[str, Canonical(NO_WEIGHTS, ("", "none", "null", "~"))]
-Label = Literal[LABELS]  # one of the 17 labels of the competition
-Probability = Annotated[float, Range(ge=0, le=1)]
-Percentile = Annotated[float, Range(ge=0, le=100)]
+def _switch(value: Any) -> Any:
+    words = {"true": True, "yes": True, "1": True, "on": True, "false": False, "no": False, "0": False, "off": False}
+    return words.get(value.lower(), value) if isinstance(value, str) else value
 
 
-def _not_empty(text: str) -> bool:
-    return bool(text.strip())
+def ruled(base: Any, ok, says: str) -> Any:
+    """``base`` with any other test of the (typed) value; ``says`` ("must ...") is the error and the docs."""
+    def check(value: Any) -> Any:
+        if not ok(value):
+            raise ValueError(says)
+        return value
+    return Annotated[base, AfterValidator(check), Field(json_schema_extra={"x-rule": says})]
 
 
-def _plain_model_file(name: str) -> bool:
-    # Written inside each fold's folder: a bare name cannot land anywhere else.
+def ListOf(item: Any) -> Any:  # "a,b" is a list too
+    return Annotated[list[item], BeforeValidator(lambda v: [s.strip() for s in v.split(",") if s.strip()]
+                                                 if isinstance(v, str) else v)]
+
+
+# An upper bound only there to refuse slips: the error says "at least 2" (not "in [2, 100]") below the range.
+CAPPED = {"x-cap": True}
+
+
+def setting(default: Any, help: str, cap: float | None = None, **bounds: float) -> Any:
+    """A field: default, help text (its description in the docs), bounds; ``cap``, a maximum to refuse slips."""
+    if cap is not None:
+        bounds.update(le=cap, json_schema_extra=CAPPED)
+    return Field(default, description=help, **bounds)
+
+
+def _plain_model_file(name: str) -> bool:  # written inside each fold's folder: a bare name lands nowhere else
     return ("/" not in name and "\\" not in name and ".." not in name
             and any(name.endswith(s) and len(name) > len(s) for s in (".h5", ".keras")))
 
 
-def _low_below_high(pair: list[float]) -> bool:
-    return len(pair) == 2 and pair[0] < pair[1]
+Int = Annotated[int, BeforeValidator(_whole)]
+Float = Annotated[float, BeforeValidator(_number)]
+Bool = Annotated[bool, BeforeValidator(_switch)]
+Text = Annotated[str, BeforeValidator(_text)]
+Name = ruled(Text, lambda s: bool(s.strip()), "must not be empty")
+Label = Literal[LABELS]  # one of the 17 labels of the competition
+# Bounds inside a list or a mapping go before the validator, or the JSON Schema drops them.
+Probability = Annotated[float, Field(ge=0, le=1), BeforeValidator(_number)]
+Percentile = Annotated[float, Field(ge=0, le=100), BeforeValidator(_number)]
+FoldNumber = Annotated[int, Field(ge=0, le=99, json_schema_extra=CAPPED), BeforeValidator(_whole)]  # split.folds
+# Every dense block but the last halves the side: 64 layers a block and 8 blocks are far past a "mini" DenseNet.
+BlockLayers = Annotated[int, Field(ge=1, le=64, json_schema_extra=CAPPED), BeforeValidator(_whole)]
+# A beta of 100 already weighs recall alone; 1e308 would overflow beta squared.
+OperatingPoint = Annotated[float, Field(gt=0, le=100, json_schema_extra=CAPPED), BeforeValidator(_number)]
+# "No weights" has one spelling after loading (null, "", none, ~); model.py compares with this constant only.
+NO_WEIGHTS = "none"
+Weights = Annotated[Text, BeforeValidator(lambda v: NO_WEIGHTS if v is None or (
+    isinstance(v, str) and v.strip().lower() in ("", "none", "null", "~")) else v)]
+# Caps, far past any real run and low enough that a slip is refused rather than allocated: 10,000 epochs;
+# 8192 chips a batch (past any GPU's memory at 256 px); 4096 px (16 Planet chips); 1024 processes; a million.
+EPOCHS, BATCH, PIXELS, WORKERS, MANY = 10_000, 8192, 4096, 1024, 1_000_000
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
 
 # --- the sections ----------------------------------------------------------------------------------------------
 
-@dataclass
-class DataConfig:
-    # Folder in the Kaggle layout: train_v2.csv, train-jpg/, train-tif-v2/, test-jpg/, ...
-    root: Annotated[str, Rule(_not_empty, "must not be empty")] = "data/planet"
-    labels_csv: str = "train_v2.csv"
-    train_dir: str = "train-jpg"
-    tif_dir: str = "train-tif-v2"
-    test_dirs: list[str] = field(default_factory=lambda: ["test-jpg", "test-jpg-additional"])
-    sample_submission: str = "sample_submission_v2.csv"
-    # "jpg" reads the RGB JPEG chips; "tif" reads the 4-band (B, G, R, NIR) 16-bit GeoTIFFs.
-    image_format: Literal["jpg", "tif"] = "jpg"
-    # Expected side of every chip in pixels; 0 accepts any square size.
-    chip_size: Annotated[int, Range(ge=0)] = 0
-    # Ground side of one chip in metres: the Kaggle chips are 256 px at about 3 m, and the 32-px thumbnails
-    # cover the same ground. Scanning a scene cuts tiles of this ground size, whatever the scene's pixel size.
-    chip_ground_m: Annotated[float, Range(gt=0)] = 768.0
+class DataConfig(_Section):
+    """Where the chips are: a folder in the Kaggle layout (train_v2.csv, train-jpg/, train-tif-v2/, test-jpg/)."""
+
+    root: Name = setting("data/planet", "the Kaggle download, unpacked")
+    labels_csv: Text = setting("train_v2.csv", "image_name,tags; relative to data.root")
+    train_dir: Text = setting("train-jpg", "labelled JPEG chips")
+    tif_dir: Text = setting("train-tif-v2", "labelled 4-band GeoTIFF chips (image_format: tif)")
+    test_dirs: ListOf(Text) = setting(["test-jpg", "test-jpg-additional"], "chips to label for the submission")
+    sample_submission: Text = setting("sample_submission_v2.csv", "Kaggle's sample: the submission's order, count")
+    image_format: Literal["jpg", "tif"] = setting("jpg", "jpg: RGB JPEG chips; tif: 4-band (B, G, R, NIR) 16 bit")
+    chip_size: Int = setting(0, "expected side of every chip (px); 0 accepts any square size", ge=0, cap=PIXELS)
+    chip_ground_m: Float = setting(768.0, "ground side of a chip in metres (256 px at ~3 m; 32-px thumbnails cover "
+                                   "the same ground): scan cuts tiles of this ground size", gt=0, cap=100_000)
 
 
-@dataclass
-class RunConfig:
-    # Every artifact of a run lives below this folder (README "The stages"; amazonmine/runfolder.py).
-    dir: Annotated[str, Rule(_not_empty, "must not be empty")] = "runs/default"
-    # numpy's RandomState (used by the split) takes seeds in [0, 2**32).
-    seed: Annotated[int, Range(ge=0, le=2**32 - 1)] = 42
+class RunConfig(_Section):
+    """The run folder every stage reads and writes."""
+
+    dir: Name = setting("runs/default", "every artifact of the run lives below this folder")
+    seed: Int = setting(42, "split, oversampling and training order (numpy's range)", ge=0, le=2**32 - 1)
 
 
-@dataclass
-class DehazeConfig:
-    enabled: bool = True
-    # "dark_channel": He et al. 2009 with guided-filter refinement; "airlight_subtract": the simpler variant
-    # (subtract the airlight estimated from the dark channel, then stretch).
-    method: Literal["dark_channel", "airlight_subtract"] = "dark_channel"
-    patch: Annotated[int, Range(ge=1), Rule(lambda n: n % 2 == 1, "must be odd")] = 15
-    omega: Annotated[float, Range(gt=0, le=1)] = 0.95
-    t0: Annotated[float, Range(gt=0, lt=1)] = 0.1
-    top_fraction: Annotated[float, Range(gt=0, le=0.1)] = 0.001
-    # A 256 px chip is small next to the 600 px photos of the paper; radius 24 keeps the refined transmission
-    # smooth over a patch-sized neighbourhood while still following field and river edges.
-    guided_radius: Annotated[int, Range(ge=1)] = 24
-    guided_eps: Annotated[float, Range(gt=0)] = 1e-3
-    workers: Annotated[int, Range(ge=0)] = 0  # 0 = all cores
-    # Output folder, relative to the run folder unless absolute.
-    out_dir: Annotated[str, Rule(_not_empty, "must not be empty")] = "dehazed"
+class DehazeConfig(_Section):
+    """Haze removal before training and prediction (dark channel prior, He et al. 2009)."""
+
+    enabled: Bool = setting(True, "train and predict read the dehazed copies")
+    method: Literal["dark_channel", "airlight_subtract"] = setting("dark_channel", "dark_channel: with guided-filter "
+                                                                   "refinement; airlight_subtract: the simpler variant")
+    # Past 255 px the window is wider than a Planet chip (one dark value per chip).
+    patch: ruled(Int, lambda n: n % 2, "must be odd") = setting(15, "dark-channel window (px)", ge=1, cap=255)
+    omega: Float = setting(0.95, "share of the haze removed (a little kept looks natural)", gt=0, le=1)
+    t0: Float = setting(0.1, "lower bound on the transmission", gt=0, lt=1)
+    top_fraction: Float = setting(0.001, "brightest share of the dark channel picks the airlight", gt=0, le=0.1)
+    guided_radius: Int = setting(24, "guided-filter radius (px): smooth over a patch, still following field and "
+                                 "river edges of a 256-px chip", ge=1, cap=PIXELS)
+    # Units of a [0, 1] grey guide, whose variance is at most 0.25: past 1 the filter is a plain box mean.
+    guided_eps: Float = setting(1e-3, "guided-filter smoothing (larger = smoother)", gt=0, cap=1)
+    workers: Int = setting(0, "processes; 0 = all cores", ge=0, cap=WORKERS)
+    out_dir: Name = setting("dehazed", "output folder, relative to run.dir unless absolute")
 
 
-@dataclass
-class SplitConfig:
-    folds: Annotated[int, Range(ge=2)] = 5
-    # Labels rarer than this share of chips are oversampled in training folds ...
-    rare_threshold: Annotated[float, Range(gt=0, lt=1)] = 0.01
-    # ... or exactly these labels, when the list is not empty (split.choose_rare_labels checks the names).
-    rare_labels: list[str] = field(default_factory=list)
-    # A rare label is repeated (under distinct dihedral transforms) until it reaches this many training chips
-    # (0 = no oversampling),
-    rare_target: Annotated[int, Range(ge=0)] = 500
-    # but no chip is repeated more than this many times in all (8 = every rotation/flip once).
-    rare_max_factor: Annotated[int, Range(ge=1, le=8)] = 8
-    # A stratified share of the chips set aside before the folds (fold -1 in folds.csv): no fold trains or
-    # tunes on it, and evaluate scores it once with the final decisions (the lockbox). 0 = none.
-    holdout: Annotated[float, Range(ge=0, lt=0.5)] = 0.0
+class SplitConfig(_Section):
+    """The stratified k-fold split, the lockbox and the oversampling of rare labels."""
+
+    folds: Int = setting(5, "k of the stratified k-fold (one model per fold)", ge=2, cap=100)
+    rare_threshold: Float = setting(0.01, "labels rarer than this share are oversampled in training folds", gt=0,
+                                    lt=1)
+    rare_labels: ListOf(Text) = setting([], "or exactly these labels, when not empty")
+    rare_target: Int = setting(500, "training chips per rare label per fold, repeated under distinct dihedral "
+                               "views (0 = no oversampling)", ge=0, cap=MANY)
+    rare_max_factor: Int = setting(8, "but no chip more often than this (8 = every rotation/flip once)", ge=1, le=8)
+    holdout: Float = setting(0.0, "stratified share set aside before the folds (fold -1): the lockbox evaluate "
+                             "scores once with the final decisions; 0 = none", ge=0, lt=0.5)
 
 
-@dataclass
-class TrainConfig:
-    backbone: str = "densenet121"
-    # "none" (train from scratch; null and "" mean the same), "imagenet" (Keras cache or download) or a path
-    # to a local .h5 file.
-    weights: Weights = NO_WEIGHTS
-    image_size: Annotated[int, Range(ge=32)] = 256
-    batch_size: Annotated[int, Range(ge=1)] = 32
-    epochs: Annotated[int, Range(ge=1)] = 30
-    learning_rate: Annotated[float, Range(gt=0)] = 1e-3
-    warmup_epochs: Annotated[int, Range(ge=0)] = 1
-    # cosine: warmup_epochs from a tenth of learning_rate up to it, then cosine decay to 1% of it by the last
-    # epoch. one_cycle (Smith's one-cycle policy, learning-rate part, with PyTorch OneCycleLR's defaults):
-    # from learning_rate/25 up to learning_rate over the first one_cycle_warmup share of all steps, then
-    # cosine decay to 1/10,000 of the start; warmup_epochs is not used. Adam's beta_1 is not cycled (Keras
-    # keeps it a constant of the traced step, and Adam's bias correction assumes it fixed). constant and
-    # plateau: learning_rate throughout, or cut on a validation plateau.
-    schedule: Literal["cosine", "one_cycle", "constant", "plateau"] = "cosine"
-    one_cycle_warmup: Annotated[float, Range(gt=0, lt=1)] = 0.3
-    weight_decay: Annotated[float, Range(ge=0)] = 1e-4
-    dropout: Annotated[float, Range(ge=0, lt=1)] = 0.2
-    soft_f2_weight: Annotated[float, Range(ge=0)] = 0.0
-    label_smoothing: Annotated[float, Range(ge=0, lt=1)] = 0.0
-    early_stopping_patience: Annotated[int, Range(ge=0)] = 8
-    # Progressive resizing: the first small_epochs epochs train on chips shrunk to small_size (cheaper steps);
-    # the rest, validation, the kept model and every prediction are at image_size. 0 = off.
-    small_size: Annotated[int, Range(ge=0)] = 0
-    small_epochs: Annotated[int, Range(ge=0)] = 0
-    # XLA-compiled training steps on the CPU too (on GPUs they always are, except across workers): about 9%
-    # more images/s for DenseNet121 at 48 px here, after a compile of about a minute (scripts/bench_precision.py).
-    # On the CPU it needs deterministic: false (op determinism turns XLA off; train refuses the pair).
-    xla: bool = False
-    # Weight averaging: > 0 keeps an exponential moving average of the weights with this momentum per step
-    # (0.998 averages over roughly the last 500 steps); validation, the best checkpoint and every prediction
-    # use the averaged weights (with BatchNorm statistics recalibrated for them, keras_parts.averaged_weights),
-    # training continues from the raw ones. 0 = off.
-    ema: Annotated[float, Range(ge=0, lt=1)] = 0.0
-    # Folds to train; empty = all folds of the split.
-    folds: list[Annotated[int, Range(ge=0)]] = field(default_factory=lambda: [0])
-    # The model's file name inside each fold's folder.
-    artifact_name: Annotated[str, Rule(_plain_model_file, "must be a plain file name ending in .h5 or .keras "
-                                                           "(no folder, no '..')")] = "b01_dense121.h5"
-    # Start from a trained classifier of the same architecture (a fold's .h5) instead of the weights policy:
-    # a second, low-learning-rate schedule on a finished run ("" = off).
-    init_from: str = ""
-    augment: bool = True
-    brightness_jitter: Annotated[float, Range(ge=0)] = 0.05
-    contrast_jitter: Annotated[float, Range(ge=0)] = 0.1
-    # Share of training chips remade as another chip-making pipeline would have made them: random resampling,
-    # blur or sharpening, and JPEG re-encoding at quality 40-95 (3-band chips), see pipeline.remake_chip. The
-    # same scene cut by another tool must keep its labels.
-    chip_augment: Annotated[float, Range(ge=0, le=1)] = 0.0
-    cache: bool = False
-    # Mini backbones for tests and demos: dense-block sizes and growth of a from-scratch DenseNet.
-    mini_blocks: list[Annotated[int, Range(ge=1)]] = field(default_factory=lambda: [2, 2, 2])
-    mini_growth: Annotated[int, Range(ge=1)] = 12
-    steps_per_epoch: Annotated[int, Range(ge=0)] = 0  # 0 = one pass over the training manifest
-    # "Precise BatchNorm": after training, the best checkpoint's BatchNorm statistics are recomputed as plain
-    # averages over this many training batches with the final weights (0 = off). The moving averages kept
-    # during training lag behind weights that change fast at a high learning rate; on by default because it
-    # helped on the real 32-px set (README "Real data", the precise BatchNorm rows; scripts/bench_real32.py).
-    bn_recalibration_batches: Annotated[int, Range(ge=0)] = 100
-    # > 0: before each validation the statistics are recomputed the same way, on this many batches with the
-    # epoch's weights, and kept, so validation F2 (and with it the best checkpoint and early stopping) sees the
-    # weights' own statistics rather than running averages that lag them while the learning rate is high. One
-    # GPU or the CPU, and without ema (averaged weights are recalibrated before each validation already, on
-    # min(25, bn_recalibration_batches) batches); train refuses the other cases. Off by default: not yet
-    # measured on the real data (README "The fold ensemble and its lockbox", fold 1's early stop).
-    validation_bn_batches: Annotated[int, Range(ge=0)] = 0
-    # Same seed + same data -> same numbers on the CPU (TensorFlow op determinism). Costs some speed.
-    deterministic: bool = True
-    verbose: Annotated[int, Range(ge=0, le=2)] = 1
+class TrainConfig(_Section):
+    """The classifier and how each fold trains it."""
+
+    backbone: Text = setting("densenet121", "any keras.applications name; densenet_mini for tests")
+    weights: Weights = setting(NO_WEIGHTS, "none (from scratch; null and \"\" too), imagenet (Keras cache or "
+                               "download) or a local no-top .h5 path")
+    # DenseNet121 at 2048 px takes gigabytes of activations per chip: 8x the Planet chip is plenty.
+    image_size: Int = setting(256, "chips are resized to this side (px) before the model", ge=32, cap=2048)
+    batch_size: Int = setting(32, "per replica (each GPU or CPU worker)", ge=1, cap=BATCH)
+    epochs: Int = setting(30, "at most; early stopping may end a fold sooner", ge=1, cap=EPOCHS)
+    learning_rate: Float = setting(1e-3, "peak AdamW learning rate (after warm-up)", gt=0, cap=1)
+    warmup_epochs: Int = setting(1, "cosine: epochs rising from a tenth of learning_rate to it", ge=0, cap=EPOCHS)
+    schedule: Literal["cosine", "one_cycle", "constant", "plateau"] = setting("cosine", (
+        "cosine: warm-up, then cosine decay to 1% of learning_rate by the last epoch; one_cycle (PyTorch "
+        "OneCycleLR's defaults): from learning_rate/25 up over one_cycle_warmup of all steps, then cosine decay to "
+        "1/10,000 of the start (beta_1 not cycled); constant; plateau: cut on a validation plateau"))
+    one_cycle_warmup: Float = setting(0.3, "one_cycle: share of all steps rising to learning_rate", gt=0, lt=1)
+    weight_decay: Float = setting(1e-4, "decoupled weight decay (AdamW)", ge=0, cap=1)
+    dropout: Float = setting(0.2, "before the 17-way head", ge=0, lt=1)
+    soft_f2_weight: Float = setting(0.0, "> 0 adds a differentiable F2 term to the cross-entropy", ge=0, cap=100)
+    label_smoothing: Float = setting(0.0, "of the binary cross-entropy", ge=0, lt=1)
+    early_stopping_patience: Int = setting(8, "epochs without a better validation F2 before a fold stops", ge=0,
+                                           cap=EPOCHS)
+    small_size: Int = setting(0, "progressive resizing: the first small_epochs epochs on chips this small (px); "
+                              "validation and predictions at image_size; 0 = off", ge=0, cap=2048)
+    small_epochs: Int = setting(0, "epochs at small_size before the rest", ge=0, cap=EPOCHS)
+    xla: Bool = setting(False, "XLA-compiled steps on the CPU too (GPUs always): ~9% faster for DenseNet121 at 48 "
+                        "px after a minute's compile (scripts/bench_precision.py); needs deterministic: false")
+    ema: Float = setting(0.0, "> 0: momentum of a moving average of the weights (0.998 ~ the last 500 steps) used to "
+                         "validate, keep and predict (BatchNorm recalibrated for it); 0 = off", ge=0, lt=1)
+    folds: ListOf(FoldNumber) = setting([0], "folds to train; empty = every fold of the split")
+    artifact_name: ruled(Text, _plain_model_file, "must be a plain file name ending in .h5 or .keras (no folder, "
+                         "no '..')") = setting("b01_dense121.h5", "the model's file name in each fold's folder")
+    init_from: Text = setting("", "a trained fold's .h5 of the same architecture to start from (e.g. a second, "
+                              "low-rate schedule); \"\" = train.weights")
+    augment: Bool = setting(True, "random D4 views + brightness/contrast jitter")
+    brightness_jitter: Float = setting(0.05, "random brightness shift, as a share of full scale", ge=0, le=1)
+    contrast_jitter: Float = setting(0.1, "random contrast factor within 1 +- this", ge=0, le=1)
+    chip_augment: Float = setting(0.0, "share of chips remade as another chip-making pipeline would (resampling, "
+                                  "blur/sharpening, JPEG quality 40-95): same scene, same labels", ge=0, le=1)
+    cache: Bool = setting(False, "keep decoded chips in memory (40k x 256 px x 3 = 8 GB)")
+    mini_blocks: ListOf(BlockLayers) = setting([2, 2, 2], "densenet_mini only: layers per dense block", max_length=8)
+    mini_growth: Int = setting(12, "densenet_mini only: channels each layer adds", ge=1, cap=256)
+    steps_per_epoch: Int = setting(0, "0 = one pass over the training manifest", ge=0, cap=MANY)
+    bn_recalibration_batches: Int = setting(100, "precise BatchNorm: the best checkpoint's statistics recomputed "
+                                            "over this many training batches (helped on real 32-px chips, README "
+                                            "\"Real data\"); 0 = off", ge=0, cap=MANY)
+    validation_bn_batches: Int = setting(0, "> 0: the same before each validation, so validation F2 sees the "
+                                         "weights' own statistics (one GPU or CPU, no ema; not yet measured)", ge=0,
+                                         cap=MANY)
+    deterministic: Bool = setting(True, "same seed + data -> same numbers on the CPU (costs some speed)")
+    verbose: Int = setting(1, "Keras output: 0 silent, 1 progress bar, 2 one line per epoch", ge=0, le=2)
 
 
-@dataclass
-class TuneConfig:
-    start: Annotated[float, Range(gt=0, lt=1)] = 0.2
-    passes: Annotated[int, Range(ge=1)] = 3
-    grid: Annotated[int, Range(ge=3)] = 101
-    # Exactly one weather label per chip (argmax of the weather group); "cloudy" drops the land labels.
-    # Off by default: it lowered the tuned F2 on the real 32-px competition OOF (README "Real data", the
-    # weather decoding row), and thresholds.json records the F2 with and without it on every run. Without it
-    # every chip still gets at least one weather label (its likeliest, when none passes its threshold).
-    weather_decoding: bool = False
-    # "thresholds": a label is on when its probability clears its tuned threshold. "expected_f2": per chip,
-    # the label set with the highest expected F2 given the (calibrated) probabilities (exact under
-    # independence); tune reports both, cross-fitted, in thresholds.json.
-    decoder: Literal["thresholds", "expected_f2"] = "thresholds"
-    # Per-label calibration fitted on the OOF probabilities, used by the expected-F2 decoder only.
-    calibration: Literal["none", "temperature", "platt", "isotonic"] = "platt"
-    # Per-label operating points instead of the Kaggle F2, e.g. {artisinal_mine: {recall: 0.85}} (a recall
-    # floor), {precision: 0.8} (a precision floor) or {fbeta: 0.5} (F-beta with another beta).
-    objectives: dict[Label, dict[Literal["recall", "precision", "fbeta"], Annotated[float, Range(gt=0)]]] = \
-        field(default_factory=dict)
-    # Bootstrap draws (chips resampled) for the 95% intervals in thresholds.json and the report, and their seed.
-    bootstrap: Annotated[int, Range(ge=1)] = 1000
-    bootstrap_seed: Annotated[int, Range(ge=0)] = 0
+class TuneConfig(_Section):
+    """Per-label thresholds (or the expected-F2 decoder) fitted on the out-of-fold predictions."""
+
+    start: Float = setting(0.2, "every threshold starts here (the flat baseline too)", gt=0, lt=1)
+    passes: Int = setting(3, "coordinate-ascent passes over the 17 labels", ge=1, cap=100)
+    # 100,001 candidates are steps of 1e-5, far finer than any out-of-fold set resolves.
+    grid: Int = setting(101, "candidate thresholds: the interior of linspace(0, 1, grid)", ge=3, cap=100_001)
+    weather_decoding: Bool = setting(False, "one weather label per chip, cloudy drops land labels (lowered the "
+                                     "tuned F2 on the real 32-px OOF, README \"Real data\")")
+    decoder: Literal["thresholds", "expected_f2"] = setting("thresholds", "thresholds: per-label tuned thresholds; "
+                                                            "expected_f2: per chip, the label set of highest "
+                                                            "expected F2")
+    calibration: Literal["none", "temperature", "platt", "isotonic"] = setting("platt", "per-label, fitted on the "
+                                                                               "OOF (expected_f2 only)")
+    objectives: dict[Label, dict[Literal["recall", "precision", "fbeta"], OperatingPoint]] = setting({}, (
+        "per-label operating points instead of the Kaggle F2: {recall: 0.85}, {precision: 0.8} or {fbeta: 0.5}"))
+    # A draw is a row of counts per chip: 100,000 draws of 40k chips take minutes already.
+    bootstrap: Int = setting(1000, "draws (chips resampled) for the 95% intervals", ge=1, cap=100_000)
+    bootstrap_seed: Int = setting(0, "their seed", ge=0, le=2**32 - 1)
 
 
-@dataclass
-class PredictConfig:
-    batch_size: Annotated[int, Range(ge=1)] = 256
-    # Dihedral test-time augmentation: how many of the 8 views (1 = none, 2, 4 or 8).
-    tta: Literal[1, 2, 4, 8] = 8
-    allow_missing: bool = False
-    # Folders or CSV lists to label; empty = the test folders of the data section.
-    inputs: list[str] = field(default_factory=list)
+class PredictConfig(_Section):
+    """Labelling new chips with the fold ensemble."""
+
+    batch_size: Int = setting(256, "chips per inference batch", ge=1, cap=BATCH)
+    tta: Annotated[Literal[1, 2, 4, 8], BeforeValidator(_whole)] = setting(8, "dihedral views averaged")
+    allow_missing: Bool = setting(False, "exit 0 even if some chips are missing or corrupt")
+    inputs: ListOf(Text) = setting([], "folders or CSV lists to label; empty = data.test_dirs")
 
 
-@dataclass
-class EvaluateConfig:
-    gallery_size: Annotated[int, Range(ge=0)] = 24
-    thumbnail: Annotated[int, Range(ge=1)] = 128
+class EvaluateConfig(_Section):
+    """The HTML report."""
+
+    gallery_size: Int = setting(24, "chips shown per mine label in the gallery", ge=0, cap=1000)
+    thumbnail: Int = setting(128, "side (px) of each gallery thumbnail", ge=1, cap=PIXELS)
 
 
-@dataclass
-class ScanConfig:
-    # Tile step as a fraction of the tile side (1 = edge to edge, 0.5 = every ground point in 4 tiles).
-    stride: Annotated[float, Range(gt=0, le=1)] = 0.5
-    # Labels mapped into sites and probability rasters.
-    labels: list[Label] = field(default_factory=lambda: ["artisinal_mine", "conventional_mine"])
-    # Per-label decision threshold overriding the run's thresholds.json ({} = the run's thresholds).
-    min_probability: dict[Label, Probability] = field(default_factory=dict)
-    # A stricter threshold for a site of a single tile, per label ({} = the same as a larger site's).
-    isolated_min_probability: dict[Label, Probability] = field(default_factory=dict)
-    # Sites smaller than this many hectares are dropped (0 = keep every site).
-    min_site_ha: Annotated[float, Range(ge=0)] = 0.0
-    # Per-scene percentile stretch [lo, hi] that maps a 16-bit scene to 8 bit like the training chips.
-    stretch_percentiles: Annotated[list[Percentile], Rule(_low_below_high, "must be two percentiles [lo, hi] "
-                                                                          "with lo < hi")] = field(
-        default_factory=lambda: [2.0, 98.0])
-    # Gamma applied after that stretch (1 = linear); see scan's docs for how it was compared on real TIF/JPEG pairs.
-    stretch_gamma: Annotated[float, Range(gt=0)] = 1.0
-    # Tiles per work unit (one Dask task reads, predicts and writes a block of this many tiles).
-    block_tiles: Annotated[int, Range(ge=1)] = 256
-    # Tiles per model batch; 0 = predict.batch_size.
-    batch_size: Annotated[int, Range(ge=0)] = 0
-    # A scene whose pixel size is farther than this factor from the training chips' (either way) is refused.
-    max_resolution_ratio: Annotated[float, Range(gt=1)] = 4.0
-    # 0 or 1: blocks are scored in this process; N >= 2: on a local Dask cluster of N worker processes
-    # (--scheduler ADDRESS sends them to a running cluster instead).
-    workers: Annotated[int, Range(ge=0)] = 0
+class ScanConfig(_Section):
+    """Whole scenes -> tiles -> sites and probability rasters."""
+
+    stride: Float = setting(0.5, "tile step as a share of the tile side (1 = edge to edge)", gt=0, le=1)
+    labels: ListOf(Label) = setting(["artisinal_mine", "conventional_mine"], "labels mapped into sites and rasters")
+    min_probability: dict[Label, Probability] = setting({}, "per-label threshold overriding thresholds.json")
+    isolated_min_probability: dict[Label, Probability] = setting({}, "stricter threshold for a single-tile site")
+    min_site_ha: Float = setting(0.0, "sites smaller than this (hectares) are dropped", ge=0, cap=MANY)
+    stretch_percentiles: ruled(ListOf(Percentile), lambda p: len(p) == 2 and p[0] < p[1], "must be two percentiles "
+                               "[lo, hi] with lo < hi") = setting([2.0, 98.0], "per-scene stretch of a 16-bit scene "
+                                                                  "to 8 bit")
+    stretch_gamma: Float = setting(1.0, "gamma after that stretch (1 = linear)", gt=0, cap=10)
+    # A block of 4096 256-px tiles is ~3 GiB as float32 already.
+    block_tiles: Int = setting(256, "tiles per work unit (one Dask task)", ge=1, cap=4096)
+    batch_size: Int = setting(0, "tiles per model batch; 0 = predict.batch_size", ge=0, cap=BATCH)
+    max_resolution_ratio: Float = setting(4.0, "refuse a scene whose pixel size is farther than this factor from "
+                                          "the chips'", gt=1, cap=100)
+    workers: Int = setting(0, "0 or 1: in this process; N >= 2: a local Dask cluster", ge=0, cap=WORKERS)
 
 
-@dataclass
-class Config:
-    data: DataConfig = field(default_factory=DataConfig)
-    run: RunConfig = field(default_factory=RunConfig)
-    dehaze: DehazeConfig = field(default_factory=DehazeConfig)
-    split: SplitConfig = field(default_factory=SplitConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    tune: TuneConfig = field(default_factory=TuneConfig)
-    predict: PredictConfig = field(default_factory=PredictConfig)
-    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
-    scan: ScanConfig = field(default_factory=ScanConfig)
+class _Conflict(ValueError):
+    """Settings that cannot go together; ``keys`` say which, so the error names the --set of one."""
 
-    # --- paths every stage agrees on -------------------------------------------------------------------
+    def __init__(self, message: str, *keys: str) -> None:
+        super().__init__(message)
+        self.keys = keys
+
+
+class Config(BaseModel):
+    """Every stage's settings."""
+
+    model_config = ConfigDict(extra="forbid")
+    data: DataConfig = Field(default_factory=DataConfig)
+    run: RunConfig = Field(default_factory=RunConfig)
+    dehaze: DehazeConfig = Field(default_factory=DehazeConfig)
+    split: SplitConfig = Field(default_factory=SplitConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    tune: TuneConfig = Field(default_factory=TuneConfig)
+    predict: PredictConfig = Field(default_factory=PredictConfig)
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+    scan: ScanConfig = Field(default_factory=ScanConfig)
+
     @property
     def run_dir(self) -> Path:
         return Path(self.run.dir)
@@ -354,14 +322,53 @@ class Config:
         return Path(self.data.root)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return self.model_dump()
+
+    @model_validator(mode="after")
+    def _settings_agree(self) -> "Config":
+        """The rules that involve two fields (each field's own limits are on the field)."""
+        k, tc, floor = self.split.folds, self.train, self.scan.min_probability
+        missing = [f for f in tc.folds if f >= k]
+        if missing:
+            raise _Conflict(f"train.folds {missing} do not exist with split.folds={k} (folds 0..{k - 1})",
+                            "train.folds", "split.folds")
+        sizes = "train.small_size", "train.small_epochs", "train.image_size", "train.epochs"
+        if (tc.small_size > 0) != (tc.small_epochs > 0):
+            raise _Conflict(f"train.small_size and train.small_epochs go together (both 0 = off), got "
+                            f"{tc.small_size} and {tc.small_epochs}", *sizes)
+        if tc.small_size and not 32 <= tc.small_size < tc.image_size:
+            raise _Conflict(f"train.small_size must be at least 32 and below train.image_size ({tc.image_size}), "
+                            f"got {tc.small_size}", *sizes)
+        if tc.small_epochs >= tc.epochs:
+            raise _Conflict(f"train.small_epochs ({tc.small_epochs}) must leave epochs at train.image_size "
+                            f"(train.epochs is {tc.epochs})", *sizes)
+        for label, p in self.scan.isolated_min_probability.items():
+            if p < floor.get(label, 0.0):
+                raise _Conflict(f"scan.isolated_min_probability.{label} ({p:g}) must not be below "
+                                f"scan.min_probability.{label} ({floor[label]:g})",
+                                "scan.isolated_min_probability", "scan.min_probability")
+        for label, objective in self.tune.objectives.items():
+            kind, value = next(iter(objective.items()), (None, 0))
+            if len(objective) != 1:
+                raise _Conflict(f"tune.objectives.{label} must hold one of recall, precision or fbeta, got "
+                                f"{sorted(objective)}", "tune.objectives")
+            if kind in ("recall", "precision") and value > 1:
+                raise _Conflict(f"tune.objectives.{label}.{kind} must be in (0, 1], got {value:g}", "tune.objectives")
+        return self
 
 
-# --- reading a value into its field's type ---------------------------------------------------------------------
+SECTIONS: dict[str, type[_Section]] = {name: f.annotation for name, f in Config.model_fields.items()}
+
+
+# --- one line per error ------------------------------------------------------------------------------------------
 
 _QUOTE = reprlib.Repr()
 _QUOTE.maxlevel, _QUOTE.maxlist, _QUOTE.maxdict, _QUOTE.maxstring, _QUOTE.maxother = 3, 6, 4, 60, 60
 QUOTE_CHARS = 60
+_EXPECTED = {"int_type": "expected an integer", "float_type": "expected a number", "bool_type": "expected true/false",
+             "finite_number": "expected a finite number", "string_type": "expected a string",
+             "list_type": "expected a list", "dict_type": "expected a mapping", "model_type": "expected a mapping"}
+_BOUNDS = {"greater_than", "greater_than_equal", "less_than", "less_than_equal"}
 
 
 def _short(text: str, limit: int = QUOTE_CHARS) -> str:
@@ -373,125 +380,86 @@ def _quote(value: Any) -> str:
     return _short(_QUOTE.repr(value))
 
 
-def _problem(meta: Any, value: Any) -> str | None:
-    return meta.problem(value) if isinstance(meta, (Range, Rule)) else None
+def _name(text: Any) -> str:
+    """A key or section as typed, on one line and short."""
+    return _short(repr(str(text))[1:-1])
 
 
-def _coerce(value: Any, typ: Any, where: str) -> Any:
-    origin = typing.get_origin(typ)
-    if origin is Annotated:
-        base, *metadata = typing.get_args(typ)
-        for meta in metadata:
-            if isinstance(meta, Canonical):
-                value = meta.normalise(value)
-        value = _coerce(value, base, where)
-        for meta in metadata:
-            problem = _problem(meta, value)
-            if problem:
-                raise ConfigError(f"{where} {problem}, got {_quote(value)}")
-        return value
-    if origin is Literal:
-        choices = typing.get_args(typ)
-        value = _coerce(value, type(choices[0]), where)
-        if value not in choices:
-            short_text = isinstance(value, str) and len(value) < 100
-            close = difflib.get_close_matches(value, choices, n=1) if short_text else []
-            hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise ConfigError(f"{where} must be one of {list(choices)}, got {_quote(value)}{hint}")
-        return value
-    if origin is list:
-        (inner,) = typing.get_args(typ)
-        if isinstance(value, str):
-            value = [v for v in (s.strip() for s in value.split(",")) if v]
-        if not isinstance(value, list):
-            raise ConfigError(f"{where}: expected a list, got {_quote(value)}")
-        return [_coerce(v, inner, f"{where}[{i}]") for i, v in enumerate(value)]
-    if origin is dict:
-        key_type, value_type = typing.get_args(typ)
-        if not isinstance(value, dict):
-            raise ConfigError(f"{where}: expected a mapping, got {_quote(value)}")
-        out = {}
-        for k, v in value.items():
-            k = _coerce(k, key_type, f"{where} keys")
-            out[k] = _coerce(v, value_type, f"{where}.{k}")
-        return out
-    if typ is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "yes", "1", "on", "false", "no", "0", "off"):
-            return value.lower() in ("true", "yes", "1", "on")
-        raise ConfigError(f"{where}: expected true/false, got {_quote(value)}")
-    if typ in (int, float):
-        # bool is an int subclass: "epochs: true" is a mistake, not 1. A float is no integer either.
-        accepted = (int,) if typ is int else (int, float)
-        number = None
-        if isinstance(value, (accepted, str)) and not isinstance(value, bool):
-            try:
-                number = typ(value)
-            except (ValueError, OverflowError):
-                pass
-        if number is None:
-            raise ConfigError(f"{where}: expected {'an integer' if typ is int else 'a number'}, got {_quote(value)}")
-        if typ is float and not math.isfinite(number):
-            raise ConfigError(f"{where}: expected a finite number, got {_quote(value)}")
-        return number
-    if typ is str:
-        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
-            text = str(value)
-            if "\x00" in text:
-                raise ConfigError(f"{where}: a NUL character is not allowed, got {_quote(text)}")
-            return text
-        raise ConfigError(f"{where}: expected a string, got {_quote(value)}")
-    raise ConfigError(f"{where}: unsupported type {typ}")  # pragma: no cover
+def _num(x: float) -> str:
+    return f"{x:g}" if isinstance(x, float) else str(x)
+
+
+def _bounds(node: dict) -> str:
+    """'in [0, 1]', 'at least 2', 'positive', ... from a JSON Schema node ('' when it has no bounds)."""
+    lo, hi = node.get("exclusiveMinimum", node.get("minimum")), node.get("exclusiveMaximum", node.get("maximum"))
+    open_lo, open_hi = "exclusiveMinimum" in node, "exclusiveMaximum" in node
+    if lo is not None and hi is not None:
+        return f"in {'(' if open_lo else '['}{_num(lo)}, {_num(hi)}{')' if open_hi else ']'}"
+    if lo is not None:
+        return ("positive" if lo == 0 else f"more than {_num(lo)}") if open_lo else f"at least {_num(lo)}"
+    return (f"less than {_num(hi)}" if open_hi else f"at most {_num(hi)}") if hi is not None else ""
 
 
 @functools.cache
-def _section_types(section_cls: type) -> dict[str, Any]:
-    hints = typing.get_type_hints(section_cls, include_extras=True)
-    return {f.name: hints[f.name] for f in dataclasses.fields(section_cls)}
+def _schema() -> dict:
+    return Config.model_json_schema()
 
 
-def _apply(cfg: Config, section: str, key: str, value: Any, source: str) -> None:
-    if section not in _section_types(Config):
-        known = ", ".join(_section_types(Config))
-        raise ConfigError(f"{source}: unknown section '{_short(section)}' (known: {known})")
-    sec_obj = getattr(cfg, section)
-    types = _section_types(type(sec_obj))
-    if key not in types:
-        close = difflib.get_close_matches(key, types, n=3) if len(key) < 100 else []
-        hint = f"did you mean {' or '.join(close)}?" if close else f"known: {', '.join(types)}"
-        raise ConfigError(f"{source}: unknown key '{section}.{_short(key)}' ({hint})")
-    setattr(sec_obj, key, _coerce(value, types[key], f"{source}: {section}.{key}"))
+def _schema_at(loc: tuple) -> dict:
+    """The JSON Schema node of the value at a pydantic error location (of the keys, for a mapping's key)."""
+    keys = loc[-1:] == ("[key]",)
+    node, defs = _schema(), _schema()["$defs"]
+    for part in loc[:-2] if keys else loc:
+        node = defs[node["$ref"].rsplit("/", 1)[1]] if "$ref" in node else node
+        node = node.get("properties", {}).get(part) or node.get("items") or node.get("additionalProperties") or {}
+    node = defs[node["$ref"].rsplit("/", 1)[1]] if "$ref" in node else node
+    return node.get("propertyNames", {}) if keys else node
 
 
-def validate(cfg: Config, source: str = "config") -> Config:
-    """Checks that involve two fields (each field's own constraint is checked as it is read)."""
-    k = cfg.split.folds
-    missing = [f for f in cfg.train.folds if f >= k]
-    if missing:
-        raise ConfigError(f"{source}: train.folds {missing} do not exist with split.folds={k} (folds 0..{k - 1})")
-    tc = cfg.train
-    if (tc.small_size > 0) != (tc.small_epochs > 0):
-        raise ConfigError(f"{source}: train.small_size and train.small_epochs go together (both 0 = off), got "
-                          f"{tc.small_size} and {tc.small_epochs}")
-    if tc.small_size and not 32 <= tc.small_size < tc.image_size:
-        raise ConfigError(f"{source}: train.small_size must be at least 32 and below train.image_size "
-                          f"({tc.image_size}), got {tc.small_size}")
-    if tc.small_epochs >= tc.epochs:
-        raise ConfigError(f"{source}: train.small_epochs ({tc.small_epochs}) must leave epochs at train.image_size "
-                          f"(train.epochs is {tc.epochs})")
-    for label, p in cfg.scan.isolated_min_probability.items():
-        if p < cfg.scan.min_probability.get(label, 0.0):
-            raise ConfigError(f"{source}: scan.isolated_min_probability.{label} ({p:g}) must not be below "
-                              f"scan.min_probability.{label} ({cfg.scan.min_probability[label]:g})")
-    for label, objective in cfg.tune.objectives.items():
-        if len(objective) != 1:
-            raise ConfigError(f"{source}: tune.objectives.{label} must hold one of recall, precision or fbeta, "
-                              f"got {sorted(objective)}")
-        kind, value = next(iter(objective.items()))
-        if kind in ("recall", "precision") and value > 1:
-            raise ConfigError(f"{source}: tune.objectives.{label}.{kind} must be in (0, 1], got {value:g}")
-    return cfg
+def _one_line(err: dict, sources: dict[str, str], default: str) -> ConfigError:
+    """A pydantic error as today's one line: the source that gave the value, the key, the value, the problem."""
+    loc, kind, ctx, value = err["loc"], err["type"], err.get("ctx") or {}, err["input"]
+    conflict = ctx.get("error")
+    if isinstance(conflict, _Conflict):
+        return ConfigError(f"{([s for k, s in sources.items() if k in conflict.keys] or [default])[-1]}: {conflict}")
+    source = sources.get(".".join(map(str, loc[:2])), default)
+    if kind == "extra_forbidden" and len(loc) == 2:
+        known = list(SECTIONS[loc[0]].model_fields)
+        close = difflib.get_close_matches(str(loc[1]), known, n=3) if len(str(loc[1])) < 100 else []
+        hint = f"did you mean {' or '.join(close)}?" if close else f"known: {', '.join(known)}"
+        return ConfigError(f"{source}: unknown key '{loc[0]}.{_name(loc[1])}' ({hint})")
+    keys = loc[-1:] == ("[key]",)  # a mapping's key, not its value
+    where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in (loc[:-2] if keys else loc))
+    where = where.lstrip(".") + (" keys" if keys else "")
+    got, hint = f", got {_quote(value)}", ""
+    if kind in _EXPECTED:
+        problem = f": {_EXPECTED[kind]}"
+    elif kind in _BOUNDS:
+        node = _schema_at(loc)
+        if node.get("x-cap"):  # below the range the cap is beside the point, and above it the floor is
+            drop = ("maximum", "exclusiveMaximum") if kind.startswith("greater") else ("minimum", "exclusiveMinimum")
+            node = {k: v for k, v in node.items() if k not in drop}
+        problem = f" must be {_bounds(node)}"
+    elif kind == "literal_error":
+        choices = _schema_at(loc).get("enum", [])
+        problem = f" must be one of {', '.join(map(str, choices))}"
+        close = difflib.get_close_matches(value, choices, n=1) if isinstance(value, str) and len(value) < 100 else []
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+    elif kind == "value_error":
+        problem = f" {conflict}"
+    elif kind == "too_long":
+        problem, got = f" must hold at most {ctx['max_length']} items", f", got {ctx.get('actual_length')}"
+    else:
+        problem = f": {_short(' '.join(err['msg'].split()), 100)}"
+    return ConfigError(f"{source}: {where}{problem}{got}{hint}")
+
+
+def _validate(model: type[BaseModel], raw: dict, sources: dict[str, str], default: str, prefix: tuple = ()) -> Any:
+    try:
+        return model.model_validate(raw)
+    except ValidationError as exc:
+        err = exc.errors(include_url=False)[0]
+        raise _one_line({**err, "loc": prefix + err["loc"]}, sources, default) from None
 
 
 # --- reading YAML ------------------------------------------------------------------------------------------------
@@ -604,41 +572,97 @@ def _parse_override(text: str) -> Any:
     return text if parsed is None else parsed
 
 
+def _read_sections(path: Path) -> dict:
+    text = _read_config_text(path)
+    try:
+        raw = _load_yaml(text)
+    except _Refused as exc:
+        raise ConfigError(f"{path}: YAML refused{_yaml_problem(exc)}") from None
+    except (yaml.YAMLError, ValueError) as exc:
+        raise ConfigError(f"{path}: not valid YAML{_yaml_problem(exc)}") from None
+    if raw is not None and not isinstance(raw, dict):
+        raise ConfigError(f"{path}: top level must be a mapping of sections")
+    return raw or {}
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """Defaults <- YAML file <- ``section.key=value`` overrides, each value checked as it is read."""
-    cfg = Config()
+    """Defaults <- YAML file <- ``section.key=value`` overrides. The file's values are checked on their own
+    first, so a bad one is reported (naming the file) even where an override replaces it; then the whole, where
+    an error names the source of its value: the ``--set`` that gave it, else the file."""
+    raw: dict[str, dict] = {}
+    sources: dict[str, str] = {}  # "section.key" -> where its value came from, in the order applied
+    default = "config" if path is None else str(path)
     if path is not None:
-        path = Path(path)
-        source = str(path)
-        text = _read_config_text(path)
-        try:
-            raw = _load_yaml(text)
-        except _Refused as exc:
-            raise ConfigError(f"{path}: YAML refused{_yaml_problem(exc)}") from None
-        except (yaml.YAMLError, ValueError) as exc:
-            raise ConfigError(f"{path}: not valid YAML{_yaml_problem(exc)}") from None
-        if raw is None:
-            raw = {}
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{path}: top level must be a mapping of sections")
-        for section, body in raw.items():
+        for section, body in _read_sections(Path(path)).items():
             section = str(section)
-            if body is None:
-                continue
-            if not isinstance(body, dict):
-                if section in _section_types(Config):
-                    raise ConfigError(f"{path}: section '{section}' must be a mapping")
-                raise ConfigError(f"{path}: unknown section '{_short(section)}'")
-            for key, value in body.items():
-                _apply(cfg, section, str(key), value, source)
+            if section not in SECTIONS:
+                raise ConfigError(f"{path}: unknown section '{_name(section)}' (known: {', '.join(SECTIONS)})")
+            if body is not None and not isinstance(body, dict):
+                raise ConfigError(f"{path}: section '{section}' must be a mapping")
+            body = {str(k): v for k, v in (body or {}).items()}
+            _validate(SECTIONS[section], body, {}, default, (section,))
+            raw[section] = body
+            sources.update((f"{section}.{k}", default) for k in body)
     for item in overrides:
         name, sep, value = item.partition("=")
         if not sep or "." not in name:
             raise ConfigError(f"--set {_quote(item)}: expected section.key=value")
         section, key = name.strip().split(".", 1)
-        _apply(cfg, section, key, _parse_override(value), f"--set {_short(name)}")
-    return validate(cfg, str(path) if path is not None else "config")
+        source = f"--set {_name(name.strip())}"
+        if section not in SECTIONS:
+            raise ConfigError(f"{source}: unknown section '{_name(section)}' (known: {', '.join(SECTIONS)})")
+        raw.setdefault(section, {})[key] = _parse_override(value)
+        sources.pop(f"{section}.{key}", None)
+        sources[f"{section}.{key}"] = source
+    return _validate(Config, raw, sources, default)
 
 
 def dump_config(cfg: Config) -> str:
     return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+
+
+# --- the docs --------------------------------------------------------------------------------------------------
+
+def json_schema() -> dict:
+    """The JSON Schema of a config file. Two extension keywords: ``x-cap`` marks a maximum that is only there to
+    refuse slips (not a limit of the method), ``x-rule`` states a test beyond bounds and choices."""
+    return copy.deepcopy(_schema())
+
+
+def _type_of(node: dict) -> str:
+    if node.get("type") == "array":
+        return f"list of {_type_of(node['items'])}"
+    if node.get("type") == "object":
+        return f"mapping {_type_of(node.get('propertyNames', {'type': 'string'}))} -> " \
+               f"{_type_of(node['additionalProperties'])}"
+    return {"integer": "integer", "number": "number", "boolean": "true/false"}.get(node.get("type", ""), "text")
+
+
+def _allowed(node: dict) -> str:
+    if "enum" in node:
+        parts = ["one of " + ", ".join(f"`{v}`" for v in node["enum"])]
+    elif node.get("type") == "array":
+        each = _allowed(node["items"])
+        parts = [f"at most {node['maxItems']} items" if "maxItems" in node else "", each and f"each {each}"]
+    elif node.get("type") == "object":
+        keys, values = _allowed(node.get("propertyNames", {})), _allowed(node["additionalProperties"])
+        parts = [keys and f"keys {keys}", values and f"values {values}"]
+    else:
+        parts = [_bounds(node)]
+    return "; ".join(filter(None, [*parts, node.get("x-rule", "").replace("must be ", "")]))
+
+
+def reference_markdown() -> str:
+    """Every key of every section as Markdown tables: type, allowed values, default, description."""
+    out = ["# Configuration reference", "",
+           "Generated from `amazonmine/config.py` (`amazonmine.config.reference_markdown()`). Set a key in the "
+           "YAML file given to `--config`, or on the command line with `--set section.key=value`."]
+    for section, model in SECTIONS.items():
+        out += ["", f"## `{section}`", "", model.__doc__ or "", "",
+                "| Key | Type | Allowed | Default | Description |", "| --- | --- | --- | --- | --- |"]
+        for key, node in _schema()["$defs"][model.__name__]["properties"].items():
+            default = node.get("default")
+            shown = default if isinstance(default, str) and default else json.dumps(default)
+            cells = [f"`{key}`", _type_of(node), _allowed(node) or "any", f"`{shown}`", node.get("description", "")]
+            out.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    return "\n".join(out) + "\n"

@@ -25,7 +25,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from amazonmine.errors import AmazonmineError
+from amazonmine.errors import AmazonmineError, shorten
 
 LABELS: tuple[str, ...] = (
     "agriculture",
@@ -61,6 +61,9 @@ IMAGE_EXTENSIONS = {"jpg": ".jpg", "tif": ".tif"}
 # Chip file suffixes and the format each is decoded as.
 CHIP_FORMATS = {".jpg": "jpg", ".jpeg": "jpg", ".tif": "tif", ".tiff": "tif", ".png": "png"}
 _SHOW = 5  # offenders quoted in an error message
+# A path quoted in a message is cut past this many characters (its start and end kept): a real one fits, and a
+# file name made of a 50 MB cell of a CSV does not flood the line.
+PATH_LIMIT = 240
 
 
 class DataError(AmazonmineError):
@@ -69,7 +72,7 @@ class DataError(AmazonmineError):
 
 def _offenders(items: Sequence[str], total: int | None = None) -> str:
     total = len(items) if total is None else total
-    shown = ", ".join(str(i) for i in list(items)[:_SHOW])
+    shown = ", ".join(shorten(i) for i in list(items)[:_SHOW])
     more = f" and {total - _SHOW} more" if total > _SHOW else ""
     return f"{total} ({shown}{more})"
 
@@ -151,7 +154,8 @@ def read_labels(csv_path: str | Path, require_weather: bool = True):
     frame = read_text_csv(csv_path, "labels file", "expected a header 'image_name,tags' and one row per chip")
     missing = [c for c in ("image_name", "tags") if c not in frame.columns]
     if missing:
-        raise DataError(f"{csv_path}: missing column(s) {', '.join(missing)}; found {', '.join(frame.columns)}")
+        raise DataError(f"{csv_path}: missing column(s) {', '.join(missing)}; found "
+                        f"{shorten(', '.join(map(str, frame.columns)), 200)}")
     if frame.empty:
         raise DataError(f"{csv_path}: empty CSV (header only, no chips)")
     frame = frame[["image_name", "tags"]].copy()
@@ -200,6 +204,7 @@ def decode_image(data: bytes, name: str, fmt: str = "jpg", expected_size: int = 
     """
     import cv2
 
+    name = shorten(name, PATH_LIMIT)  # only quoted below
     if not data:
         raise DataError(f"{name}: empty file")
     if fmt == "jpg" and not _jpeg_complete(data):
@@ -250,8 +255,16 @@ def resolve_inside(folder: str | Path, path: str | Path) -> Path:
     real_folder = os.path.realpath(folder)
     real = os.path.realpath(path)
     if real != real_folder and not real.startswith(real_folder.rstrip(os.sep) + os.sep):
-        raise DataError(f"{path}: leads outside its folder {folder} (to {real}); chips must be files inside it")
+        raise DataError(f"{shorten(path, PATH_LIMIT)}: leads outside its folder {shorten(folder, PATH_LIMIT)} "
+                        f"(to {shorten(real, PATH_LIMIT)}); chips must be files inside it")
     return Path(real)
+
+
+def file_kind(mode: int) -> str:
+    """What a file that is not a regular file is, in the words of the input-path rule's refusals (chips here,
+    scenes in :mod:`amazonmine.scan`)."""
+    return ("a FIFO" if stat.S_ISFIFO(mode) else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
+            else "a folder" if stat.S_ISDIR(mode) else "a socket" if stat.S_ISSOCK(mode) else "not a regular file")
 
 
 def _read_bytes(path: str | Path) -> bytes:
@@ -267,12 +280,10 @@ def _read_bytes(path: str | Path) -> bytes:
     try:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
-            kind = ("a FIFO" if stat.S_ISFIFO(info.st_mode) else "a device" if stat.S_ISCHR(info.st_mode)
-                    or stat.S_ISBLK(info.st_mode) else "a folder" if stat.S_ISDIR(info.st_mode) else "a socket"
-                    if stat.S_ISSOCK(info.st_mode) else "not a regular file")
-            raise DataError(f"{path}: {kind}, not a regular file; chips must be plain image files")
+            raise DataError(f"{shorten(path, PATH_LIMIT)}: {file_kind(info.st_mode)}, not a regular file; chips "
+                            f"must be plain image files")
         if info.st_size > MAX_CHIP_BYTES:
-            raise DataError(f"{path}: {info.st_size / 2**20:.0f} MiB, larger than any chip "
+            raise DataError(f"{shorten(path, PATH_LIMIT)}: {info.st_size / 2**20:.0f} MiB, larger than any chip "
                             f"({MAX_CHIP_BYTES >> 20} MiB at most)")
         size = info.st_size
         data = os.read(fd, size + 1)  # one byte more than expected: a file that grew since fstat is read on
@@ -282,7 +293,7 @@ def _read_bytes(path: str | Path) -> bytes:
                 parts.append(part)
                 total += len(part)
                 if total > MAX_CHIP_BYTES:
-                    raise DataError(f"{path}: still growing past {MAX_CHIP_BYTES >> 20} MiB while read")
+                    raise DataError(f"{shorten(path, PATH_LIMIT)}: still growing past {MAX_CHIP_BYTES >> 20} MiB while read")
             data = b"".join(parts)
         return data
     finally:
@@ -294,9 +305,9 @@ def read_chip_bytes(path: str | Path) -> bytes:
     try:
         return _read_bytes(path)
     except FileNotFoundError:
-        raise DataError(f"{path}: image file not found") from None
+        raise DataError(f"{shorten(path, PATH_LIMIT)}: image file not found") from None
     except OSError as exc:
-        raise DataError(f"{path}: cannot read ({exc.strerror or exc})") from None
+        raise DataError(f"{shorten(path, PATH_LIMIT)}: cannot read ({exc.strerror or exc})") from None
 
 
 def chip_format(path: str | Path) -> str:
@@ -345,6 +356,18 @@ class PlanetLayout:
     @property
     def image_dir(self) -> Path:
         return self.tif_dir if self.image_format == "tif" else self.train_dir
+
+    def sample_chip(self) -> Path:
+        """One training chip, whose header says how the chips were stored (JPEG quality, components); a
+        pattern path that names the folder when there is none (the data is not on this machine)."""
+        try:
+            with os.scandir(self.image_dir) as entries:
+                for entry in entries:
+                    if entry.name.lower().endswith(self.ext) and not entry.name.startswith("."):
+                        return Path(entry.path)
+        except OSError:
+            pass
+        return self.image_dir / f"*{self.ext}"
 
     def load_train(self, check_files: bool = True):
         """Validated labels (DataFrame image_name, tags) and their (N, 17) matrix."""

@@ -50,8 +50,17 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from amazonmine.data import CHIP_FORMATS, DataError, chip_format, decode_image, encode_jpeg, encode_tif, read_chip_bytes
-from amazonmine.errors import AmazonmineError
+from amazonmine.data import (
+    CHIP_FORMATS,
+    PATH_LIMIT,
+    DataError,
+    chip_format,
+    decode_image,
+    encode_jpeg,
+    encode_tif,
+    read_chip_bytes,
+)
+from amazonmine.errors import AmazonmineError, shorten
 from amazonmine.haze import DehazeParams, DehazeResult, dehaze_image
 from amazonmine.io import remove_stale_temporaries, write_bytes_atomic, write_text_atomic
 from amazonmine.runfolder import DEHAZE_ERRORS_CSV, DEHAZE_STATS_CSV, RunFolder
@@ -154,11 +163,13 @@ class DehazeSummary:
         return text + (f"; {self.note}" if self.note else "")
 
 
-def _chip_files(folder: Path) -> list[str]:
-    # Hidden names include the temporary files of an interrupted atomic write. Anything else named like a chip
-    # is listed, even a FIFO or a link to a device: the reader refuses it by name instead of it vanishing.
+def _chip_files(folder: Path, folders_too: bool = False) -> list[str]:
+    """The names in ``folder`` that look like chips. Hidden names include the temporary files of an interrupted
+    atomic write. In a source folder (``folders_too``) anything else named like a chip is listed, even a folder,
+    a FIFO or a link to a device: the reader refuses it by name (dehaze_errors.csv) instead of it vanishing. In
+    an output folder a folder is no chip this stage wrote, so it is not listed as one."""
     return sorted(e.name for e in os.scandir(folder) if not e.name.startswith(".")
-                  and os.path.splitext(e.name)[1].lower() in CHIP_SUFFIXES and not e.is_dir())
+                  and os.path.splitext(e.name)[1].lower() in CHIP_SUFFIXES and (folders_too or not e.is_dir()))
 
 
 def _folder_pairs(cfg, src: Path, dst: Path) -> list[tuple[str, Path, Path]]:
@@ -258,7 +269,7 @@ def _process_chunk(jobs: list[_Job], params: DehazeParams, expected_size: int) -
             processed.append((job, data))
         for job, item in processed:
             if isinstance(item, DataError):
-                out.append(("error", job.key, str(item).removeprefix(f"{job.src}: ")))
+                out.append(("error", job.key, str(item).removeprefix(f"{shorten(job.src, PATH_LIMIT)}: ")))
                 continue
             encoded, airlight, t_mean = item
             if job.dst is not None:
@@ -348,7 +359,7 @@ def _dehaze_folders(cfg, params: DehazeParams, src: Path, dst: Path, pairs: list
     summary = DehazeSummary(src=src, dst=dst, method=params.method, stats_csv=stats_path)
     for prefix, in_dir, out_dir in pairs:
         done = set(_chip_files(out_dir)) if out_dir.is_dir() else set()
-        for name in _chip_files(in_dir):
+        for name in _chip_files(in_dir, folders_too=True):
             key = prefix + name
             write = _Job(key, str(in_dir / name), str(out_dir / name))
             if name not in done or overwrite:

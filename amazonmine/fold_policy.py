@@ -62,11 +62,11 @@ def model_settings(cfg) -> dict:
     ignored = {"verbose", "folds", "cache"}
     # Each warm-up setting means something to its own schedule only.
     ignored.add("warmup_epochs" if cfg.train.schedule == "one_cycle" else "one_cycle_warmup")
-    settings = {f"train.{k}": v for k, v in dataclasses.asdict(cfg.train).items() if k not in ignored}
+    settings = {f"train.{k}": v for k, v in cfg.train.model_dump().items() if k not in ignored}
     settings.update({"dehaze.enabled": cfg.dehaze.enabled, "data.image_format": cfg.data.image_format,
                      "data.chip_size": cfg.data.chip_size})
     if cfg.dehaze.enabled:  # the chips it learnt from were made with these
-        settings.update({f"dehaze.{k}": v for k, v in dataclasses.asdict(cfg.dehaze).items()
+        settings.update({f"dehaze.{k}": v for k, v in cfg.dehaze.model_dump().items()
                          if k not in ("enabled", "workers", "out_dir")})
     return json.loads(json.dumps(settings, default=str))  # as it reads back from summary.json
 

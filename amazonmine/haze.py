@@ -68,13 +68,13 @@ _AIRLIGHT_PARTITION_MAX = 4096
 class DehazeParams:
     """The math's parameters only (picklable for worker processes); defaults are the config's."""
 
-    method: str = DehazeConfig.method
-    patch: int = DehazeConfig.patch
-    omega: float = DehazeConfig.omega
-    t0: float = DehazeConfig.t0
-    top_fraction: float = DehazeConfig.top_fraction
-    guided_radius: int = DehazeConfig.guided_radius
-    guided_eps: float = DehazeConfig.guided_eps
+    method: str = DehazeConfig().method
+    patch: int = DehazeConfig().patch
+    omega: float = DehazeConfig().omega
+    t0: float = DehazeConfig().t0
+    top_fraction: float = DehazeConfig().top_fraction
+    guided_radius: int = DehazeConfig().guided_radius
+    guided_eps: float = DehazeConfig().guided_eps
 
     @classmethod
     def from_config(cls, dehaze_cfg) -> "DehazeParams":

@@ -285,3 +285,108 @@ def exclusive_lock(lock_file: str | Path, what: str) -> Iterator[None]:
         yield
     finally:
         os.close(fd)  # releases the lock
+
+
+# --- a set of artifacts replaced as a whole ----------------------------------------------------------------
+
+_COMMITTED = ".complete"  # in a staging folder: the staged set is whole and replaces the one in place
+
+
+def _staging_dir(folder: Path, name: str) -> Path:
+    return folder / f".{name}-staging"
+
+
+def _set_list(folder: Path, name: str) -> Path:
+    return folder / f".{name}-outputs.json"
+
+
+def _plain_names(names: Any) -> list[str]:
+    """The entries of a set's list that are plain names in its folder; anything else (a path, '..', not a
+    string) is dropped, never followed."""
+    if not isinstance(names, (list, tuple)):
+        return []
+    return [n for n in names if isinstance(n, str) and n not in ("", ".", "..") and "/" not in n
+            and "\0" not in n and (os.altsep is None or os.altsep not in n)]
+
+
+def _listed(path: Path) -> list[str] | None:
+    """The "outputs" list of a set file (a commit marker or a folder's set list), or None if there is none."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    names = data.get("outputs") if isinstance(data, dict) else None
+    return _plain_names(names) if isinstance(names, list) else None
+
+
+def _remove_entry(path: Path) -> None:
+    import shutil
+
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+
+
+@contextlib.contextmanager
+def staged_set(folder: str | Path, name: str, legacy: tuple[str, ...] = (),
+               keep: tuple[str, ...] = ()) -> Iterator[Path]:
+    """Write a set of artifacts that replaces the previous set in ``folder`` as a whole, or not at all.
+
+    The block writes every file of the new set into the yielded staging folder (``folder/.<name>-staging``, on
+    the same file system). If the block raises, the staging folder is removed and ``folder`` is exactly as it
+    was. If it returns, a commit marker listing the new set is written (atomically: the moment the new set
+    wins), and :func:`finish_staged_set` moves it into place. The folder's current set is listed in
+    ``folder/.<name>-outputs.json``; ``legacy`` names what a writer from before that list existed may have
+    left; ``keep`` names what is never removed (a resume cache, a lock). One writer at a time: call it under
+    the folder's lock. Disk: both sets exist until the swap.
+    """
+    import shutil
+
+    folder = Path(folder)
+    finish_staged_set(folder, name, legacy, keep)  # a swap a killed writer left half-done is completed first
+    stage = _staging_dir(folder, name)
+    stage.mkdir(parents=True)
+    try:
+        yield stage
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    names = sorted(e.name for e in os.scandir(stage) if not is_temporary_name(e.name) and e.name != _COMMITTED)
+    write_json_atomic(stage / _COMMITTED, {"outputs": names})
+    finish_staged_set(folder, name, legacy, keep)
+
+
+def finish_staged_set(folder: str | Path, name: str, legacy: tuple[str, ...] = (),
+                      keep: tuple[str, ...] = ()) -> None:
+    """Complete a committed swap (see :func:`staged_set`); drop a staging folder that was never committed.
+
+    Idempotent, so a writer killed half-way through a swap (some files moved, some not) leaves a folder the
+    next call makes whole: what the previous set had and the new one lacks is removed, each staged file is
+    renamed over its old version (one rename each), and only then is the set list rewritten.
+    """
+    import shutil
+
+    folder = Path(folder)
+    stage = _staging_dir(folder, name)
+    if not stage.is_dir():
+        return
+    new = _listed(stage / _COMMITTED)
+    if new is None:  # never committed: the set in place was not touched
+        shutil.rmtree(stage)
+        return
+    set_list = _set_list(folder, name)
+    protected = {stage.name, set_list.name, *keep}
+    previous = set(_plain_names(list(legacy))) | set(_listed(set_list) or [])
+    for old in sorted(previous - set(new) - protected):
+        _remove_entry(folder / old)
+    for entry in new:
+        if entry in protected or not os.path.lexists(stage / entry):  # moved before a kill, or not ours to move
+            continue
+        target = folder / entry
+        if target.is_dir() and not target.is_symlink():
+            shutil.rmtree(target)  # os.replace cannot put a file or a folder over a folder that has files
+        os.replace(stage / entry, target)
+    write_json_atomic(set_list, {"outputs": [n for n in new if n not in protected]})
+    shutil.rmtree(stage)

@@ -420,10 +420,33 @@ def interrupts_held():
     try:
         yield
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-        for sig in dict.fromkeys(caught):
-            signal.raise_signal(sig)  # now handled as it would have been (train: saves the resume state)
+        raised = _restore_handlers(previous)
+        try:
+            for sig in dict.fromkeys(caught):
+                signal.raise_signal(sig)  # now handled as it would have been (train: saves the resume state)
+        finally:
+            if raised is not None:
+                raise raised
+
+
+def _restore_handlers(previous: dict) -> BaseException | None:
+    """Put every handler of ``previous`` back, even when a signal lands between two of them.
+
+    ``signal.signal`` runs the handlers of signals already received before it changes one: a Ctrl-C that lands
+    after SIGINT's handler is back runs that handler inside the call that restores SIGTERM's, and its
+    KeyboardInterrupt would leave SIGTERM with the holding handler, which swallows every later SIGTERM. What
+    such a handler raised is returned, to be raised once every handler is back."""
+    import signal
+
+    raised = None
+    for sig, handler in previous.items():
+        for _ in range(8):  # each try clears what was pending; more signals than this in a row: give up
+            try:
+                signal.signal(sig, handler)
+                break
+            except BaseException as exc:  # noqa: BLE001 - a restored handler's KeyboardInterrupt included
+                raised = raised or exc
+    return raised
 
 
 def trim_history(history_csv, epochs: int) -> None:

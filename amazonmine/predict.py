@@ -25,7 +25,7 @@ import numpy as np
 from amazonmine.data import CHIP_FORMATS, LABELS, DataError, PlanetLayout, is_safe_name, matrix_to_tags, read_text_csv
 from amazonmine.errors import AmazonmineError
 from amazonmine.io import write_csv_atomic
-from amazonmine.runfolder import RunFolder
+from amazonmine.runfolder import PREDICT_FAILURES_CSV, RunFolder
 
 CHIP_SUFFIXES = tuple(CHIP_FORMATS)
 # A chip that cannot be read still needs a row for Kaggle; it gets the training set's most common tag set.
@@ -186,10 +186,63 @@ def run_predict(cfg, inputs: list[Path] | None = None, allow_missing: bool = Fal
         return _predict(cfg, run, inputs, gpu, progress)
 
 
+def run_predict_bundle(inputs: list[Path], out: Path, model=None, gpu: bool = False, progress: bool = True,
+                       tta: int | None = None, cfg=None) -> PredictSummary:
+    """Label chips (folders or CSV lists) with a model bundle (``model``: a folder, an installed bundle's name,
+    or None for the released model), without any run folder: ``out/labels.csv`` and ``out/probabilities.csv``,
+    the formats of a run's ``predictions/``. Chips of any square size are accepted (each is resized as the
+    bundle's models were trained); chips too unlike the training chips are the caller's responsibility."""
+    from amazonmine.config import load_config
+    from amazonmine.io import exclusive_lock
+    from amazonmine.predictor import Predictor
+
+    if not inputs:
+        raise DataError("predict --model: name the chips to label (folders or CSV lists)")
+    chips = list_inputs(cfg or load_config(None), list(inputs))
+    predictor = Predictor.from_bundle(model, gpu=gpu, tta=tta)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    with exclusive_lock(out / ".lock", "amazonmine predict"):
+        summary = _label_inputs(predictor, chips, out, expected_size=0, dehazed=False, progress=progress)
+    summary.note = f"model {predictor.bundle.name}"
+    return summary
+
+
+def _label_inputs(predictor, chips, out_dir: Path, expected_size: int, dehazed: bool, progress: bool,
+                  sample: Path | None = None, probs_csv: Path | None = None,
+                  submission: Path | None = None) -> PredictSummary:
+    """Probabilities, then decisions in the submission format, checked; unreadable chips listed beside them."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    probs_csv = probs_csv or out_dir / "probabilities.csv"
+    submission = submission or out_dir / "labels.csv"
+    started = time.perf_counter()
+    failures = predictor.predict_files(chips, probs_csv, dehazed=dehazed, expected_size=expected_size,
+                                       progress=progress)
+    seconds = time.perf_counter() - started
+    read_names = {n for n, _ in chips}
+    counts, not_in_sample, missing = write_submission(probs_csv, submission, predictor.thresholds,
+                                                      predictor.weather_decoding, sample, [name for name, _ in chips])
+    # Unreadable chips are in `failures`; a sample row with no chip file at all is added here.
+    failed = [problem for _, problem in failures]
+    failed += [f"{n}: listed in {sample.name} but no chip file found" for n in missing if n not in read_names]
+    problems = validate_submission(submission, sample)
+    if problems:
+        raise AmazonmineError(f"{submission}: invalid submission: " + "; ".join(problems))
+    failures_csv = out_dir / PREDICT_FAILURES_CSV
+    if failed:
+        import pandas as pd
+
+        write_csv_atomic(failures_csv, pd.DataFrame({"problem": failed}))
+    elif failures_csv.exists():
+        failures_csv.unlink()  # a stale list from an earlier run would name chips that are now fine
+    return PredictSummary(submission, probs_csv, len(chips), len(predictor.models), predictor.tta, seconds, failed,
+                          counts, not_in_sample)
+
+
 def _predict(cfg, run: RunFolder, inputs: list[Path] | None, gpu: bool, progress: bool) -> PredictSummary:
     from amazonmine.predictor import Predictor
 
-    thresholds, weather_decoding = run.read_thresholds()
+    run.read_thresholds()  # no thresholds: one line before the models load
     explicit = bool(inputs or cfg.predict.inputs)
     chips = list_inputs(cfg, inputs)
     predictor = Predictor.from_run(cfg, gpu=gpu)
@@ -200,45 +253,23 @@ def _predict(cfg, run: RunFolder, inputs: list[Path] | None, gpu: bool, progress
         raise AmazonmineError(f"{run.root}: the fold models learnt from {'dehazed' if learnt_dehazed else 'raw'} "
                               f"chips but dehaze.enabled is {str(cfg.dehaze.enabled).lower()}; set "
                               f"dehaze.enabled={str(learnt_dehazed).lower()}")
-    if explicit:
-        # Not the competition's test set: keep the Kaggle files of the run as they are.
-        out_dir = run.predictions_dir
-        probs_csv, submission = out_dir / "probabilities.csv", out_dir / "labels.csv"
-    else:
-        out_dir = run.root
-        probs_csv, submission = run.test_probabilities, run.submission
-    started = time.perf_counter()
-    # The default test folders are read from their dehazed copies; explicit inputs are dehazed in memory by the
-    # predictor when the folds learnt from dehazed chips.
-    failures = predictor.predict_files(chips, probs_csv, dehazed=not explicit, expected_size=cfg.data.chip_size,
-                                       progress=progress)
-    seconds = time.perf_counter() - started
     layout = PlanetLayout.from_config(cfg.data)
-    # The sample's order applies when labelling the competition's own test folders.
-    sample = None if explicit else layout.sample_submission
-    read_names = {n for n, _ in chips}
-    counts, not_in_sample, missing = write_submission(probs_csv, submission, thresholds, weather_decoding,
-                                                      sample, [name for name, _ in chips])
-    # Unreadable chips are in `failures`; a sample row with no chip file at all is added here.
-    failed = [problem for _, problem in failures]
-    failed += [f"{n}: listed in {layout.sample_submission.name} but no chip file found"
-               for n in missing if n not in read_names]
-    problems = validate_submission(submission, sample)
-    if problems:
-        raise AmazonmineError(f"{submission}: invalid submission: " + "; ".join(problems))
-    failures_csv = out_dir / run.predict_failures.name
-    if failed:
-        import pandas as pd
-
-        write_csv_atomic(failures_csv, pd.DataFrame({"problem": failed}))
-    elif failures_csv.exists():
-        failures_csv.unlink()  # a stale list from an earlier run would name chips that are now fine
+    # The default test folders are read from their dehazed copies, in the sample's order; explicit inputs (not
+    # the competition's test set: the run's Kaggle files stay as they are) are dehazed in memory by the
+    # predictor when the folds learnt from dehazed chips.
+    if explicit:
+        summary = _label_inputs(predictor, chips, run.predictions_dir, cfg.data.chip_size, False, progress)
+    else:
+        summary = _label_inputs(predictor, chips, run.root, cfg.data.chip_size, True, progress,
+                                sample=layout.sample_submission, probs_csv=run.test_probabilities,
+                                submission=run.submission)
     notes = []
     if predictor.unfinished:
         notes.append(f"left out {', '.join(predictor.unfinished)}: not finished (no summary.json); "
                      f"'amazonmine train --resume' finishes them")
+    sample = None if explicit else layout.sample_submission
     if sample is not None and not sample.is_file():
         notes.append(f"no {sample.name} in {sample.parent}: the submission's row order and count were not checked "
                      f"against Kaggle's sample")
-    return PredictSummary(submission, probs_csv, len(chips), len(predictor.models), predictor.tta, seconds, failed,
-                          counts, not_in_sample, "; ".join(notes))
+    summary.note = "; ".join(notes)
+    return summary

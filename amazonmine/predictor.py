@@ -33,10 +33,10 @@ from typing import Sequence
 
 import numpy as np
 
-from amazonmine.data import LABELS, DataError, read_image
-from amazonmine.errors import AmazonmineError
+from amazonmine.data import LABELS, PATH_LIMIT, DataError, read_image
+from amazonmine.errors import AmazonmineError, shorten
 from amazonmine.io import atomic_path
-from amazonmine.runfolder import RunFolder
+from amazonmine.runfolder import RunFolder, read_decision_rule
 
 CHUNK = 1024  # chips read ahead (in a thread) while the models work on the previous chunk
 
@@ -58,6 +58,8 @@ class Predictor:
     thresholds: np.ndarray | None = None
     weather_decoding: bool = False
     unfinished: list[str] = field(default_factory=list)
+    chip_look: dict | None = None  # how the training chips were stored, when a bundle recorded it (scan remakes it)
+    bundle: Path | None = None  # the model bundle the models came from (None: a run folder)
     _infers: list = field(default_factory=list, repr=False)
 
     # --- loading -------------------------------------------------------------------------------------------
@@ -106,6 +108,40 @@ class Predictor:
                    batch_size=batch_size or cfg.predict.batch_size, thresholds=thresholds,
                    weather_decoding=weather, unfinished=finished.unfinished)
 
+    @classmethod
+    def from_bundle(cls, bundle=None, gpu: bool = False, tta: int | None = None,
+                    batch_size: int | None = None) -> "Predictor":
+        """The models of a model bundle (:mod:`amazonmine.bundle`): a folder path, an installed bundle's name, or
+        None for the released model that ships with the package. The bundle is checked against its SHA-256
+        manifest before any file is used, and its models load with ``safe_mode=True``; its decisions are
+        attached. Predicts exactly what the run it was exported from predicts."""
+        from amazonmine.bundle import open_bundle, resolve
+        from amazonmine.device import setup_device
+        from amazonmine.haze import DehazeParams
+        from amazonmine.model import load_trained
+
+        opened = open_bundle(resolve(bundle))
+        pre = opened.preprocessing
+        rule, weather = read_decision_rule(opened.decisions_path)
+        setup_device(gpu)
+        models = [load_trained(p) for p in opened.models]
+        size, channels = int(pre["image_size"]), int(pre["channels"])
+        for path, model in zip(opened.models, models):
+            height, width, got = model.input_shape[1:]
+            if got != channels or (height or size) != size:
+                raise AmazonmineError(f"{path}: input {(height, width, got)} does not match {opened.root.name}'s "
+                                      f"preprocessing.json ({size} px, {channels} bands)")
+        try:
+            dehaze = DehazeParams(**pre["dehaze"]) if pre.get("dehaze") else None
+        except TypeError as exc:
+            raise AmazonmineError(f"{opened.root / 'preprocessing.json'}: dehaze settings unknown to this version "
+                                  f"({exc})") from None
+        return cls(models=models, model_paths=list(opened.models), image_size=size, channels=channels,
+                   image_format=pre["image_format"], chip_size=int(pre["chip_size"]),
+                   chip_ground_m=float(pre["chip_ground_m"]), dehaze=dehaze, tta=tta or int(pre["tta"]),
+                   batch_size=batch_size or int(pre.get("batch_size") or 256), thresholds=rule,
+                   weather_decoding=weather, chip_look=pre.get("chip_look"), bundle=opened.root)
+
     def one_fold(self, model_path: Path, tta: int | None = None) -> "Predictor":
         """The same predictor with one fold's model alone (its out-of-fold chips are the other folds' training
         chips, so averaging the others in would leak), sharing the loaded model; optionally another TTA."""
@@ -119,13 +155,14 @@ class Predictor:
 
     # --- arrays --------------------------------------------------------------------------------------------
     def prepare(self, chip: np.ndarray, dehazed: bool = False) -> np.ndarray:
-        """One chip in file band order -> the model's input (its own dtype, model band order, input size)."""
+        """One chip in file band order -> the model's input (its pixel dtype, model band order, input size).
+        The chip must be one :meth:`predict` takes (its rules); any other is a DataError saying why."""
+        return self._prepare(chip, dehazed, "chip")
+
+    def _prepare(self, chip, dehazed: bool, where: str) -> np.ndarray:
         from amazonmine.pipeline import resize_square, to_model_channels
 
-        if chip.ndim != 3 or chip.shape[0] != chip.shape[1]:
-            raise DataError(f"expected a square (H, W, bands) chip, got shape {chip.shape}")
-        if chip.shape[2] != self.channels:
-            raise DataError(f"chip has {chip.shape[2]} bands, the model expects {self.channels}")
+        chip = self._check_chip(chip, where)
         if self.dehaze is not None and not dehazed:
             from amazonmine.haze import dehaze_image
 
@@ -133,12 +170,69 @@ class Predictor:
         return resize_square(to_model_channels(chip), self.image_size)
 
     def predict(self, chips: np.ndarray | Sequence[np.ndarray], dehazed: bool = False) -> np.ndarray:
-        """(N, H, W, C) chips in file band order (uint8 JPEG or uint16 TIF pixels) -> (N, 17) float32, the mean
-        over the fold models and the TTA views. Chips may be any square size; each is prepared as in training."""
-        if len(chips) == 0:
+        """(N, H, W, C) chips in file band order -> (N, 17) float32, the mean over the fold models and the TTA
+        views. Chips may be any square size; each is prepared as in training.
+
+        The pixels are raw, as :func:`amazonmine.data.read_image` gives them: ``uint8`` 0-255 (B, G, R) for a
+        model of JPEG or PNG chips, ``uint16`` counts (B, G, R, NIR) for a model of TIF chips. An array of
+        another integer type is taken when every value fits that range (an ``int64`` array of 0-255 values,
+        say), except 8-bit pixels for a TIF model. Floats are refused, whatever their values: 0-1 and 0-255
+        floats cannot be told apart, and one read the wrong way gives probabilities that look right and are
+        not (pass the integers the file holds). So are booleans, negative or too large values, a chip that is
+        not square or has the wrong number of bands: each is a :class:`~amazonmine.data.DataError` naming the
+        chip (its position) and the problem, before any model runs. ``chips`` is an (N, H, W, C) array or a
+        list of (H, W, C) arrays; one chip alone is ``chip[None]``.
+        """
+        checked = self._check_chips(chips)
+        if len(checked) == 0:
             return np.zeros((0, len(LABELS)), np.float32)
-        pixels = np.stack([self.prepare(np.asarray(c), dehazed) for c in chips])
+        pixels = np.stack([self._prepare(c, dehazed, f"chip {i}") for i, c in enumerate(checked)])
         return self.predict_prepared(pixels)
+
+    # --- what the arrays may hold (see predict) --------------------------------------------------------------
+    def _pixel_dtype(self) -> np.dtype:
+        """The pixels the models learnt from: 16-bit counts for TIF chips, 8-bit for JPEG and PNG."""
+        return np.dtype(np.uint16 if self.image_format == "tif" else np.uint8)
+
+    def _check_chips(self, chips) -> Sequence:
+        """The chips of one :meth:`predict` call, as a sequence of (H, W, C) items; each is checked as it is
+        prepared (:meth:`_check_chip`)."""
+        if isinstance(chips, (list, tuple)):
+            return chips
+        if isinstance(chips, np.ndarray) or hasattr(chips, "__array__"):
+            array = np.asarray(chips)
+            if array.ndim != 4:
+                one = "; one chip alone is chip[None]" if array.ndim == 3 else ""
+                raise DataError(f"chips: expected an (N, H, W, bands) array, got shape {shorten(array.shape)}{one}")
+            return array
+        raise DataError(f"chips: expected an (N, H, W, bands) array or a list of (H, W, bands) arrays, got "
+                        f"{type(chips).__name__}")
+
+    def _check_chip(self, chip, where: str) -> np.ndarray:
+        """``chip`` as the models take it (their pixel dtype), or a DataError naming ``where`` and the problem."""
+        expected = self._pixel_dtype()
+        raw = ("16-bit TIF counts (uint16, B, G, R, NIR)" if expected == np.uint16
+               else "8-bit pixels (uint8 0-255, B, G, R)")
+        try:
+            array = np.asarray(chip)
+        except (TypeError, ValueError):  # a ragged nest of lists
+            raise DataError(f"{where}: not an array of pixels ({type(chip).__name__})") from None
+        if array.ndim != 3 or array.shape[0] != array.shape[1] or array.shape[0] == 0:
+            raise DataError(f"{where}: expected a square (H, W, bands) chip, got shape {shorten(array.shape)}")
+        if array.shape[2] != self.channels:
+            raise DataError(f"{where}: {array.shape[2]} bands, the model takes {self.channels}: {raw}")
+        if array.dtype == expected:
+            return array
+        if array.dtype.kind == "f":
+            raise DataError(f"{where}: {array.dtype} pixels; the model takes raw {raw} as read_image gives them, "
+                            f"not floats (0-1 and 0-255 floats cannot be told apart)")
+        if array.dtype.kind not in "iu" or (expected == np.uint16 and array.dtype == np.uint8):
+            raise DataError(f"{where}: {array.dtype} values are not what the model takes: raw {raw}")
+        low, high, top = int(array.min()), int(array.max()), int(np.iinfo(expected).max)
+        if low < 0 or high > top:
+            raise DataError(f"{where}: {array.dtype} values from {low} to {high}, outside 0..{top}: the model takes "
+                            f"raw {raw}")
+        return array.astype(expected)
 
     def predict_prepared(self, pixels: np.ndarray) -> np.ndarray:
         """Chips already at the model's input (from :meth:`prepare`) -> (N, 17) float32."""
@@ -164,7 +258,7 @@ class Predictor:
 
         if self.thresholds is None:
             raise DataError("this run has no thresholds.json: run 'amazonmine tune' first")
-        return decode(probs, self.thresholds, self.weather_decoding)
+        return decode(_check_probabilities(probs), self.thresholds, self.weather_decoding)
 
     # --- files ---------------------------------------------------------------------------------------------
     def predict_files(self, chips: list[tuple[str, Path]], out_csv: Path, dehazed: bool = False,
@@ -205,8 +299,8 @@ class Predictor:
             try:
                 img = self.prepare(read_image(path, expected_size), dehazed)
             except DataError as exc:
-                message = str(exc)
-                errors.append((name, message if str(path) in message else f"{path}: {message}"))
+                message, shown = str(exc), shorten(path, PATH_LIMIT)  # the reader quotes long paths cut
+                errors.append((name, message if message.startswith(shown) else f"{shown}: {message}"))
                 continue
             if pixels is None:
                 pixels = np.zeros((len(items), *img.shape), img.dtype)
@@ -217,12 +311,31 @@ class Predictor:
         return (pixels if ok.all() else pixels[ok]), ok, errors
 
 
+def _check_probabilities(probs) -> np.ndarray:
+    """What :meth:`Predictor.decide` takes: an (N, 17) array of finite probabilities in [0, 1]."""
+    try:
+        array = np.asarray(probs)
+    except (TypeError, ValueError):
+        raise DataError(f"probabilities: not an array ({type(probs).__name__})") from None
+    if array.dtype.kind not in "fiu":
+        raise DataError(f"probabilities: {array.dtype} values; expected numbers in [0, 1] as predict returns them")
+    if array.ndim != 2 or array.shape[1] != len(LABELS):
+        raise DataError(f"probabilities: expected an (N, {len(LABELS)}) array (one column per label, as predict "
+                        f"returns), got shape {shorten(array.shape)}")
+    if not np.isfinite(array).all():
+        raise DataError("probabilities: NaN or infinite values; expected numbers in [0, 1]")
+    if array.size and (array.min() < 0 or array.max() > 1):
+        raise DataError(f"probabilities: values from {array.min():g} to {array.max():g}, outside [0, 1]")
+    return array.astype(np.float64)
+
+
 def _shared_settings(folds) -> dict:
     """The preprocessing settings the folds recorded; they must agree, since their outputs are averaged."""
     keys = ("data.image_format", "data.chip_size", "dehaze.enabled", "train.image_size")
     recorded = []
     for files in folds:
         settings = files.read_summary().get("settings") or {}
+        _check_settings(files.summary, settings)
         recorded.append((files, settings))
     first_files, first = recorded[0]
     for files, settings in recorded[1:]:
@@ -233,6 +346,36 @@ def _shared_settings(folds) -> dict:
     return first
 
 
+def _check_settings(summary: Path, settings) -> None:
+    """The recorded settings the predictor reads, of the types training writes them with; a summary.json changed
+    by hand or by another program is refused in one line naming it, not read into a wrong predictor."""
+    import math
+
+    from amazonmine.config import DehazeConfig
+
+    def kind(value) -> str:
+        return ("a boolean" if isinstance(value, bool) else "a number" if isinstance(value, (int, float))
+                else "a string" if isinstance(value, str) else "a list" if isinstance(value, list)
+                else "an object" if isinstance(value, dict) else "null")
+
+    if not isinstance(settings, dict):
+        raise AmazonmineError(f"{summary}: 'settings' is {kind(settings)}, expected an object of section.key "
+                              f"values; train the fold again (--retrain) or restore the file")
+    expected = {"data.image_format": "a string", "data.chip_size": "a number", "train.image_size": "a number"}
+    for name, declared in DehazeConfig.model_fields.items():
+        expected[f"dehaze.{name}"] = kind(declared.default)
+    for key, wanted in expected.items():
+        value = settings.get(key)
+        if key in settings and (kind(value) != wanted or (wanted == "a number" and not math.isfinite(value))):
+            raise AmazonmineError(f"{summary}: settings {key} is {kind(value)} ({shorten(repr(value))}), expected "
+                                  f"{wanted if wanted != 'a number' else 'a finite number'}; train the fold again "
+                                  f"(--retrain) or restore the file")
+    for key in ("data.chip_size", "train.image_size"):
+        value = settings.get(key, 0)
+        if (isinstance(value, float) and not value.is_integer()) or value < 0:  # NaN and infinity included
+            raise AmazonmineError(f"{summary}: settings {key} is {value!r}, expected a whole number of pixels")
+
+
 def _dehaze_params(settings: dict, cfg):
     """The dehaze settings the folds learnt with (from their summaries; the config for older folds)."""
     from amazonmine.haze import DehazeParams
@@ -241,9 +384,6 @@ def _dehaze_params(settings: dict, cfg):
         return DehazeParams.from_config(cfg.dehaze) if cfg.dehaze.enabled else None
     if not settings["dehaze.enabled"]:
         return None
-    import dataclasses
-
     recorded = {k.split(".", 1)[1]: v for k, v in settings.items() if k.startswith("dehaze.")}
-    section = dataclasses.replace(cfg.dehaze, **{k: v for k, v in recorded.items()
-                                                 if k in {f.name for f in dataclasses.fields(cfg.dehaze)}})
+    section = cfg.dehaze.model_copy(update={k: v for k, v in recorded.items() if k in type(cfg.dehaze).model_fields})
     return DehazeParams.from_config(section)

@@ -375,30 +375,36 @@ class RunFolder:
                       len(frame), fold_of_row)
 
     def read_thresholds(self) -> tuple[DecisionRule, bool]:
-        """(the decision rule, weather_decoding) from thresholds.json. The rule reads as the 17 thresholds in
-        LABELS order (``np.asarray(rule)``) and carries tune's decoder, so ``decode(probs, rule, ...)`` decides
-        as tune chose; a file from before decoders existed decides by its thresholds."""
+        """(the decision rule, weather_decoding) from thresholds.json (:func:`read_decision_rule`)."""
         path = self.thresholds
         if not path.is_file():
             raise DataError(f"{path}: thresholds not found: run 'amazonmine tune' first")
-        try:
-            saved = json.loads(path.read_text(encoding="utf-8"))
-            by_label = saved["thresholds"]
-            weather_decoding = saved["weather_decoding"]
-            missing = [name for name in LABELS if name not in by_label]
-            values = np.array([float(by_label[name]) for name in LABELS if name in by_label])
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise DataError(f"{path}: not a thresholds file ({type(exc).__name__}: {exc})") from None
-        if missing:
-            raise DataError(f"{path}: no threshold for {_offenders(missing)}")
-        if not isinstance(weather_decoding, bool):
-            raise DataError(f"{path}: weather_decoding must be true or false, got {weather_decoding!r}")
-        if not (np.isfinite(values).all() and (values > 0).all() and (values < 1).all()):
-            raise DataError(f"{path}: thresholds must be numbers in (0, 1)")
-        try:
-            return DecisionRule.from_saved(saved, values, weather_decoding), weather_decoding
-        except ValueError as exc:
-            raise DataError(f"{path}: {exc}") from None
+        return read_decision_rule(path)
+
+
+def read_decision_rule(path: Path) -> tuple[DecisionRule, bool]:
+    """(the decision rule, weather_decoding) from a file as tune writes thresholds.json (a bundle's
+    decisions.json too). The rule reads as the 17 thresholds in LABELS order (``np.asarray(rule)``) and carries
+    tune's decoder, so ``decode(probs, rule, ...)`` decides as tune chose; a file from before decoders existed
+    decides by its thresholds."""
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+        by_label = saved["thresholds"]
+        weather_decoding = saved["weather_decoding"]
+        missing = [name for name in LABELS if name not in by_label]
+        values = np.array([float(by_label[name]) for name in LABELS if name in by_label])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise DataError(f"{path}: not a thresholds file ({type(exc).__name__}: {exc})") from None
+    if missing:
+        raise DataError(f"{path}: no threshold for {_offenders(missing)}")
+    if not isinstance(weather_decoding, bool):
+        raise DataError(f"{path}: weather_decoding must be true or false, got {weather_decoding!r}")
+    if not (np.isfinite(values).all() and (values > 0).all() and (values < 1).all()):
+        raise DataError(f"{path}: thresholds must be numbers in (0, 1)")
+    try:
+        return DecisionRule.from_saved(saved, values, weather_decoding), weather_decoding
+    except ValueError as exc:
+        raise DataError(f"{path}: {exc}") from None
 
 
 @contextlib.contextmanager

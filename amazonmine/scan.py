@@ -1,7 +1,9 @@
 """Scan stage: satellite scenes -> tiles -> the run's models -> a map of mine sites.
 
 ``amazonmine scan SCENE... --config FILE`` takes GeoTIFFs/COGs (any CRS, 3 or 4 bands, 8 or 16 bit; or folders
-of them) and a trained run, and writes, in ``<run.dir>/scans/<name>`` unless ``--out`` says otherwise:
+of them, URLs, or STAC Items: :mod:`amazonmine.stac`) and a trained run, and writes, in
+``<run.dir>/scans/<name>`` unless ``--out`` says otherwise (tiles, sites and new sites as GeoJSON, or with
+``--format`` GeoPackage or FlatGeobuf, each with a QGIS style beside it: :mod:`amazonmine.gisfiles`):
 
 * ``tiles.geojson``  every scored tile as a lon/lat polygon with its 17 probabilities (``prob_<label>``) and
   decisions (``has_<label>``) and its scene;
@@ -10,7 +12,8 @@ of them) and a trained run, and writes, in ``<run.dir>/scans/<name>`` unless ``-
 * ``<label>_probability.tif``  a Cloud-Optimized GeoTIFF per mine label (one per scene and label when there are
   several scenes: ``<scene>_<label>_probability.tif``) on the tile grid: one float32 cell per tile position,
   centred on the tile's centre, NaN where no tile was scored;
-* ``scan_report.html``  the map and table a person opens (offline);
+* ``scan_report.html``  the interactive map and table a person opens (offline);
+* ``*.qml``  a QGIS style beside each layer (sites, tiles, new sites, every probability raster);
 * ``new_sites.geojson``  with ``--since PREVIOUS_SCAN``: sites, or growth of sites, that the earlier scan lacked;
 * ``scan.json``  config, versions, models, the chip look, every scene's grid and counts, skipped blocks, timing.
 
@@ -28,9 +31,15 @@ How a tile becomes a chip the model can score (ground size, bands, bit depth, JP
   sends the blocks to a running ``dask.distributed`` cluster. Each worker process loads the models once (a
   cache per process, keyed by the run's models) and keeps them for every block it is given; the scenes must be
   paths or URLs the workers can read. Results come back to this process, which writes the block files.
-* **Bad input** is refused before any work with one line (not georeferenced, resolution too far from the
-  chips', bands the model cannot use); a block that cannot be read is skipped, listed in scan.json and the
-  report, and retried by the next run.
+* **Bad input** is refused before any work with one line (a scene that is not a regular file, not
+  georeferenced, not on the globe, resolution too far from the chips', bands the model cannot use; a malformed
+  ``--since`` scan; a ``--scheduler`` address that is not one; an ``--out`` inside a scanned folder); a block
+  that cannot be read is skipped, listed in scan.json and the report, and retried by the next run.
+* **Outputs as a set.** Everything but ``blocks/`` is written into a staging folder and swapped in whole
+  (:func:`amazonmine.io.staged_set`): a scan that fails leaves the previous scan's files as they were, and
+  files of an earlier scan that this one does not write (``new_sites.geojson`` without ``--since``) go.
+* **Empty blocks** (every tile nodata or blank) are recorded in one small file per scene, not a block file
+  each: an all-nodata scene writes a few bytes per block, not a file.
 """
 
 from __future__ import annotations
@@ -39,17 +48,31 @@ import hashlib
 import io
 import json
 import os
+import stat
+import struct
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
 from amazonmine.data import LABEL_INDEX, LABELS, LAND_INDEX, WEATHER_INDEX
 from amazonmine.errors import AmazonmineError
-from amazonmine.io import write_bytes_atomic, write_json_atomic
-from amazonmine.tiling import ChipLook, Grid, Scene, check_scene_file, chip_look, open_scene, read_block
+from amazonmine.io import staged_set, write_bytes_atomic, write_json_atomic
+from amazonmine.tiling import (
+    ChipLook,
+    Grid,
+    Scene,
+    check_scene_file,
+    chip_look,
+    is_remote,
+    local_container,
+    open_scene,
+    read_block,
+    require_regular_file,
+    shown,
+)
 
 TILES_GEOJSON = "tiles.geojson"
 SITES_GEOJSON = "sites.geojson"
@@ -100,21 +123,23 @@ def list_scenes(items) -> list[str]:
     """Scene paths (folders expanded to their .tif/.tiff files, sorted) or URLs, each once, in the given order.
     Local paths are made absolute: Dask workers may run in another folder."""
     found: list[str] = []
+    from amazonmine.stac import is_stac_item, item_scene
+
     for item in items:
         text = str(item)
-        if "://" in text or text.startswith("/vsi"):
+        if is_stac_item(text):  # a STAC Item: its visual (else analytic) asset, a URL or a local file
+            text = item_scene(text)
+        if is_remote(text):
+            container = local_container(text)  # a file:// URL or a local archive: the input-path rule applies
+            if container is not None:
+                require_regular_file(container, SCENE_NEED)
             found.append(text)
             continue
-        path = Path(text)
-        if path.is_dir():
-            scenes = sorted(p for p in path.iterdir() if p.suffix.lower() in SCENE_SUFFIXES and not p.name.startswith("."))
-            if not scenes:
-                raise AmazonmineError(f"{path}: no GeoTIFF scenes ({', '.join(SCENE_SUFFIXES)}) in this folder")
-            found += [str(p.resolve()) for p in scenes]
-        elif path.is_file():
-            found.append(str(path.resolve()))
-        else:
-            raise AmazonmineError(f"{path}: scene not found")
+        if _is_folder(text):
+            found += _folder_scenes(text)
+            continue
+        require_regular_file(text, SCENE_NEED)
+        found.append(str(Path(text).resolve()))
     if not found:
         raise AmazonmineError("scan: no scene given")
     if len(set(found)) != len(found):
@@ -122,8 +147,87 @@ def list_scenes(items) -> list[str]:
     names = [Path(f).stem for f in found]
     if len(set(names)) != len(names):
         dup = sorted({n for n in names if names.count(n) > 1})
-        raise AmazonmineError(f"scan: two scenes share the name {dup[0]!r}; outputs are named by scene, rename one")
+        raise AmazonmineError(f"scan: two scenes share the name {shown(repr(dup[0]))}; outputs are named by scene, "
+                              f"rename one")
     return found
+
+
+SCENE_NEED = "scenes must be GeoTIFF files"
+
+
+def _is_folder(text: str) -> bool:
+    try:
+        return stat.S_ISDIR(os.stat(text).st_mode)
+    except OSError:  # missing, or a name the system refuses: said by require_regular_file
+        return False
+
+
+def _folder_scenes(folder: str) -> list[str]:
+    """The .tif/.tiff files of a folder, sorted. Nothing named like a scene is skipped silently: an entry that
+    is not a regular file (a FIFO, a device link, a folder named x.tif) is refused by name. Hidden names are
+    not scenes (the temporaries of an interrupted write)."""
+    with os.scandir(folder) as entries:
+        names = sorted(e.name for e in entries
+                       if os.path.splitext(e.name)[1].lower() in SCENE_SUFFIXES and not e.name.startswith("."))
+    if not names:
+        raise AmazonmineError(f"{shown(folder)}: no GeoTIFF scenes ({', '.join(SCENE_SUFFIXES)}) in this folder")
+    scenes = []
+    for name in names:
+        path = os.path.join(folder, name)
+        require_regular_file(path, SCENE_NEED)
+        scenes.append(str(Path(path).resolve()))
+    return scenes
+
+
+def _scanned_folders(items) -> list[str]:
+    return [os.path.realpath(str(i)) for i in items if not is_remote(str(i)) and _is_folder(str(i))]
+
+
+def _check_out_outside(out_dir: Path, folders: list[str]) -> None:
+    """Refuse an output folder inside (or equal to) a scanned folder: the scan's own rasters (GeoTIFFs) would
+    become scenes of the next scan of that folder, and a scanned folder would hold a changing output set."""
+    out_real = os.path.realpath(out_dir)
+    for folder in folders:
+        if out_real == folder or out_real.startswith(folder.rstrip(os.sep) + os.sep):
+            raise AmazonmineError(f"--out {shown(out_dir)} lies inside the scanned folder {shown(folder)}: a later "
+                                  f"scan of that folder would read this scan's rasters as scenes; choose an output "
+                                  f"folder outside it")
+
+
+SCHEDULER_SCHEMES = ("tcp", "tls", "ucx", "inproc")
+
+
+def check_scheduler_address(address: str) -> str:
+    """A dask.distributed scheduler address (``tcp://``, ``tls://``, ``ucx://`` HOST:PORT, ``inproc://...``,
+    or a bare HOST:PORT, which Dask reads as tcp), returned as given; anything else is refused in one line,
+    before any work (Dask itself would fail only once the blocks are about to be sent)."""
+    text = str(address)
+    expected = "expected tcp://HOST:PORT, tls://HOST:PORT, ucx://HOST:PORT, inproc://ADDRESS or HOST:PORT"
+
+    def refused(why: str) -> AmazonmineError:
+        return AmazonmineError(f"--scheduler {shown(text)}: {why}; {expected}")
+
+    if not text or not text.isprintable() or any(c.isspace() for c in text):
+        raise refused("not an address")
+    scheme, sep, rest = text.partition("://")
+    if not sep:
+        scheme, rest = "tcp", text
+    if scheme not in SCHEDULER_SCHEMES:
+        raise refused(f"unknown scheme {shown(scheme)}://")
+    if scheme == "inproc":
+        if not rest:
+            raise refused("no address after inproc://")
+        return text
+    if rest.startswith("["):  # [IPv6]:PORT
+        host, _, tail = rest[1:].partition("]")
+        port = tail[1:] if tail.startswith(":") else ""
+    else:
+        host, _, port = rest.rpartition(":")
+    if not host or "/" in host or (":" in host and not rest.startswith("[")):
+        raise refused("no host")
+    if not (port.isdigit() and port.isascii() and 1 <= int(port) <= 65535):
+        raise refused("no port number (1-65535)")
+    return text
 
 
 def default_name(items, scenes: list[str]) -> str:
@@ -172,6 +276,8 @@ class BlockResult:
     def load(cls, path: Path, key: str) -> "BlockResult | None":
         """A persisted block, or None when it is unreadable or was scored for another question."""
         try:
+            if not stat.S_ISREG(os.lstat(path).st_mode):  # a FIFO named like a block would block np.load
+                return None
             with np.load(path, allow_pickle=False) as z:
                 meta = json.loads(str(z["meta"]))
                 if meta.get("key") != key or meta.get("format") != BLOCK_FORMAT:
@@ -190,7 +296,7 @@ def read_task(task: BlockTask):
     except (RasterioError, OSError) as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         col, row, w, h = task.grid.block_window(task.block)
-        return f"{task.scene.path}: block {task.index} (pixels {col},{row} {w}x{h}) unreadable: {reason}"
+        return f"{shown(task.scene.path)}: block {task.index} (pixels {col},{row} {w}x{h}) unreadable: {shown(reason)}"
 
 
 def predict_block(task: BlockTask, tiles, predictor) -> BlockResult:
@@ -209,23 +315,25 @@ _PREDICTORS: dict = {}
 LOADS = {"count": 0}  # how many times this process loaded models (tests check: once per worker)
 
 
-def worker_predictor(cfg, models_key: str):
-    """The run's Predictor, loaded once per process and kept for every later block of the same models."""
+def worker_predictor(cfg, models_key: str, bundle: str | None = None):
+    """The run's (or the bundle's) Predictor, loaded once per process and kept for every later block of the
+    same models."""
     predictor = _PREDICTORS.get(models_key)
     if predictor is None:
         from amazonmine.predictor import Predictor
 
-        scan_batch = ScanSettings.from_config(cfg).batch_size
-        predictor = Predictor.from_run(cfg, batch_size=scan_batch or None)
+        scan_batch = ScanSettings.from_config(cfg).batch_size or None
+        predictor = (Predictor.from_bundle(bundle, batch_size=scan_batch) if bundle
+                     else Predictor.from_run(cfg, batch_size=scan_batch))
         _PREDICTORS.clear()  # one run at a time per worker: the previous run's models go
         _PREDICTORS[models_key] = predictor
         LOADS["count"] += 1
     return predictor
 
 
-def score_remote(task: BlockTask, cfg, models_key: str) -> BlockResult:
+def score_remote(task: BlockTask, cfg, models_key: str, bundle: str | None = None) -> BlockResult:
     """A Dask task: read a block and score it with this worker's predictor."""
-    return predict_block(task, read_task(task), worker_predictor(cfg, models_key))
+    return predict_block(task, read_task(task), worker_predictor(cfg, models_key, bundle))
 
 
 # --- fingerprints ------------------------------------------------------------------------------------------
@@ -332,6 +440,11 @@ class SceneScan:
                 np.concatenate([r.probs for r in ok]))
 
     @property
+    def empty_file_name(self) -> str:
+        """This scene's record of empty blocks (:class:`EmptyBlocks`), beside its block files."""
+        return f"{self.scene.name}-{self.key[:12]}{EmptyBlocks.SUFFIX}"
+
+    @property
     def nodata(self) -> int:
         return sum(r.nodata for r in self.results.values())
 
@@ -385,22 +498,28 @@ class ScanPlan:
     jobs: list
     since: Path | None = None
     previous_sites: list | None = None
+    out_format: str = "geojson"  # tiles, sites and new sites: geojson, gpkg or fgb (amazonmine.gisfiles)
 
     @property
     def blocks_dir(self) -> Path:
         return self.out_dir / BLOCKS_DIR
 
 
-def plan_scan(cfg, scenes, out: Path | None = None, since: Path | None = None, predictor=None) -> ScanPlan:
+def plan_scan(cfg, scenes, out: Path | None = None, since: Path | None = None, predictor=None,
+              out_format: str = "geojson") -> ScanPlan:
     """Check the scenes, the run and the earlier scan, and cut every scene into blocks: a bad input fails here,
     in one line, before anything is read or written."""
+    from amazonmine.gisfiles import vector_format
+
     settings = ScanSettings.from_config(cfg)
+    out_format = vector_format(out_format)
     paths = list_scenes(scenes)
     if out is None:
         from amazonmine.runfolder import RunFolder
 
         out = RunFolder.from_config(cfg).scans_dir / default_name(scenes, paths)
     out_dir = Path(out)
+    _check_out_outside(out_dir, _scanned_folders(scenes))
     previous = _previous_sites(Path(since)) if since is not None else None
     for path in paths:  # the model-free checks first: a wrong file is refused before the models load
         check_scene_file(path)
@@ -409,7 +528,10 @@ def plan_scan(cfg, scenes, out: Path | None = None, since: Path | None = None, p
 
         predictor = Predictor.from_run(cfg, batch_size=settings.batch_size or None)
     models_key = models_fingerprint(predictor)
-    look = chip_look(predictor.image_format, predictor.chip_size or predictor.image_size, _sample_chip(cfg))
+    # A bundle carries the look its training chips had; a run reads it from one of its training chips.
+    recorded = getattr(predictor, "chip_look", None)
+    look = (ChipLook(**recorded) if recorded else
+            chip_look(predictor.image_format, predictor.chip_size or predictor.image_size, _sample_chip(cfg)))
     if predictor.channels != (4 if look.kind == "tif" else 3):
         raise AmazonmineError(f"{cfg.run.dir}: the models take {predictor.channels} bands but the run's chips are "
                               f"{predictor.image_format}")
@@ -423,30 +545,58 @@ def plan_scan(cfg, scenes, out: Path | None = None, since: Path | None = None, p
         tasks = [BlockTask(scene, grid, k, block, look, key)
                  for k, block in enumerate(grid.blocks(settings.block_tiles))]
         jobs.append(SceneScan(scene, grid, key, tasks))
-    return ScanPlan(cfg, settings, out_dir, predictor, look, models_key, ground, jobs, since, previous)
+    return ScanPlan(cfg, settings, out_dir, predictor, look, models_key, ground, jobs, since, previous, out_format)
 
 
 def run_scan(cfg, scenes, out: Path | None = None, scheduler: str | None = None, since: Path | None = None,
-             progress: bool = True, predictor=None) -> ScanSummary:
-    """Scan ``scenes`` (files, folders or URLs) with the run's models; see the module docstring for outputs.
+             progress: bool = True, predictor=None, out_format: str = "geojson") -> ScanSummary:
+    """Scan ``scenes`` (files, folders, URLs or STAC Items) with the run's models; see the module docstring for
+    outputs. ``out_format`` (geojson, gpkg, fgb) is the format of the tiles, sites and new sites.
 
     ``predictor`` (a loaded :class:`amazonmine.predictor.Predictor`) skips loading the run's models here.
     """
     from amazonmine.io import exclusive_lock
 
     began = time.perf_counter()
-    plan = plan_scan(cfg, scenes, out, since, predictor)
+    if scheduler is not None:
+        scheduler = check_scheduler_address(scheduler)
+    plan = plan_scan(cfg, scenes, out, since, predictor, out_format)
     plan.blocks_dir.mkdir(parents=True, exist_ok=True)
     with exclusive_lock(plan.out_dir / ".lock", "amazonmine scan"):  # two scans into one folder would mix
         resumed = _score_blocks(plan, scheduler, progress)
-        return _write_everything(plan, resumed, began)
+        # The outputs are written beside the previous scan's and swapped in as a set once all are written.
+        with staged_set(plan.out_dir, "scan", legacy=_earlier_outputs(plan.out_dir),
+                        keep=(BLOCKS_DIR, ".lock")) as stage:
+            summary = _write_everything(replace(plan, out_dir=stage), resumed, began)
+        summary.out_dir = plan.out_dir
+        return summary
+
+
+def _earlier_outputs(out_dir: Path) -> tuple[str, ...]:
+    """What a scan from before the folder's output list existed wrote: the fixed names, and the rasters its
+    scan.json lists (read only if it is a regular file; anything unexpected in it is ignored)."""
+    names = [TILES_GEOJSON, SITES_GEOJSON, NEW_SITES_GEOJSON, REPORT_HTML, SCAN_JSON]
+    record = out_dir / SCAN_JSON
+    try:
+        if stat.S_ISREG(os.stat(record).st_mode) and os.stat(record).st_size < 64 << 20:
+            rasters = json.loads(record.read_text(encoding="utf-8")).get("outputs", {}).get("rasters", [])
+            names += [r for r in rasters if isinstance(r, str) and r.endswith("_probability.tif")]
+    except (OSError, ValueError, AttributeError, TypeError, RecursionError):
+        pass
+    return tuple(names)
 
 
 def _score_blocks(plan: ScanPlan, scheduler: str | None, progress: bool) -> int:
     """Score every block not already persisted for the same question; returns how many were kept."""
     pending, resumed = [], 0
+    logs = {id(job): EmptyBlocks(plan.blocks_dir / job.empty_file_name, job.key) for job in plan.jobs}
     for job in plan.jobs:
+        empty = logs[id(job)].read()
         for task in job.tasks:
+            if task.index in empty:
+                job.results[task.index] = _empty_result(task, *empty[task.index])
+                resumed += 1
+                continue
             kept = BlockResult.load(plan.blocks_dir / task.file_name, job.key)
             if kept is not None:
                 job.results[task.index] = kept
@@ -458,23 +608,91 @@ def _score_blocks(plan: ScanPlan, scheduler: str | None, progress: bool) -> int:
         if result.error:
             job.failed.append(result.error)
             return
-        write_bytes_atomic(plan.blocks_dir / task.file_name, result.to_bytes())
+        if len(result.rows) == 0:  # nothing scored: a record in the scene's log, not a file
+            logs[id(job)].add(task.index, result.nodata, result.blank)
+            result = _empty_result(task, result.nodata, result.blank)
+        else:
+            write_bytes_atomic(plan.blocks_dir / task.file_name, result.to_bytes())
         job.results[task.index] = result
 
-    if pending:
-        if scheduler or plan.settings.workers >= 2:
-            _run_on_dask(plan.cfg, pending, finished, plan.models_key, scheduler, plan.settings.workers, progress)
-        else:
-            _run_here(pending, finished, plan.predictor, progress)
-    current = {task.file_name for job in plan.jobs for task in job.tasks}
-    for stale in plan.blocks_dir.glob("*.npz"):  # blocks of an earlier question (other scene file, grid, models)
-        if stale.name not in current:
+    try:
+        if pending:
+            if scheduler or plan.settings.workers >= 2:
+                bundle = getattr(plan.predictor, "bundle", None)
+                _run_on_dask(plan.cfg, pending, finished, plan.models_key, scheduler, plan.settings.workers,
+                             progress, str(bundle) if bundle else None)
+            else:
+                _run_here(pending, finished, plan.predictor, progress)
+    finally:
+        for log in logs.values():
+            log.close()
+    current = {task.file_name for job in plan.jobs for task in job.tasks} | {job.empty_file_name for job in plan.jobs}
+    for stale in plan.blocks_dir.iterdir():  # blocks of an earlier question (other scene file, grid, models)
+        if stale.suffix in (".npz", EmptyBlocks.SUFFIX) and stale.name not in current:
             stale.unlink()
     return resumed
 
 
+# One set of empty arrays shared by every empty block: an all-nodata scene has many (250,000 in a 200,000 px one).
+_NO_TILES = np.zeros(0, np.int32)
+_NO_PROBS = np.zeros((0, len(LABELS)), np.float32)
+
+
+def _empty_result(task: BlockTask, nodata: int, blank: int) -> BlockResult:
+    return BlockResult(task.index, _NO_TILES, _NO_TILES, _NO_PROBS, int(nodata), int(blank), key=task.key)
+
+
+class EmptyBlocks:
+    """The blocks of one scene that had no tile to score (every tile nodata or blank), kept for resuming in one
+    append-only file instead of a block file each, which for an all-nodata scene was thousands of files saying
+    nothing was there. A record is (block index, nodata tiles, blank tiles), fixed-size, appended once the
+    block is done; the header names the scene's fingerprint, so a file of another question is not read. A
+    record cut short by a kill is dropped, and cut off before the next append."""
+
+    SUFFIX = ".empty"
+    RECORD = struct.Struct("<qqq")
+
+    def __init__(self, path: Path, key: str):
+        self.path = path
+        self.header = f"amazonmine empty blocks format {BLOCK_FORMAT} key {key}\n".encode()
+        self.whole_bytes = 0  # header and whole records of the file on disk; 0: no usable file
+        self.fd: int | None = None
+
+    def read(self) -> dict[int, tuple[int, int]]:
+        """Block index -> (nodata, blank) of the blocks recorded for this question."""
+        try:
+            if not stat.S_ISREG(os.lstat(self.path).st_mode):
+                return {}
+            data = self.path.read_bytes()
+        except OSError:
+            return {}
+        if not data.startswith(self.header):
+            return {}
+        body = len(data) - len(self.header)
+        self.whole_bytes = len(self.header) + body - body % self.RECORD.size
+        return {index: (nodata, blank)
+                for index, nodata, blank in self.RECORD.iter_unpack(data[len(self.header):self.whole_bytes])}
+
+    def add(self, index: int, nodata: int, blank: int) -> None:
+        if self.fd is None:
+            if not self.whole_bytes:
+                write_bytes_atomic(self.path, self.header)  # a new file, or one of another question replaced
+                self.whole_bytes = len(self.header)
+            self.fd = os.open(self.path, os.O_WRONLY)
+            os.ftruncate(self.fd, self.whole_bytes)
+            os.lseek(self.fd, 0, os.SEEK_END)
+        os.write(self.fd, self.RECORD.pack(index, nodata, blank))
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
 def _write_everything(plan: ScanPlan, resumed: int, began: float) -> ScanSummary:
-    """Every output, from the persisted blocks' numbers alone (so a resumed scan writes the same files)."""
+    """Every output, from the persisted blocks' numbers alone (so a resumed scan writes the same files), into
+    ``plan.out_dir``: the staging folder that :func:`run_scan` swaps in as a set."""
+    from amazonmine.gisfiles import vector_name, write_features, write_styles
     from amazonmine.scanmap import write_report
 
     jobs, cfg, settings = plan.jobs, plan.cfg, plan.settings
@@ -483,19 +701,22 @@ def _write_everything(plan: ScanPlan, resumed: int, began: float) -> ScanSummary
         raise AmazonmineError(f"scan: no block could be read; first problem: {failed[0]}" if failed
                               else "scan: nothing to scan")
     point = operating_point(plan.predictor, settings, cfg.tune.start)
-    outputs = _write_outputs(plan.out_dir, jobs, plan.predictor, point, settings, cfg.tune.start)
-    new_count = None
+    outputs = _write_outputs(plan.out_dir, jobs, plan.predictor, point, settings, cfg.tune.start, plan.out_format)
+    new_count = fresh = None
     if plan.since is not None:
-        from amazonmine.sites import new_since, write_geojson
+        from amazonmine.sites import new_since
 
         # Half a stride cell: less than any tile adds, more than the slivers of a grid shifted between scans.
         min_growth = 0.5 * (plan.ground_m * settings.stride) ** 2 / 1e4
         fresh = new_since(outputs["site_features"], plan.previous_sites, min_growth)
-        new_count = write_geojson(plan.out_dir / NEW_SITES_GEOJSON, fresh, "new_sites")
+        outputs["files"]["new_sites"] = vector_name("new_sites", plan.out_format)
+        new_count = write_features(plan.out_dir / outputs["files"]["new_sites"], fresh, "new_sites", plan.out_format)
+    outputs["styles"] = write_styles(plan.out_dir, settings.labels, point.thresholds, outputs["rasters"],
+                                     plan.since is not None)
     counts = {label: {"count": len(s), "area_ha": float(sum(x.area_ha for x in s))}
               for label, s in outputs["sites"].items()}
     write_report(plan.out_dir / REPORT_HTML, jobs, outputs["sites"], point, plan.look, failed, _scene_counts(jobs),
-                 new_count)
+                 fresh)
     seconds = time.perf_counter() - began
     write_json_atomic(plan.out_dir / SCAN_JSON, _scan_record(plan, point, failed, counts, outputs, new_count,
                                                              resumed, seconds))
@@ -508,25 +729,60 @@ def _sample_chip(cfg) -> Path | None:
     """One raw training chip of the run, whose JPEG header says how the training chips were stored."""
     from amazonmine.data import PlanetLayout
 
-    layout = PlanetLayout.from_config(cfg.data)
-    folder = layout.image_dir
-    try:
-        with os.scandir(folder) as entries:
-            for entry in entries:
-                if entry.name.lower().endswith(layout.ext) and not entry.name.startswith("."):
-                    return Path(entry.path)
-    except OSError:
-        pass
-    return folder / f"*{layout.ext}"
+    return PlanetLayout.from_config(cfg.data).sample_chip()
 
 
 def _previous_sites(since: Path) -> list[dict]:
-    from amazonmine.sites import read_geojson
+    """The sites of an earlier scan, every feature checked now: a malformed one would otherwise surface as a
+    traceback only after the whole scan."""
+    from amazonmine.gisfiles import find_vector, read_features
 
-    path = since / SITES_GEOJSON if since.is_dir() else since
-    if not path.is_file():
-        raise AmazonmineError(f"{since}: no {SITES_GEOJSON} of an earlier scan there")
-    return read_geojson(path)
+    path = (find_vector(since, "sites") or since / SITES_GEOJSON) if _is_folder(str(since)) else since
+    if not os.path.lexists(path):
+        raise AmazonmineError(f"{shown(since)}: no {SITES_GEOJSON} of an earlier scan there")
+    require_regular_file(str(path), f"--since takes an earlier scan's folder or its {SITES_GEOJSON}")
+    try:
+        features = read_features(path)  # GeoJSON, or the GeoPackage / FlatGeobuf of a scan --format
+    except RecursionError:
+        raise AmazonmineError(f"{shown(path)}: cannot read GeoJSON (nested too deeply)") from None
+    if not isinstance(features, list):
+        raise AmazonmineError(f"{shown(path)}: 'features' is a {type(features).__name__}, not a list of sites")
+    return [_checked_site(f, f"{shown(path)}: feature {k}") for k, f in enumerate(features)]
+
+
+def _checked_site(feature: object, where: str) -> dict:
+    """One site of an earlier scan as :func:`amazonmine.sites.new_since` reads it, or a one-line refusal."""
+    import math
+
+    import shapely
+    from shapely.errors import ShapelyError
+    from shapely.geometry import shape
+
+    if not isinstance(feature, dict):
+        raise AmazonmineError(f"{where} is a {type(feature).__name__}, not a GeoJSON Feature")
+    props = feature.get("properties")
+    if not isinstance(props, dict):
+        raise AmazonmineError(f"{where} has no properties object (a scan's sites carry label, site_id, area_ha)")
+    if not isinstance(props.get("label"), str):
+        raise AmazonmineError(f"{where} has no label (a scan's sites carry the mine label they were found for)")
+    geometry = feature.get("geometry")
+    kind = geometry.get("type") if isinstance(geometry, dict) else None
+    if kind not in ("Polygon", "MultiPolygon"):
+        raise AmazonmineError(f"{where}: its geometry is {shown(kind or type(geometry).__name__)}, not a Polygon or "
+                              f"MultiPolygon (a scan's sites are areas)")
+    try:
+        geom = shape(geometry)
+    except (TypeError, ValueError, KeyError, IndexError, AttributeError, ShapelyError) as exc:
+        raise AmazonmineError(f"{where}: its coordinates are not a polygon's ({shown(exc)})") from None
+    bounds = geom.bounds
+    if geom.is_empty or not all(math.isfinite(b) for b in bounds):
+        raise AmazonmineError(f"{where}: an empty geometry or one without finite coordinates")
+    if bounds[0] < -180 or bounds[2] > 180 or bounds[1] < -90 or bounds[3] > 90:
+        raise AmazonmineError(f"{where}: coordinates outside longitude -180..180, latitude -90..90 (a scan's sites "
+                              f"are lon/lat, RFC 7946)")
+    if not geom.is_valid:
+        raise AmazonmineError(f"{where}: not a valid polygon ({shown(shapely.is_valid_reason(geom))})")
+    return {"type": "Feature", "geometry": geometry, "properties": props}
 
 
 def _run_here(pending, finished, predictor, progress: bool) -> None:
@@ -545,7 +801,7 @@ def _run_here(pending, finished, predictor, progress: bool) -> None:
 
 
 def _run_on_dask(cfg, pending, finished, models_key: str, scheduler: str | None, workers: int,
-                 progress: bool) -> None:
+                 progress: bool, bundle: str | None = None) -> None:
     """Blocks as Dask tasks, on a running cluster (``scheduler``) or a local one of ``workers`` processes; each
     result is persisted here as soon as it arrives."""
     from distributed import Client, LocalCluster, as_completed
@@ -569,7 +825,7 @@ def _run_on_dask(cfg, pending, finished, models_key: str, scheduler: str | None,
                                         "TF_CPP_MIN_LOG_LEVEL": "3"})
             client = Client(cluster)
         with client:
-            futures = {client.submit(score_remote, task, cfg, models_key, pure=False,
+            futures = {client.submit(score_remote, task, cfg, models_key, bundle, pure=False,
                                      key=f"scan-{task.key[:12]}-{task.index}"): (job, task) for job, task in pending}
             with tqdm(total=len(pending), desc="scan", unit="block", disable=not progress, mininterval=1.0) as bar:
                 for fut in as_completed(futures):
@@ -594,9 +850,11 @@ TILE_CHUNK = 4096  # tiles turned into polygons at a time while tiles.geojson is
 
 
 def _write_outputs(out_dir: Path, jobs, predictor, point: OperatingPoint, settings: ScanSettings,
-                   fallback: float) -> dict:
-    """tiles.geojson (streamed, a chunk of tiles at a time), the probability rasters and sites.geojson."""
-    from amazonmine.sites import dissolve, feature, ring_geometry, tile_polygons, tile_rings, write_geojson
+                   fallback: float, out_format: str = "geojson") -> dict:
+    """tiles.geojson (streamed, a chunk of tiles at a time), the probability rasters and sites.geojson (or the
+    tiles and sites in ``out_format``: :mod:`amazonmine.gisfiles`)."""
+    from amazonmine.gisfiles import vector_name, write_features
+    from amazonmine.sites import dissolve, feature, ring_geometry, tile_polygons, tile_rings
 
     scene_order = [j.scene.name for j in jobs]
     positives: dict[str, tuple[list, list, list]] = {label: ([], [], []) for label in settings.labels}
@@ -625,7 +883,8 @@ def _write_outputs(out_dir: Path, jobs, predictor, point: OperatingPoint, settin
                     props.update({f"has_{label}": bool(decided[i, j]) for j, label in enumerate(LABELS)})
                     yield {"type": "Feature", "geometry": ring_geometry(ring), "properties": props}
 
-    n_tiles = write_geojson(out_dir / TILES_GEOJSON, tile_features(), "tiles")
+    files = {"tiles": vector_name("tiles", out_format), "sites": vector_name("sites", out_format)}
+    n_tiles = write_features(out_dir / files["tiles"], tile_features(), "tiles", out_format)
     sites, dropped, site_features = {}, {}, []
     for label in settings.labels:
         polys, ps, scenes = positives[label]
@@ -635,9 +894,9 @@ def _write_outputs(out_dir: Path, jobs, predictor, point: OperatingPoint, settin
         site_features += [feature(s.geometry, s.properties(point.thresholds[label], point.isolated[label],
                                                            point.sources[label])) for s in found]
     site_features.sort(key=lambda f: -f["properties"]["max_probability"])
-    write_geojson(out_dir / SITES_GEOJSON, site_features, "sites")
+    write_features(out_dir / files["sites"], site_features, "sites", out_format)
     return {"sites": sites, "dropped": dropped, "site_features": site_features, "rasters": rasters,
-            "tiles": n_tiles}
+            "tiles": n_tiles, "files": files}
 
 
 def _write_probability_rasters(out_dir: Path, job: SceneScan, rows, cols, probs, labels, several: bool) -> list:
@@ -708,8 +967,9 @@ def _scan_record(plan: ScanPlan, point, failed, counts, outputs, new_count, resu
         "image_size": p.image_size,
         "dehaze": repr(p.dehaze) if p.dehaze is not None else None,
         "weather_decoding": bool(p.weather_decoding),
-        "outputs": {"tiles": TILES_GEOJSON, "sites": SITES_GEOJSON, "rasters": outputs["rasters"],
-                    "report": REPORT_HTML, "new_sites": NEW_SITES_GEOJSON if plan.since is not None else None},
+        "outputs": {"tiles": outputs["files"]["tiles"], "sites": outputs["files"]["sites"],
+                    "rasters": outputs["rasters"], "report": REPORT_HTML,
+                    "new_sites": outputs["files"].get("new_sites"), "styles": outputs["styles"]},
         "since": str(plan.since) if plan.since is not None else None,
         "new_sites": new_count,
         "resumed_blocks": resumed,

@@ -1,19 +1,30 @@
-"""The scan's HTML report: one self-contained page that opens offline (images are embedded data URIs).
+"""The scan's HTML report: one self-contained page with an interactive map that opens offline.
 
-For each scene a preview (a decimated read, never the whole scene) with the sites drawn over it as SVG
-polygons (hover for the site), then one table of every site sorted by confidence with a thumbnail of the real
-pixels it covers, then the operating point (thresholds and where they came from, the isolated-site threshold,
-the minimum area), the chip look, and what was skipped: nodata and blank tiles, unreadable blocks.
+The page is rendered from the Jinja2 template ``templates/scan_report.html`` (autoescaped; data reaches the
+page's script through ``|tojson``) and carries everything it shows: Leaflet (vendored in
+``templates/vendor/leaflet``, inlined), and every image as a data URI. It asks for no other file and no network.
+
+The map: for each scene a preview (a decimated read, never the whole scene, nodata transparent) warped to Web
+Mercator, the map's own projection, so that it lies exactly at the scene's place as an image layer; the
+probability of each mine label on the tile grid as a coloured layer (off until switched on; the colour ramp of
+the QGIS styles, :func:`amazonmine.gisfiles.probability_rgba`); the sites outlined in their label's colour, with a
+popup (label, probabilities, hectares, tiles, first and last scene, a thumbnail of the real pixels); with
+``--since``, the new sites and growth dashed and marked; a scale bar and the coordinates under the pointer.
+Under the map: every site in a table sorted by confidence (a click shows it on the map), the operating point
+(thresholds and where they came from, the isolated-site threshold, the minimum area), the chip look, and what
+was skipped: nodata and blank tiles, unreadable blocks.
 """
 
 from __future__ import annotations
 
 import base64
-import html
+import re
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 
+from amazonmine.gisfiles import COLOURS, NEW_COLOURS, OTHER_COLOUR, probability_ramp, probability_rgba
 from amazonmine.io import write_text_atomic
 
 PREVIEW_PX = 1024
@@ -21,20 +32,39 @@ PREVIEW_PX = 1024
 # from the scene's first overview when it has one, instead of decoding every full-resolution pixel.
 THUMB_PX = 128
 MAX_THUMBS = 200  # sites beyond this are listed without a thumbnail, so the page stays a few MB at most
-COLOURS = {"artisinal_mine": "#ff2d55", "conventional_mine": "#ffcc00"}
-OTHER_COLOUR = "#00e5ff"
+# A probability cell is a stride (hundreds of metres): drawn at least this many preview pixels across, so the
+# warp to Web Mercator keeps the cells square-edged instead of smearing them.
+PROBABILITY_CELL_PX = 4
+WEB_MERCATOR = "EPSG:3857"
 
 
-def _data_uri(rgb: np.ndarray, quality: int = 85) -> str:
+# --- images ----------------------------------------------------------------------------------------------------
+
+def _jpeg_uri(rgb: np.ndarray, quality: int = 85) -> str:
     import cv2
 
     ok, buf = cv2.imencode(".jpg", np.ascontiguousarray(rgb[..., ::-1]), [cv2.IMWRITE_JPEG_QUALITY, quality])
     return "data:image/jpeg;base64," + base64.b64encode(buf.tobytes()).decode("ascii")
 
 
-def _read_rgb(src, scene, window=None, out_hw=None) -> np.ndarray:
-    """8-bit R,G,B of a window (or the whole scene) at ``out_hw``, nodata dark grey; 16-bit scenes stretched with
-    the scene's stretch (or their own 2-98 percentiles when the model took the bands as they are)."""
+def _rgba_uri(rgba: np.ndarray, lossy: bool) -> str:
+    """RGBA as a data URI: lossy WebP for imagery (a tenth of a PNG's size, alpha kept), PNG for the few flat
+    colours of a probability layer."""
+    import cv2
+
+    bgra = np.ascontiguousarray(rgba[..., [2, 1, 0, 3]])
+    if lossy:
+        ok, buf = cv2.imencode(".webp", bgra, [cv2.IMWRITE_WEBP_QUALITY, 85])
+        mime = "image/webp"
+    else:
+        ok, buf = cv2.imencode(".png", bgra, [cv2.IMWRITE_PNG_COMPRESSION, 9])
+        mime = "image/png"
+    return f"data:{mime};base64," + base64.b64encode(buf.tobytes()).decode("ascii")
+
+
+def _read_rgb(src, scene, window=None, out_hw=None) -> tuple[np.ndarray, np.ndarray]:
+    """8-bit R,G,B of a window (or the whole scene) at ``out_hw`` and where it is data; 16-bit scenes stretched
+    with the scene's stretch (or their own 2-98 percentiles when the model took the bands as they are)."""
     from rasterio.enums import Resampling
 
     from amazonmine.tiling import read_masks, to_8bit, valid_pixels
@@ -51,50 +81,97 @@ def _read_rgb(src, scene, window=None, out_hw=None) -> np.ndarray:
         stretch = [tuple(np.percentile(b[valid], (2, 98))) if valid.any() else (0, 1) for b in data]
         stretch = [(lo, max(hi, lo + 1)) for lo, hi in stretch]
     rgb = to_8bit(np.moveaxis(data, 0, -1), stretch, scene.stretch_gamma if scene.stretch else 1.0).copy()
-    rgb[~valid_pixels(data, masks, scene.declared_mask)] = 40
-    return rgb
+    valid = valid_pixels(data, masks, scene.declared_mask)
+    rgb[~valid] = 40
+    return rgb, valid
 
 
-def _scene_svg(job, sites_by_label) -> str:
-    import rasterio
-    from pyproj import CRS, Transformer
+def to_web_mercator(image: np.ndarray, crs_wkt: str, transform, smooth: bool) -> tuple[np.ndarray, list]:
+    """An (H, W, 4) RGBA image on ``transform`` in a scene's CRS, warped to Web Mercator (Leaflet's projection,
+    in which an image layer is stretched linearly between its corners), and its [west, south, east, north] in
+    degrees. Outside the source the result is transparent. ``smooth``: bilinear colours, else nearest."""
+    from rasterio.crs import CRS
+    from rasterio.enums import Resampling
+    from rasterio.warp import calculate_default_transform, reproject, transform_bounds
+
+    h, w = image.shape[:2]
+    src_crs = CRS.from_wkt(crs_wkt)
+    xs, ys = zip(*(transform @ corner for corner in ((0, 0), (w, 0), (0, h), (w, h))))
+    dst_transform, dw, dh = calculate_default_transform(src_crs, WEB_MERCATOR, w, h, left=min(xs), bottom=min(ys),
+                                                        right=max(xs), top=max(ys))
+    out = np.zeros((4, dh, dw), np.uint8)
+    bands = np.moveaxis(image, -1, 0)
+    common = dict(src_transform=transform, src_crs=src_crs, dst_transform=dst_transform, dst_crs=WEB_MERCATOR)
+    reproject(np.ascontiguousarray(bands[:3]), out[:3], resampling=Resampling.bilinear if smooth
+              else Resampling.nearest, **common)
+    reproject(np.ascontiguousarray(bands[3:]), out[3:], resampling=Resampling.nearest, **common)
+    west, north = dst_transform @ (0, 0)
+    east, south = dst_transform @ (dw, dh)
+    bounds = transform_bounds(WEB_MERCATOR, "EPSG:4326", west, south, east, north)
+    return np.moveaxis(out, 0, -1), [float(v) for v in bounds]
+
+
+def _preview(job) -> dict:
+    """The scene's preview layer: a data URI and its bounds, or why there is none."""
+    from affine import Affine
     from rasterio.errors import RasterioError
 
-    from amazonmine.tiling import overview_shape
+    from amazonmine.tiling import open_raster, overview_shape
 
     scene = job.scene
     h, w = overview_shape(scene.width, scene.height, PREVIEW_PX)
     try:
-        with rasterio.open(scene.path) as src:
-            preview = _read_rgb(src, scene, out_hw=(h, w))
+        with open_raster(scene.path) as src:
+            rgb, valid = _read_rgb(src, scene, out_hw=(h, w))
     except (RasterioError, OSError) as exc:  # the blocks that could be read are still worth a report
-        return f"<p>(no preview: {html.escape(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)})</p>"
-    to_scene = Transformer.from_crs(CRS.from_epsg(4326), CRS.from_wkt(scene.crs_wkt), always_xy=True)
-    inverse = ~scene.affine
-    sx, sy = w / scene.width, h / scene.height
-    shapes = []
-    for label, sites in sites_by_label.items():
-        colour = COLOURS.get(label, OTHER_COLOUR)
-        for site in sites:
-            if scene.name not in site.scenes:
-                continue
-            for poly in getattr(site.geometry, "geoms", [site.geometry]):
-                lon, lat = np.asarray(poly.exterior.coords).T
-                x, y = to_scene.transform(lon, lat)
-                cols, rows = inverse @ (np.asarray(x), np.asarray(y))
-                points = " ".join(f"{c * sx:.1f},{r * sy:.1f}" for c, r in zip(cols, rows))
-                tip = html.escape(f"{site.site_id}: p max {site.max_probability:.3f}, {site.area_ha:.1f} ha")
-                shapes.append(f'<polygon points="{points}" fill="none" stroke="{colour}" stroke-width="2">'
-                              f"<title>{tip}</title></polygon>")
-    return (f'<svg viewBox="0 0 {w} {h}" width="{w}" height="{h}" style="max-width:100%;height:auto">'
-            f'<image href="{_data_uri(preview)}" width="{w}" height="{h}"/>{"".join(shapes)}</svg>')
+        return {"image": None, "bounds": None,
+                "problem": str(exc).splitlines()[0] if str(exc) else type(exc).__name__}
+    rgba = np.dstack([rgb, np.where(valid, 255, 0).astype(np.uint8)])
+    transform = scene.affine @ Affine.scale(scene.width / w, scene.height / h)
+    warped, bounds = to_web_mercator(rgba, scene.crs_wkt, transform, smooth=True)
+    return {"image": _rgba_uri(warped, lossy=True), "bounds": bounds, "problem": None}
+
+
+def _probability_layers(job, point) -> list[dict]:
+    """Per mine label, the scene's probability grid as a coloured image layer (NaN cells clear)."""
+    from affine import Affine
+
+    from amazonmine.data import LABEL_INDEX
+
+    grid, scene = job.grid, job.scene
+    rows, cols, probs = job.assembled()
+    # A grid wider than the preview is shown as the maximum of each block of cells (a hot cell stays visible).
+    merge = max(1, -(-max(grid.rows, grid.cols) // PREVIEW_PX))
+    repeat = max(1, min(PROBABILITY_CELL_PX, PREVIEW_PX // -(-max(grid.rows, grid.cols) // merge)))
+    transform = grid.raster_transform(scene) @ Affine.scale(merge / repeat)
+    layers = []
+    for label, threshold in point.thresholds.items():
+        cells = np.full((grid.rows, grid.cols), np.nan, np.float32)
+        cells[rows, cols] = probs[:, LABEL_INDEX[label]]
+        if merge > 1:
+            cells = block_maximum(cells, merge)
+        rgba = probability_rgba(cells, threshold).repeat(repeat, axis=0).repeat(repeat, axis=1)
+        warped, bounds = to_web_mercator(rgba, scene.crs_wkt, transform, smooth=False)
+        layers.append({"label": label, "image": _rgba_uri(warped, lossy=False), "bounds": bounds})
+    return layers
+
+
+def block_maximum(cells: np.ndarray, size: int) -> np.ndarray:
+    """The maximum of each ``size`` x ``size`` block of a grid (NaN: not scored, ignored unless all are)."""
+    h, w = -(-cells.shape[0] // size) * size, -(-cells.shape[1] // size) * size
+    padded = np.full((h, w), np.nan, cells.dtype)
+    padded[: cells.shape[0], : cells.shape[1]] = cells
+    blocks = padded.reshape(h // size, size, w // size, size)
+    return np.fmax.reduce(np.fmax.reduce(blocks, axis=3), axis=1)
 
 
 def _thumbnail(job, site) -> str:
-    import rasterio
+    """A JPEG data URI of the scene's pixels under a site (nodata dark grey), or "" when there are none."""
     from pyproj import CRS, Transformer
     from rasterio.errors import RasterioError
     from rasterio.windows import Window
+
+    from amazonmine.tiling import open_raster
 
     scene = job.scene
     to_scene = Transformer.from_crs(CRS.from_epsg(4326), CRS.from_wkt(scene.crs_wkt), always_xy=True)
@@ -108,71 +185,102 @@ def _thumbnail(job, site) -> str:
     scale = min(1.0, THUMB_PX / max(c1 - c0, r1 - r0))
     out_hw = (max(1, round((r1 - r0) * scale)), max(1, round((c1 - c0) * scale)))
     try:
-        with rasterio.open(scene.path) as src:
-            rgb = _read_rgb(src, scene, window=Window(c0, r0, c1 - c0, r1 - r0), out_hw=out_hw)
+        with open_raster(scene.path) as src:
+            rgb, _ = _read_rgb(src, scene, window=Window(c0, r0, c1 - c0, r1 - r0), out_hw=out_hw)
     except (RasterioError, OSError):
-        return "(unreadable)"
-    return f'<img src="{_data_uri(rgb)}" alt="{html.escape(site.site_id)}">'
+        return ""
+    return _jpeg_uri(rgb)
+
+
+# --- the page ----------------------------------------------------------------------------------------------------
+
+@lru_cache(maxsize=1)
+def _environment():
+    from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
+
+    return Environment(loader=PackageLoader("amazonmine", "templates"),
+                       autoescape=select_autoescape(default=True, default_for_string=True),
+                       undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
+
+
+def render(template: str, **values) -> str:
+    """A page from ``templates/<template>``, every value autoescaped unless it is :func:`markupsafe.Markup`."""
+    return _environment().get_template(template).render(**values)
+
+
+@lru_cache(maxsize=1)
+def leaflet_assets() -> tuple[str, str]:
+    """Leaflet's JS and CSS, ready to inline: the CSS's image references as data URIs, its comments (which
+    name web pages) and the JS's source-map comment dropped, so the page refers to no other file."""
+    from importlib.resources import files
+
+    from markupsafe import Markup
+
+    base = files("amazonmine") / "templates" / "vendor" / "leaflet"
+    js = re.sub(r"//# sourceMappingURL=\S*\s*$", "", (base / "leaflet.js").read_text(encoding="utf-8"))
+    if "</script" in js.lower():  # would end the inline script early
+        raise RuntimeError("vendored leaflet.js contains '</script': it cannot be inlined")
+
+    def inline(match: re.Match) -> str:
+        data = (base / "images" / match.group(1)).read_bytes()
+        return "url(data:image/png;base64," + base64.b64encode(data).decode("ascii") + ")"
+
+    css = re.sub(r"/\*.*?\*/", "", (base / "leaflet.css").read_text(encoding="utf-8"), flags=re.S)  # comments
+    css = re.sub(r"url\(images/([\w.-]+\.png)\)", inline, css)
+    return Markup(js), Markup(css)
+
+
+def _ramp_css(threshold: float) -> str:
+    stops = ", ".join(f"rgba({r},{g},{b},{a / 255:.2f}) {v * 100:.1f}%" for v, (r, g, b, a) in
+                      probability_ramp(threshold))
+    return f"linear-gradient(to right, {stops})"
 
 
 def write_report(path: Path, jobs, sites_by_label: dict, point, look, failed: list, counts: list,
-                 new_sites: int | None) -> None:
-    esc = html.escape
+                 new_sites: list | None) -> None:
+    """scan_report.html. ``new_sites``: the features of new_sites (``--since``), else None."""
+    from shapely.geometry import shape
+
+    from amazonmine.sites import feature
+
     job_of = {j.scene.name: j for j in jobs}
     everything = sorted((s for sites in sites_by_label.values() for s in sites),
                         key=lambda s: (-s.max_probability, s.site_id))
-    rows = []
+    new_status = {}
+    for f in new_sites or []:
+        new_status.setdefault(f["properties"].get("site_id"), f["properties"].get("status"))
+    rows, site_features = [], []
     for k, site in enumerate(everything):
-        thumb = _thumbnail(job_of[site.scenes[0]], site) if k < MAX_THUMBS else ""
         c = site.geometry.centroid
-        rows.append(f"<tr><td>{thumb}</td><td>{esc(site.site_id)}</td><td>{esc(site.label)}</td>"
-                    f"<td>{site.max_probability:.3f}</td><td>{site.mean_probability:.3f}</td><td>{site.tiles}</td>"
-                    f"<td>{site.area_ha:.1f}</td><td>{c.y:.5f}, {c.x:.5f}</td>"
-                    f"<td>{esc(site.scenes[0])}{' &rarr; ' + esc(site.scenes[-1]) if len(site.scenes) > 1 else ''}"
-                    f"</td></tr>")
-    op_rows = "".join(
-        f"<tr><td>{esc(label)}</td><td>{point.thresholds[label]:.3f}</td><td>{esc(point.sources[label])}</td>"
-        f"<td>{point.isolated[label]:.3f}</td><td>{len(sites_by_label.get(label, []))}</td></tr>"
-        for label in point.thresholds)
-    count_rows = "".join(
-        f"<tr><td>{esc(c['scene'])}</td><td>{c['tiles_in_grid']}</td><td>{c['scored']}</td><td>{c['nodata']}</td>"
-        f"<td>{c['blank']}</td><td>{c['failed_blocks']}</td></tr>" for c in counts)
-    grids = "".join(
-        f"<li>{esc(j.scene.name)}: {j.scene.width}x{j.scene.height} px, {j.scene.res_m[0]:.2f} x "
-        f"{j.scene.res_m[1]:.2f} m per pixel, tiles {j.grid.tile_w}x{j.grid.tile_h} px, stride "
-        f"{j.grid.stride_x}x{j.grid.stride_y} px; bands {esc(j.scene.band_note)}"
-        + (f"; 16-bit stretch per band (lo, hi) {esc(str([(round(a), round(b)) for a, b in j.scene.stretch]))}"
-           if j.scene.stretch else "") + "</li>" for j in jobs)
-    failed_html = ("<h2>Skipped blocks</h2><ul>" + "".join(f"<li>{esc(m)}</li>" for m in failed) + "</ul>"
-                   if failed else "")
-    previews = "".join(f"<h3>{esc(j.scene.name)}</h3>{_scene_svg(j, sites_by_label)}" for j in jobs)
-    legend = " ".join(f'<span style="color:{COLOURS.get(label, OTHER_COLOUR)}">&#9632; {esc(label)}</span>'
-                      for label in point.thresholds)
-    new_line = (f"<p>New since the previous scan: <b>{new_sites}</b> site(s) or growth (new_sites.geojson).</p>"
-                if new_sites is not None else "")
-    more = (f"<p>Thumbnails for the first {MAX_THUMBS} sites only.</p>" if len(everything) > MAX_THUMBS else "")
-    page = f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>amazonmine scan</title>
-<style>body{{font-family:sans-serif;margin:1.5em;max-width:1200px}} table{{border-collapse:collapse}}
-td,th{{border:1px solid #ccc;padding:3px 6px;text-align:left;vertical-align:middle}} th{{background:#eee}}
-img{{display:block}}</style></head><body>
-<h1>Scan: mine sites</h1>
-<p>{len(everything)} site(s) in {len(jobs)} scene(s). Sites are the tiles decided positive for a label, dissolved
-where they touch or overlap; a single-tile site must clear the isolated threshold. Areas in hectares, measured in
-the UTM zone of each site.</p>{new_line}
-<h2>Scenes</h2><p>{legend}</p>{previews}
-<h2>Sites, most confident first</h2>{more}
-<table><tr><th>pixels</th><th>site</th><th>label</th><th>max p</th><th>mean p</th><th>tiles</th><th>ha</th>
-<th>lat, lon</th><th>scenes</th></tr>{''.join(rows) or '<tr><td colspan="9">no site</td></tr>'}</table>
-<h2>Operating point</h2>
-<table><tr><th>label</th><th>threshold</th><th>source</th><th>isolated-site threshold</th><th>sites</th></tr>
-{op_rows}</table>
-<p>Minimum site area: {point.min_site_ha:g} ha. Chip look: {esc(look.kind)} {look.size} px, {esc(look.encoding)}
-{f'quality {look.quality}' if look.encoding != 'none' else ''} ({esc(look.source)}).</p>
-<ul>{grids}</ul>
-<h2>Tiles scored and skipped</h2>
-<table><tr><th>scene</th><th>tiles in grid</th><th>scored</th><th>nodata</th><th>blank</th><th>unreadable blocks</th></tr>
-{count_rows}</table>{failed_html}
-</body></html>
-"""
+        rows.append({"index": k, "site": site, "lat": c.y, "lon": c.x, "new": new_status.get(site.site_id),
+                     "colour": COLOURS.get(site.label, OTHER_COLOUR),
+                     "thumb": _thumbnail(job_of[site.scenes[0]], site) if k < MAX_THUMBS else ""})
+        site_features.append(feature(site.geometry, {
+            "row": k, "site_id": site.site_id, "label": site.label, "max_probability": round(site.max_probability, 4),
+            "mean_probability": round(site.mean_probability, 4), "area_ha": round(site.area_ha, 2),
+            "tiles": site.tiles, "first_scene": site.scenes[0], "last_scene": site.scenes[-1],
+            "status": new_status.get(site.site_id)}))
+    fresh = []
+    for f in new_sites or []:
+        spot = shape(f["geometry"]).representative_point()
+        p = f["properties"]
+        fresh.append({**f, "properties": {"site_id": p.get("site_id"), "label": p.get("label"),
+                                          "status": p.get("status"), "new_area_ha": p.get("new_area_ha"),
+                                          "previous_sites": p.get("previous_sites") or [],
+                                          "marker": [spot.y, spot.x]}})
+    scenes = []
+    for job in jobs:
+        preview = _preview(job)
+        scenes.append({"name": job.scene.name, "preview": preview["image"], "bounds": preview["bounds"],
+                       "problem": preview["problem"], "probabilities": _probability_layers(job, point)})
+    labels = [{"label": label, "colour": COLOURS.get(label, OTHER_COLOUR), "threshold": point.thresholds[label],
+               "ramp": _ramp_css(point.thresholds[label]), "sites": len(sites_by_label.get(label, []))}
+              for label in point.thresholds]
+    map_data = {"scenes": scenes, "labels": labels, "sites": {"type": "FeatureCollection", "features": site_features},
+                "new_sites": {"type": "FeatureCollection", "features": fresh} if new_sites is not None else None,
+                "new_colours": NEW_COLOURS}
+    leaflet_js, leaflet_css = leaflet_assets()
+    page = render("scan_report.html", jobs=jobs, rows=rows, point=point, look=look, failed=failed, counts=counts,
+                  labels=labels, scenes=scenes, new_sites=new_sites, max_thumbs=MAX_THUMBS, map_data=map_data,
+                  new_colours=NEW_COLOURS, leaflet_js=leaflet_js, leaflet_css=leaflet_css)
     write_text_atomic(path, page)

@@ -12,6 +12,14 @@ Each fold's *training* rows repeat the chips of rare labels under distinct dihed
 numbered as :data:`amazonmine.data.DIHEDRAL`), so a rare label reaches ``split.rare_target`` training rows.
 Validation folds are never oversampled: they must measure the real label mix.
 
+Grouped folds (``--group-by COLUMN``): chips cut from one place are near copies of each other (at scan's
+stride 0.5 neighbouring tiles share half their pixels), so a fold that validates on one of them and trains on
+its neighbour scores the model on what it has seen. With a group column (``block`` of ``amazonmine chips``:
+the spatial block of each chip; or any column of the labels file or of ``chips.csv`` beside it) every group
+lies wholly in one fold, and the lockbox is a set of whole groups, so out-of-fold scores are hold-out scores
+for places never trained on. Groups are dealt by :func:`make_group_folds` (iterative stratification with
+groups as the items); the headline says, per rare label, how far the folds are from an even share.
+
 The lockbox: with ``split.holdout`` > 0 that share of the chips is set aside first, by the same iterative
 stratification (``MultilabelStratifiedShuffleSplit``), and never enters a fold: no model trains on it, no
 threshold is tuned on it. ``evaluate`` scores it once with the final decisions, apart from the out-of-fold
@@ -111,6 +119,121 @@ def make_folds_with_holdout(matrix: np.ndarray, k: int, seed: int, share: float)
     folds = np.full(len(matrix), HOLDOUT_FOLD, dtype=np.int64)
     folds[~held] = make_folds(np.asarray(matrix)[~held], k, seed)
     return folds
+
+
+def deal_groups(matrix: np.ndarray, groups: np.ndarray, shares: Sequence[float], seed: int) -> np.ndarray:
+    """Bin (0..len(shares)-1) of every row, every group wholly in one bin, labels spread by the bins' shares.
+
+    Iterative stratification (Sechidis et al. 2011) with groups, not rows, as the items dealt. Each group
+    carries its rows' label counts; bin b wants ``shares[b]`` of every label's rows and of all rows. Until every
+    group is dealt: take the label with the fewest rows in groups still undealt (ties: label order); deal its
+    groups, most rows of that label first, each to the bin that still wants most of that label (ties: the bin
+    that wants most rows, then a seeded draw), and take the group's counts off that bin's wants for every label.
+    Groups carrying no label go last, largest first, to the bin wanting most rows. A group with many rows of a
+    rare label cannot be split, so a bin may end far from its share of that label; the split's headline says by
+    how much. Deterministic for a given seed; the order of the rows does not matter, only their groups.
+    """
+    matrix = np.asarray(matrix, dtype=np.int64)
+    keys, group_of = np.unique(np.asarray(groups).astype(str), return_inverse=True)
+    n_groups, n_bins = len(keys), len(shares)
+    counts = np.zeros((n_groups, matrix.shape[1]), np.int64)
+    np.add.at(counts, group_of, matrix)
+    sizes = np.bincount(group_of, minlength=n_groups).astype(np.float64)
+    shares = np.asarray(shares, np.float64) / np.sum(shares)
+    want = shares[:, None] * counts.sum(axis=0)[None, :].astype(np.float64)  # (bins, labels)
+    want_rows = shares * len(matrix)
+    rng = np.random.default_rng([seed, 3])
+    group_draw = rng.permutation(n_groups)  # seeded tie-break among groups
+    bin_draw = rng.permutation(n_bins)  # ... and among bins
+    bin_of = np.full(n_groups, -1, np.int64)
+    left = np.ones(n_groups, bool)
+
+    def give(g: int, b: int) -> None:
+        bin_of[g] = b
+        left[g] = False
+        want[b] -= counts[g]
+        want_rows[b] -= sizes[g]
+
+    while True:
+        remaining = counts[left].sum(axis=0)
+        carried = np.flatnonzero(remaining > 0)
+        if carried.size == 0:
+            break
+        j = int(carried[np.argmin(remaining[carried])])
+        holders = np.flatnonzero(left & (counts[:, j] > 0))
+        for g in holders[np.lexsort((group_draw[holders], -counts[holders, j]))].tolist():
+            b = int(np.lexsort((bin_draw, -want_rows, -want[:, j]))[0])
+            give(g, b)
+    unlabelled = np.flatnonzero(left)
+    for g in unlabelled[np.lexsort((group_draw[unlabelled], -sizes[unlabelled]))].tolist():
+        give(g, int(np.lexsort((bin_draw, -want_rows))[0]))
+    return bin_of[group_of]
+
+
+def make_group_folds(matrix: np.ndarray, groups: np.ndarray, k: int, seed: int) -> np.ndarray:
+    """Validation fold (0..k-1) of every row, no group in two folds (:func:`deal_groups`, equal shares)."""
+    n_groups = len(np.unique(np.asarray(groups).astype(str)))
+    _check_k(k, len(matrix))
+    if k > n_groups:
+        raise ConfigError(f"split.folds={k} is more than the {n_groups} groups: a fold needs at least one whole group")
+    return deal_groups(matrix, groups, [1.0] * k, seed)
+
+
+def make_group_holdout(matrix: np.ndarray, groups: np.ndarray, share: float, seed: int) -> np.ndarray:
+    """(N,) bool: the lockbox as whole groups, about ``share`` of the rows, labels spread as evenly as groups allow."""
+    if not 0 <= share < 0.5:
+        raise ConfigError(f"split.holdout must be in [0, 0.5) (a share of the chips), got {share}")
+    if share == 0:
+        return np.zeros(len(matrix), bool)
+    # Its own seed stream, as make_holdout: the hold-out and the folds are not dealt from one sequence.
+    held = deal_groups(matrix, groups, [share, 1.0 - share], (seed + 1) % (_MAX_SEED + 1)) == 0
+    if not held.any():
+        raise ConfigError(f"split.holdout={share} holds out no whole group; raise it, use smaller groups or set 0")
+    return held
+
+
+def make_group_folds_with_holdout(matrix: np.ndarray, groups: np.ndarray, k: int, seed: int,
+                                  share: float) -> np.ndarray:
+    """Validation fold of every row, HOLDOUT_FOLD for a hold-out of whole groups."""
+    held = make_group_holdout(matrix, groups, share, seed)
+    folds = np.full(len(matrix), HOLDOUT_FOLD, dtype=np.int64)
+    folds[~held] = make_group_folds(np.asarray(matrix)[~held], np.asarray(groups)[~held], k, seed)
+    return folds
+
+
+def read_groups(layout: PlanetLayout, names: Sequence[str], column: str) -> np.ndarray:
+    """The ``column`` value of every chip: from the labels file when it has that column, else from
+    ``chips.csv`` beside it (written by ``amazonmine chips``). Every chip needs a non-empty value."""
+    from amazonmine.data import read_text_csv
+
+    source = layout.labels_csv
+    frame = read_text_csv(source, "labels file", "image_name,tags")
+    if column not in frame.columns:
+        source = layout.labels_csv.parent / "chips.csv"
+        if not source.is_file():
+            raise DataError(f"{layout.labels_csv}: no column {column!r} to group by, and no chips.csv beside it "
+                            f"('amazonmine chips' writes one with a 'block' column)")
+        frame = read_text_csv(source, "chip table", f"image_name,{column}")
+        if column not in frame.columns or "image_name" not in frame.columns:
+            raise DataError(f"{source}: no column {column!r} to group by (columns: {', '.join(frame.columns)})")
+    value_of = dict(zip(frame["image_name"].str.strip(), frame[column].str.strip()))
+    values = [value_of.get(name, "") for name in names]
+    empty = [name for name, v in zip(names, values) if not v]
+    if empty:
+        shown = ", ".join(empty[:5]) + (f" and {len(empty) - 5} more" if len(empty) > 5 else "")
+        raise DataError(f"{source}: {len(empty)} chip(s) without a {column!r} value to group by: {shown}")
+    return np.asarray(values, dtype=object)
+
+
+def stratification_gaps(counts, labels: Sequence[str], k: int) -> list[tuple[str, float, int]]:
+    """Per label: (label, ideal positives per fold, largest gap of a fold from it), from fold_label_counts."""
+    per_fold = counts[~counts["fold"].isin(["total", HOLDOUT_ROW])]
+    out = []
+    for label in labels:
+        values = per_fold[label].to_numpy(dtype=np.float64)
+        ideal = values.sum() / k
+        out.append((label, float(ideal), int(round(np.abs(values - ideal).max()))))
+    return out
 
 
 def _check_k(k: int, n_chips: int) -> None:
@@ -263,6 +386,8 @@ class SplitSummary:
     seconds: float
     warnings: list[str] = field(default_factory=list)
     n_holdout: int = 0
+    group_by: str | None = None
+    n_groups: int = 0
 
     def short_of_target(self) -> list[str]:
         """Rare labels whose training rows stay under the target in some fold (too few chips for the cap)."""
@@ -303,6 +428,13 @@ class SplitSummary:
             lines.append(f"hold-out (lockbox): {self.n_holdout} chips in no fold (fold {HOLDOUT_FOLD} in {FOLDS_CSV}), "
                          "never trained or tuned on; 'amazonmine evaluate' scores them once. "
                          + ", ".join(f"{label} {int(held[label])}" for label in shown))
+        if self.group_by:
+            # The rare labels, else the three rarest labels some chip carries: how well whole groups spread them.
+            present = tuple(label for label in _rarest(total, len(LABELS)) if int(total[label]) > 0)
+            gaps = stratification_gaps(self.fold_counts, self.rare_labels or present[:3], self.k)
+            lines.append(f"grouped by {self.group_by!r}: {self.n_groups} groups, each wholly in one fold"
+                         + (" or in the hold-out" if self.n_holdout else "") + "; per fold against an even share: "
+                         + ", ".join(f"{label} ideal {ideal:.1f}, off by up to {gap}" for label, ideal, gap in gaps))
         lines += [f"warning: {w}" for w in self.warnings]
         return "\n".join(lines)
 
@@ -319,8 +451,12 @@ def _count_row(name: str, per_fold, total, width: int, train) -> str:
     return f"{name:<{width}}{cells}  {spread}"
 
 
-def run_split(cfg, check_files: bool = True) -> SplitSummary:
-    """Read the labels, split them into folds, oversample rare labels; write the three CSVs to the run folder."""
+def run_split(cfg, check_files: bool = True, group_by: str | None = None) -> SplitSummary:
+    """Read the labels, split them into folds, oversample rare labels; write the three CSVs to the run folder.
+
+    ``group_by`` names a column (of the labels file, or of chips.csv beside it) whose groups must each stay in
+    one fold and whose hold-out is whole groups (see the module docstring).
+    """
     import pandas as pd
 
     split_cfg = cfg.split
@@ -331,8 +467,12 @@ def run_split(cfg, check_files: bool = True) -> SplitSummary:
     if split_cfg.folds > len(names):
         raise DataError(f"{layout.labels_csv}: {len(names)} chips cannot fill split.folds={split_cfg.folds} folds")
 
+    groups = read_groups(layout, names, group_by) if group_by else None
     started = time.perf_counter()
-    folds = make_folds_with_holdout(matrix, split_cfg.folds, cfg.run.seed, float(split_cfg.holdout))
+    if groups is not None:
+        folds = make_group_folds_with_holdout(matrix, groups, split_cfg.folds, cfg.run.seed, float(split_cfg.holdout))
+    else:
+        folds = make_folds_with_holdout(matrix, split_cfg.folds, cfg.run.seed, float(split_cfg.holdout))
     manifest = build_manifest(names, matrix, folds, split_cfg.folds, rare, split_cfg.rare_target,
                               split_cfg.rare_max_factor, cfg.run.seed)
     seconds = time.perf_counter() - started
@@ -341,8 +481,9 @@ def run_split(cfg, check_files: bool = True) -> SplitSummary:
     problems = []
     missing = labels_missing_from_folds(counts)
     if missing:
+        why = "fewer chips, or groups of them, than folds" if group_by else "fewer chips than folds"
         problems.append(f"{len(missing)} label(s) cannot appear in every one of the {split_cfg.folds} folds "
-                        f"(fewer chips than folds): {', '.join(missing)}")
+                        f"({why}): {', '.join(missing)}")
         warnings.warn(problems[-1], SplitWarning, stacklevel=2)
 
     run = RunFolder.from_config(cfg)
@@ -356,4 +497,5 @@ def run_split(cfg, check_files: bool = True) -> SplitSummary:
         rare_labels=rare, rare_target=split_cfg.rare_target, rare_max_factor=split_cfg.rare_max_factor,
         fold_counts=counts, train_counts=manifest_label_counts(manifest, names, matrix, split_cfg.folds),
         seconds=seconds, warnings=problems, n_holdout=int((folds == HOLDOUT_FOLD).sum()),
+        group_by=group_by, n_groups=len(set(groups.tolist())) if groups is not None else 0,
     )

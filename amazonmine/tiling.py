@@ -56,6 +56,18 @@ class SceneError(AmazonmineError):
     """A scene that cannot be scanned as it is."""
 
 
+SHOWN_CHARS = 240  # longest path, URL or library reason an error line repeats whole (data.PATH_LIMIT's length)
+
+
+def shown(value) -> str:
+    """``value`` as an error line may repeat it: a long value cut in the middle (:func:`amazonmine.errors.shorten`,
+    keeping the end: the file name), and control characters escaped, so one line stays one line."""
+    from amazonmine.errors import shorten
+
+    text = shorten(value, SHOWN_CHARS)
+    return text if text.isprintable() else text.encode("unicode_escape").decode("ascii")
+
+
 # --- how the training chips look ---------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -182,6 +194,25 @@ def finish_chip(tile: np.ndarray, look: ChipLook) -> np.ndarray:
             return np.ascontiguousarray(tile)
         interp = cv2.INTER_AREA if tile.shape[0] > size else cv2.INTER_LINEAR
         return cv2.resize(tile, (size, size), interpolation=interp)
+    if look.encoding in ("cmyk", "ycbcr"):
+        return cv2.imdecode(np.frombuffer(encode_chip(tile, look), np.uint8), cv2.IMREAD_COLOR)
+    return np.ascontiguousarray(_resize_u8(tile, size)[..., ::-1])
+
+
+def encode_chip(tile: np.ndarray, look: ChipLook) -> bytes:
+    """A tile of :func:`prepare_pixels` output -> the bytes of the chip file a training set would hold.
+
+    For a JPEG look these are the very JPEG bytes :func:`finish_chip` decodes, so a chip file written from them
+    reads back as exactly the array scan gives the model (``amazonmine chips`` writes training chips this way);
+    for a "tif" look, the chip as a 16-bit B,G,R,NIR TIF tagged like Kaggle's (lossless).
+    """
+    import cv2
+
+    size = look.size
+    if look.kind == "tif":
+        from amazonmine.data import encode_tif
+
+        return encode_tif(finish_chip(tile, look))
     if look.encoding == "cmyk":
         from PIL import Image
 
@@ -191,15 +222,15 @@ def finish_chip(tile: np.ndarray, look: ChipLook) -> np.ndarray:
         cmyk[..., :3] = _resize_u8(tile, size)
         buf = io.BytesIO()
         Image.frombytes("CMYK", (size, size), cmyk.tobytes()).save(buf, format="JPEG", quality=look.quality)
-        return cv2.imdecode(np.frombuffer(buf.getvalue(), np.uint8), cv2.IMREAD_COLOR)
-    bgr = np.ascontiguousarray(_resize_u8(tile, size)[..., ::-1])
+        return buf.getvalue()
     if look.encoding == "ycbcr":
+        bgr = np.ascontiguousarray(_resize_u8(tile, size)[..., ::-1])
         params = [cv2.IMWRITE_JPEG_QUALITY, look.quality]
         if look.full_chroma:
             params += [cv2.IMWRITE_JPEG_SAMPLING_FACTOR, cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444]
         ok, buf = cv2.imencode(".jpg", bgr, params)
-        return cv2.imdecode(buf, cv2.IMREAD_COLOR)
-    return bgr
+        return buf.tobytes()
+    raise ValueError(f"a {look.kind!r} look with encoding {look.encoding!r} has no chip file format")
 
 
 # --- scenes ------------------------------------------------------------------------------------------------
@@ -276,46 +307,167 @@ def _pick_bands(src, kind: str, path: str) -> tuple[list[int], str]:
         b, g, r, nir = data_bands
         note = "4 16-bit bands without colour interpretation: assumed B,G,R,NIR (Planet 'analytic' order)"
     else:
-        raise SceneError(f"{path}: {len(data_bands)} band(s) of {src.dtypes[0]} without colour interpretation: "
+        raise SceneError(f"{shown(path)}: {len(data_bands)} band(s) of {src.dtypes[0]} without colour interpretation: "
                          f"cannot tell which are red, green and blue (expected R,G,B or B,G,R,NIR)")
     if kind == "tif":
         if nir is None:
-            raise SceneError(f"{path}: the model was trained on 4-band chips (B,G,R,NIR) and this scene has no "
+            raise SceneError(f"{shown(path)}: the model was trained on 4-band chips (B,G,R,NIR) and this scene has no "
                              f"near-infrared band ({len(data_bands)} band(s) {note})")
         return [b, g, r, nir], note
     return [r, g, b], note
+
+
+# A remote scene (a URL, /vsicurl/...) is opened without listing its folder and without probing for sidecar
+# files (.aux.xml, .msk, .ovr): on an object store each of those is a request, often more than the COG's own.
+# Local files keep GDAL's defaults, as a local .msk or .ovr beside a scene is part of it.
+REMOTE_GDAL_OPTIONS = {"GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR", "CPL_VSIL_CURL_ALLOWED_EXTENSIONS": ".tif,.tiff"}
+
+
+def is_remote(path: str) -> bool:
+    return "://" in str(path) or str(path).startswith("/vsi")
+
+
+def require_regular_file(path: str, need: str) -> None:
+    """The input-path rule of :mod:`amazonmine.data` for a file given by path (a scene, an earlier scan's
+    sites): after links, a regular file, or refused by name saying what it is (a FIFO, a device, a folder, a
+    link to nothing), never opened blind (opening a FIFO waits forever for a writer). ``need`` says what was
+    expected, e.g. "scenes must be GeoTIFF files"."""
+    import os
+    import stat
+
+    from amazonmine.data import file_kind
+
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        if os.path.islink(path):
+            raise AmazonmineError(f"{shown(path)}: a link to a missing file ({shown(os.readlink(path))})") from None
+        raise AmazonmineError(f"{shown(path)}: not found") from None
+    except OSError as exc:
+        raise AmazonmineError(f"{shown(path)}: cannot be read ({exc.strerror or type(exc).__name__})") from None
+    if not stat.S_ISREG(info.st_mode):
+        raise AmazonmineError(f"{shown(path)}: {file_kind(info.st_mode)}, not a regular file; {need}")
+
+
+# GDAL paths and URL schemes that read a local file through an archive or a file:// URL: that file follows the
+# input-path rule as any local scene does.
+_ARCHIVE_PREFIXES = ("/vsizip/", "/vsitar/", "/vsigzip/", "/vsi7z/", "/vsirar/")
+_LOCAL_SCHEMES = ("file", "zip", "tar", "gzip")
+
+
+def local_container(path: str) -> str | None:
+    """The local file a URL or GDAL virtual path reads (``file://PATH``, ``zip://ARCHIVE!/inner.tif``,
+    ``/vsizip/ARCHIVE/inner.tif``...), or None for a remote one (http, s3, /vsicurl/...)."""
+    import os
+
+    text = str(path)
+    if "://" in text:
+        scheme, _, rest = text.partition("://")
+        return (rest.split("!", 1)[0] or None) if scheme.lower() in _LOCAL_SCHEMES else None
+    for prefix in _ARCHIVE_PREFIXES:
+        if text.startswith(prefix):
+            part = text[len(prefix):]
+            if part.startswith("{") and "}" in part:  # GDAL's /vsizip/{ARCHIVE}/inner form
+                part = part[1:part.index("}")]
+            while part not in ("", "/") and not os.path.lexists(part):  # the archive: the part that exists
+                part = os.path.dirname(part)
+            return part if part not in ("", "/") and not os.path.isdir(part) else None
+    return None
+
+
+def open_raster(path: str):
+    """rasterio.open, with :data:`REMOTE_GDAL_OPTIONS` for a remote scene (they matter when it is opened)."""
+    import rasterio
+
+    if not is_remote(path) or local_container(path) is not None:
+        return rasterio.open(path)
+    with rasterio.Env(**REMOTE_GDAL_OPTIONS):
+        return rasterio.open(path)
 
 
 def _open_checked(path: str):
     """The open dataset of a scene that is georeferenced north-up with 8- or 16-bit bands, or a SceneError."""
     import warnings
 
-    import rasterio
     from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 
     try:
         with warnings.catch_warnings():  # said below in one line, with what to do
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
-            src = rasterio.open(path)
+            src = open_raster(path)
     except RasterioIOError as exc:
-        raise SceneError(f"{path}: cannot open as a raster ({str(exc).splitlines()[0]})") from None
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise SceneError(f"{shown(path)}: cannot open as a raster ({shown(reason)})") from None
+    name = shown(path)
     try:
         if src.crs is None or src.transform.is_identity:
             extra = " (it has ground control points only: warp it first, e.g. gdalwarp)" if src.gcps[0] else ""
-            raise SceneError(f"{path}: not georeferenced (no coordinate reference system or geotransform){extra}")
+            raise SceneError(f"{name}: not georeferenced (no coordinate reference system or geotransform){extra}")
         t = src.transform
         if abs(t.b) > 1e-12 or abs(t.d) > 1e-12:
-            raise SceneError(f"{path}: rotated or sheared geotransform: warp it north-up first (gdalwarp)")
+            raise SceneError(f"{name}: rotated or sheared geotransform: warp it north-up first (gdalwarp)")
         if src.dtypes[0] not in ("uint8", "uint16"):
-            raise SceneError(f"{path}: {src.dtypes[0]} pixels; expected 8-bit or 16-bit unsigned bands")
+            raise SceneError(f"{name}: {src.dtypes[0]} pixels; expected 8-bit or 16-bit unsigned bands")
+        check_footprint(path, src.crs, t, src.width, src.height)
     except SceneError:
         src.close()
         raise
     return src
 
 
+# Points along each edge of a scene whose coordinates are checked: enough to catch a footprint that leaves the
+# projection's domain between its corners, few enough to cost nothing.
+FOOTPRINT_POINTS = 17
+
+
+def check_footprint(path: str, crs, transform, width: int, height: int) -> None:
+    """Refuse (one line naming the scene) a scene that cannot be placed on the globe: its edges must have
+    finite coordinates in its CRS, transform to finite longitudes and latitudes (|lat| <= 90, |lon| <= 180),
+    and from there to finite metres in the UTM zone where its areas are measured (:func:`amazonmine.sites.area_ha`).
+    A CRS that cannot be related to longitude and latitude at all (an engineering or LOCAL_CS one) is refused
+    the same way, instead of the NaN resolutions and pyproj errors it gave further on."""
+    from pyproj import CRS, Transformer
+    from pyproj.exceptions import CRSError, ProjError
+    from rasterio.errors import CRSError as RasterioCRSError
+
+    from amazonmine.sites import utm_epsg
+
+    name = shown(path)
+    steps = np.linspace(0.0, 1.0, FOOTPRINT_POINTS)
+    cols = np.concatenate([steps * width, np.full_like(steps, width), steps[::-1] * width, np.zeros_like(steps)])
+    rows = np.concatenate([np.zeros_like(steps), steps * height, np.full_like(steps, height), steps[::-1] * height])
+    with np.errstate(all="ignore"):
+        xs = transform.a * cols + transform.b * rows + transform.c
+        ys = transform.d * cols + transform.e * rows + transform.f
+    if not (np.all(np.isfinite(xs)) and np.all(np.isfinite(ys))) or transform.a == 0 or transform.e == 0:
+        raise SceneError(f"{name}: its geotransform {tuple(transform)[:6]} gives no finite footprint")
+    try:
+        scene_crs = CRS.from_user_input(crs.to_wkt() if hasattr(crs, "to_wkt") else crs)
+        to_lonlat = Transformer.from_crs(scene_crs, CRS.from_epsg(4326), always_xy=True)
+        lon, lat = (np.asarray(v, np.float64) for v in to_lonlat.transform(xs, ys, errcheck=False))
+    except (CRSError, ProjError, RasterioCRSError) as exc:
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise SceneError(f"{name}: its coordinate reference system cannot be related to longitude and latitude "
+                         f"({shown(reason)}); reproject it first (gdalwarp -t_srs EPSG:4326 or a UTM zone)") from None
+    lost = ~np.isfinite(lon) | ~np.isfinite(lat) | (np.abs(lat) > 90.0) | (np.abs(lon) > 180.0)
+    if lost.any():
+        k = int(np.flatnonzero(lost)[0])
+        raise SceneError(f"{name}: its footprint does not lie on the globe (pixel {cols[k]:g},{rows[k]:g} at "
+                         f"{xs[k]:.6g}, {ys[k]:.6g} in its CRS is longitude {lon[k]:.6g}, latitude {lat[k]:.6g}): "
+                         f"a wrong geotransform or coordinate reference system")
+    try:
+        to_metres = Transformer.from_crs(CRS.from_epsg(4326),
+                                         CRS.from_epsg(utm_epsg(float(lon.mean()), float(lat.mean()))), always_xy=True)
+        ux, uy = to_metres.transform(lon, lat, errcheck=False)
+    except (CRSError, ProjError) as exc:  # not expected for any longitude and latitude; said rather than raised
+        raise SceneError(f"{name}: its footprint cannot be measured in metres ({shown(exc)})") from None
+    if not (np.all(np.isfinite(ux)) and np.all(np.isfinite(uy))):
+        raise SceneError(f"{name}: its footprint cannot be measured in metres in the UTM zone of its centre")
+
+
 def check_scene_file(path: str | Path) -> None:
-    """What can be refused before any model is loaded: unreadable, not georeferenced, rotated, not 8/16-bit."""
+    """What can be refused before any model is loaded: unreadable, not georeferenced, rotated, not 8/16-bit,
+    not on the globe."""
     _open_checked(str(path)).close()
 
 
@@ -323,18 +475,22 @@ def open_scene(path: str | Path, look: ChipLook, chip_ground_m: float, max_ratio
                stretch_percentiles: tuple[float, float] = (2.0, 98.0), stretch_gamma: float = 1.0) -> Scene:
     """Open and check one scene: georeferenced, usable bands and bit depth, resolution near the chips'."""
     path = str(path)
+    name = shown(path)
     with _open_checked(path) as src:
         t = src.transform
         dtype = src.dtypes[0]
         if look.kind == "tif" and dtype != "uint16":
-            raise SceneError(f"{path}: the model was trained on 16-bit 4-band chips and this scene is {dtype}")
+            raise SceneError(f"{name}: the model was trained on 16-bit 4-band chips and this scene is {dtype}")
         bands, note = _pick_bands(src, look.kind, path)
         res = ground_resolution(src.crs, t, src.width, src.height)
+        if not all(np.isfinite(r) and r > 0 for r in res):
+            raise SceneError(f"{name}: no ground size of a pixel at its centre ({res[0]:g} x {res[1]:g} m): a wrong "
+                             f"geotransform or coordinate reference system")
         chip_res = chip_ground_m / look.size
         source_res = min(chip_res, chip_ground_m / PLANET_CHIP_PX)
         scene_res = max(res)
         if scene_res > chip_res * max_ratio or min(res) < source_res / max_ratio:
-            raise SceneError(f"{path}: resolution {res[0]:.2f} x {res[1]:.2f} m is too far from the training chips' "
+            raise SceneError(f"{name}: resolution {res[0]:.2f} x {res[1]:.2f} m is too far from the training chips' "
                              f"({chip_res:.2f} m per chip pixel, cut from ~{source_res:.2f} m imagery; allowed "
                              f"{source_res / max_ratio:.2f}-{chip_res * max_ratio:.2f} m, scan.max_resolution_ratio "
                              f"{max_ratio:g})")
@@ -349,6 +505,12 @@ def open_scene(path: str | Path, look: ChipLook, chip_ground_m: float, max_ratio
         if look.kind == "jpg" and dtype != "uint8":
             scene.stretch = stretch_from_overview(src, scene, stretch_percentiles)
             scene.stretch_gamma = float(stretch_gamma)
+            if scene.stretch is None:
+                # Nothing valid to stretch from: the scene is (almost surely) all nodata, and its tiles are
+                # counted as nodata like an 8-bit scene's, instead of the whole batch being refused for it.
+                top = float(np.iinfo(np.dtype(dtype)).max)
+                scene.stretch = [(0.0, top)] * len(bands)
+                scene.band_note += "; no valid pixel in the overview: full-range stretch"
     return scene
 
 
@@ -378,8 +540,9 @@ def valid_pixels(data: np.ndarray, masks: np.ndarray, declared: bool) -> np.ndar
     return valid
 
 
-def stretch_from_overview(src, scene: Scene, percentiles: tuple[float, float]) -> list:
-    """Per band (lo, hi) of a 16-bit scene: the given percentiles of its valid pixels in a decimated read.
+def stretch_from_overview(src, scene: Scene, percentiles: tuple[float, float]) -> list | None:
+    """Per band (lo, hi) of a 16-bit scene: the given percentiles of its valid pixels in a decimated read (None
+    when the read has no valid pixel).
 
     The stretch maps lo..hi to 0..255 (clipped; linear, or with ``scan.stretch_gamma`` as a power 1/gamma), per
     band, the same for every tile of the scene, so a tile's colours do not depend on what else is in it.
@@ -394,7 +557,7 @@ def stretch_from_overview(src, scene: Scene, percentiles: tuple[float, float]) -
     masks = read_masks(src, scene, out_hw=(h, w))
     valid = valid_pixels(data, masks, scene.declared_mask)
     if not valid.any():
-        raise SceneError(f"{scene.path}: no valid pixels (everything is nodata)")
+        return None
     out = []
     for band in data:
         lo, hi = np.percentile(band[valid], percentiles)
@@ -437,7 +600,7 @@ class Grid:
         th = max(1, round(ground_m / scene.res_m[1]))
         sx, sy = max(1, round(tw * stride)), max(1, round(th * stride))
         if scene.width < tw or scene.height < th:
-            raise SceneError(f"{scene.path}: {scene.width}x{scene.height} px is smaller than one tile "
+            raise SceneError(f"{shown(scene.path)}: {scene.width}x{scene.height} px is smaller than one tile "
                              f"({tw}x{th} px = {ground_m:g} m)")
         return cls(tw, th, sx, sy, (scene.height - th) // sy + 1, (scene.width - tw) // sx + 1)
 
@@ -484,20 +647,23 @@ class BlockTiles:
 
     rows: np.ndarray  # (n,) tile rows of the chips, in row-major order
     cols: np.ndarray
-    chips: np.ndarray  # (n, S, S, C) in file band order
+    chips: np.ndarray  # (n, S, S, C) in file band order; a list of chip file bytes from read_block(encode=True)
     nodata: int = 0
     blank: int = 0
     skipped: list = field(default_factory=list)
 
 
-def read_block(scene: Scene, grid: Grid, block: tuple[int, int, int, int], look: ChipLook, src=None) -> BlockTiles:
+def read_block(scene: Scene, grid: Grid, block: tuple[int, int, int, int], look: ChipLook, src=None, *,
+               wanted=None, encode: bool = False) -> BlockTiles:
     """Read one block's window and make its chips; nodata and blank tiles are counted, not scored.
 
     A tile is nodata when any of its pixels is (the model never saw a chip with a hole), blank when every value
     of every band is 0 or every one is the format's maximum (255 / 65535).
+
+    ``wanted(r, c)``, when given, says which tiles to make (the others are neither made nor counted);
+    ``encode`` makes each chip's file bytes (:func:`encode_chip`, a list) instead of the decoded chips.
     """
     import cv2
-    import rasterio
     from rasterio.windows import Window
 
     col_off, row_off, w, h = grid.block_window(block)
@@ -506,7 +672,7 @@ def read_block(scene: Scene, grid: Grid, block: tuple[int, int, int, int], look:
     data = np.empty((h, w, len(scene.bands)), dtype)
     own = src is None
     if own:
-        src = rasterio.open(scene.path)
+        src = open_raster(scene.path)
     try:
         window = Window(col_off, row_off, w, h)
         src.read(scene.bands, window=window, out=np.moveaxis(data, -1, 0))
@@ -541,15 +707,19 @@ def read_block(scene: Scene, grid: Grid, block: tuple[int, int, int, int], look:
         y = (r - r0) * grid.stride_y
         for c in range(c0, c1):
             x = (c - c0) * grid.stride_x
+            if wanted is not None and not wanted(r, c):
+                continue
             if count(holes, y, x):
                 nodata += 1
                 continue
             if not count(not_zero, y, x) or not count(not_top, y, x):
                 blank += 1
                 continue
-            chips.append(finish_chip(pixels[y:y + th, x:x + tw], look))
+            chips.append((encode_chip if encode else finish_chip)(pixels[y:y + th, x:x + tw], look))
             rows.append(r)
             cols.append(c)
+    if encode:
+        return BlockTiles(np.array(rows, np.int32), np.array(cols, np.int32), chips, nodata, blank)
     channels = 4 if look.kind == "tif" else 3
     stack = np.stack(chips) if chips else np.zeros((0, look.size, look.size, channels),
                                                    np.uint16 if look.kind == "tif" else np.uint8)

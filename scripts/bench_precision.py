@@ -92,15 +92,13 @@ def parse_args(argv=None):
 
 def build(setting: str, tc, steps: int):
     """A compiled model under the setting's dtype policy (the policy is read when layers are made)."""
-    import dataclasses
-
     import keras
 
     from amazonmine.keras_parts import make_loss, make_metric, make_optimizer
     from amazonmine.model import build_model
 
     policy, jit, ema = SETTINGS[setting]
-    tc = dataclasses.replace(tc, ema=ema)
+    tc = tc.model_copy(update={"ema": ema})
     keras.mixed_precision.set_global_policy(policy)
     try:
         model = build_model(tc, channels=3, image_format="jpg")

@@ -120,12 +120,10 @@ def main(argv=None) -> int:
 
 
 def compare(args) -> int:
-    import dataclasses
-
     from amazonmine.config import TrainConfig, load_config
     from amazonmine.evaluate import _paired_mean
 
-    defaults = {f"train.{k}": v for k, v in json.loads(json.dumps(dataclasses.asdict(TrainConfig()),
+    defaults = {f"train.{k}": v for k, v in json.loads(json.dumps(TrainConfig().model_dump(),
                                                                  default=str)).items()}
     rows = [["run", "recipe (vs the first run)", "epochs", "train", "img/s", "flat 0.2", "tuned", "95% CI",
              "cross-fit", "vs first (paired 95%)", "artisinal rec"]]

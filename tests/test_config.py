@@ -1,4 +1,3 @@
-import dataclasses
 from pathlib import Path
 
 import pytest
@@ -107,7 +106,7 @@ def test_cli_reports_a_read_only_disk_in_one_line(tmp_path, monkeypatch):
 
     target = tmp_path / "run" / ".config.123.tmp.yaml"
 
-    def refused(cfg):
+    def refused(cfg, **kwargs):
         raise OSError(errno.EROFS, "Read-only file system", str(target))
 
     monkeypatch.setattr(amazonmine.split, "run_split", refused)
@@ -124,17 +123,14 @@ def test_demo_help_names_its_own_default_config():
 # --- constraints beside their fields ---------------------------------------------------------------------------
 
 def test_every_default_passes_its_own_field_check():
-    import dataclasses
-
-    from amazonmine.config import Config, _coerce, _section_types
+    from amazonmine.config import SECTIONS, Config
 
     cfg = Config()
-    for section in _section_types(Config):
-        sec = getattr(cfg, section)
-        for key, typ in _section_types(type(sec)).items():
-            value = getattr(sec, key)
-            assert _coerce(value, typ, f"{section}.{key}") == value, f"{section}.{key}"
-    assert dataclasses.asdict(cfg) == cfg.to_dict()
+    for section, model in SECTIONS.items():
+        for key, value in getattr(cfg, section).model_dump().items():  # one field at a time: a failure names it
+            assert getattr(model.model_validate({key: value}), key) == value, f"{section}.{key}"
+    assert Config.model_validate(cfg.to_dict()) == cfg
+    assert all(type(body) is dict for body in cfg.to_dict().values())  # plain data, ready for YAML
 
 
 def test_default_yaml_lists_every_key_with_a_comment():
@@ -328,7 +324,7 @@ def test_error_messages_quote_values_only_briefly(tmp_path):
     message = _refused(tmp_path, "train:\n  epochs: " + "x" * 100_000 + "\n")
     assert "train.epochs: expected an integer" in message and len(message) < len(str(tmp_path)) + 150
     message = _refused(tmp_path, "train:\n  " + "k" * 1000 + ": 1\n")  # YAML keys stop at 1024 chars
-    known = ", ".join(f.name for f in dataclasses.fields(TrainConfig))  # listed: nothing is close to kkk...
+    known = ", ".join(TrainConfig.model_fields)  # listed: nothing is close to kkk...
     assert "unknown key 'train.kkk" in message and len(message) < len(str(tmp_path)) + len(known) + 150
     with pytest.raises(ConfigError) as err:
         load_config(None, ["train.folds=" + ",".join(["x"] * 5000)])
@@ -379,3 +375,91 @@ def test_config_from_the_cli_refuses_hostile_files_in_one_line(tmp_path):
     result = CliRunner().invoke(main, ["split", "--config", str(path)])
     assert result.exit_code == 2 and "Traceback" not in result.output
     assert result.output.strip().startswith(f"error: {path}: not a UTF-8 text file")
+
+
+# --- who is blamed, and the caps on counts and sizes -----------------------------------------------------------
+
+def test_a_bad_set_is_blamed_on_the_set_not_on_the_file(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("split:\n  folds: 3\ntrain:\n  epochs: 5\n")
+    for override, fragment in [("train.folds=[0,3]", "train.folds [3] do not exist with split.folds=3"),
+                               ("train.small_size=32", "train.small_size and train.small_epochs go together"),
+                               ("train.epochs=abc", "train.epochs: expected an integer, got 'abc'")]:
+        with pytest.raises(ConfigError) as err:
+            load_config(path, [override])
+        message = str(err.value)
+        assert message.startswith(f"--set {override.split('=')[0]}: ") and fragment in message, message
+        assert str(path) not in message
+    # What the file itself gets wrong is still the file's, even where a --set replaces the value.
+    path.write_text("train:\n  epochs: abc\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path, ["train.epochs=3"])
+    assert str(err.value).startswith(f"{path}: train.epochs: expected an integer")
+    path.write_text("split:\n  folds: 3\ntrain:\n  folds: [0, 3]\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path, ["train.epochs=4"])
+    assert str(err.value).startswith(f"{path}: train.folds [3] do not exist")
+
+
+@pytest.mark.parametrize("override, fragment", [
+    (f"train.epochs={2**63}", "train.epochs must be at most 10000, got 9223372036854775808"),
+    ("tune.objectives={artisinal_mine: {fbeta: 1.0e+308}}", "tune.objectives.artisinal_mine.fbeta must be at most 100"),
+    ("tune.bootstrap=100000000", "tune.bootstrap must be at most 100000"),
+    ("scan.block_tiles=100000000", "scan.block_tiles must be at most 4096"),
+])
+def test_counts_and_sizes_past_any_real_run_are_refused_at_load(tmp_path, override, fragment):
+    with pytest.raises(ConfigError) as err:
+        load_config(None, [override])
+    assert str(err.value).startswith(f"--set {override.split('=')[0]}: {fragment}")
+    name, value = override.split("=", 1)
+    section, key = name.split(".")
+    path = tmp_path / "big.yaml"
+    path.write_text(f"{section}:\n  {key}: {value}\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert str(err.value).startswith(f"{path}: {fragment}") and "\n" not in str(err.value)
+
+
+def test_every_number_in_the_config_has_an_upper_bound():
+    from amazonmine.config import json_schema
+
+    def numbers(node, where):
+        if node.get("type") in ("integer", "number") and "enum" not in node:
+            yield where, node
+        for part in ("items", "additionalProperties"):
+            if part in node:
+                yield from numbers(node[part], f"{where}[{part}]")
+
+    schema = json_schema()
+    found = [(where, node) for name, section in schema["$defs"].items()
+             for key, field in section["properties"].items() for where, node in numbers(field, f"{name}.{key}")]
+    assert len(found) > 50  # every section's numbers, list items and mapping values
+    unbounded = [where for where, node in found if "maximum" not in node and "exclusiveMaximum" not in node]
+    assert unbounded == []
+
+
+def test_reference_lists_every_key_with_type_bounds_default_and_help():
+    from amazonmine.config import SECTIONS, json_schema, reference_markdown
+
+    text = reference_markdown()
+    for section, model in SECTIONS.items():
+        block = text.split(f"\n## `{section}`\n")[1].split("\n## ")[0]
+        rows = {line.split(" | ")[0][3:-1]: line for line in block.splitlines() if line.startswith("| `")}
+        assert list(rows) == list(model.model_fields), section
+        for key, field in model.model_fields.items():
+            assert field.description and field.description in rows[key], f"{section}.{key}"
+    assert "| `epochs` | integer | in [1, 10000] | `30` | at most; early stopping" in text
+    assert "| `tta` | integer | one of `1`, `2`, `4`, `8` | `8` |" in text
+    schema = json_schema()
+    assert schema["$defs"]["TrainConfig"]["properties"]["epochs"]["maximum"] == 10000
+    schema["$defs"].clear()  # the caller's copy: the next caller gets the whole schema again
+    assert json_schema()["$defs"]
+
+
+def test_config_objects_stay_plain_and_mutable():
+    cfg = load_config(None)
+    cfg.run.dir = "elsewhere"  # tests and scripts set fields directly; assignments are not validated
+    cfg.tune.decoder = "oracle"  # the stage refuses it with its own message (tests/test_tune.py)
+    assert cfg.run_dir.name == "elsewhere" and cfg.tune.decoder == "oracle"
+    trained = TrainConfig().model_copy(update={"ema": 0.9})
+    assert trained.ema == 0.9 and TrainConfig().ema == 0.0 and TrainConfig().folds is not TrainConfig().folds

@@ -226,3 +226,25 @@ def test_read_bytes_returns_the_whole_file_even_if_it_grew_since_fstat(tmp_path,
 
     monkeypatch.setattr(os, "fstat", lambda fd: Smaller(real_fstat(fd)))
     assert data_module._read_bytes(path) == payload
+
+
+def test_a_huge_image_name_is_cut_in_the_error_line_not_echoed_whole(tmp_path):
+    from amazonmine.data import check_images_exist
+    from amazonmine.errors import shorten
+
+    huge = "n" * 5_000_000 + "_end"  # a printable name: nothing refuses it before its file is looked for
+    with pytest.raises(DataError, match="no weather label") as err:
+        read_labels(write_labels(tmp_path / "train_v2.csv", [(huge, "primary")]))
+    assert len(str(err.value)) < 500
+    with pytest.raises(DataError, match="unknown labels") as err:
+        read_labels(write_labels(tmp_path / "train_v2.csv", [("ok", "clear " + huge)]))
+    assert len(str(err.value)) < 1000
+    (tmp_path / "train-jpg").mkdir()
+    with pytest.raises(DataError, match=r"image files missing: 1 \(n+\.\.\.\(5000008 characters\)\.\.\.n+_end\.jpg\)"
+                       ) as err:
+        check_images_exist([huge], tmp_path / "train-jpg", ".jpg")
+    assert len(str(err.value)) < 500 and "\n" not in str(err.value)
+    with pytest.raises(DataError, match="cannot read") as err:
+        read_image(tmp_path / "train-jpg" / f"{huge}.jpg")  # the system refuses the name: too long
+    assert len(str(err.value)) < 500 and str(err.value).startswith(str(tmp_path))
+    assert shorten("short") == "short" and len(shorten("x" * 1000, 60)) == 60

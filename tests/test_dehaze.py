@@ -565,3 +565,17 @@ def test_worker_reads_a_group_then_writes_it_keeping_job_order(synth_root, tmp_p
     # Groups of 3 jobs; with the byte cap, a group ends at the first chip read (an unreadable one adds no bytes).
     expected = "rrr ww rrr ww r w" if group_bytes > 1 else "rw r rw rr w rw rw"
     assert "".join(events) == expected.replace(" ", ""), "".join(events)
+
+
+def test_a_folder_named_like_a_chip_is_refused_by_name_not_skipped(synth_root, make_cfg, tmp_path):
+    # The input-path rule (README): a folder where a chip should be is refused by name, like a FIFO.
+    src = tmp_path / "chips"
+    names = copy_chips(synth_root / "train-jpg", src, 2)
+    (src / "folder_chip.jpg").mkdir()
+    (src / "folder_chip.jpg" / "inside.jpg").write_bytes((src / names[0]).read_bytes())
+    dst = tmp_path / "out"
+    summary = dh.run_dehaze(make_cfg(**SMALL), src=src, dst=dst, workers=1)
+    assert summary.failed == [("folder_chip.jpg", "a folder, not a regular file; chips must be plain image files")]
+    assert summary.processed == 2 and "1 failed" in summary.headline()
+    assert {r["file"] for r in read_rows(dst / dh.DEHAZE_ERRORS_CSV)} == {"folder_chip.jpg"}
+    assert not (dst / "folder_chip.jpg").exists()

@@ -118,9 +118,7 @@ def test_trim_history_keeps_the_rows_a_resume_continues_from(tmp_path):
 
 
 def test_an_interrupt_during_a_weight_swap_is_delivered_once_the_swap_and_its_flag_are_done(monkeypatch):
-    import os
     import signal
-    import time
 
     import keras
 
@@ -130,8 +128,10 @@ def test_an_interrupt_during_a_weight_swap_is_delivered_once_the_swap_and_its_fl
 
     def swap(self):  # Keras' swap, variable by variable; the signal lands half-way
         steps.append("first half")
-        os.kill(os.getpid(), signal.SIGINT)
-        time.sleep(0.05)
+        # Sent to this thread and handled before raise_signal returns: it lands here, not whenever the kernel
+        # and the interpreter get to it (os.kill's signal may go to any of TensorFlow's threads, and be handled
+        # after the swap on a busy machine).
+        signal.raise_signal(signal.SIGINT)
         steps.append("second half")
 
     monkeypatch.setattr(keras.callbacks.SwapEMAWeights, "_swap_variables", swap)
@@ -144,6 +144,37 @@ def test_an_interrupt_during_a_weight_swap_is_delivered_once_the_swap_and_its_fl
         callback.on_test_end()
     assert len(steps) == 4 and not callback._ema_weights_in_model
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_a_signal_landing_while_the_held_handlers_are_put_back_leaves_every_handler_restored(monkeypatch):
+    # signal.signal runs the handlers of signals already received before it changes one: a Ctrl-C that lands
+    # just after SIGINT's handler is back runs inside the call that puts SIGTERM's back. It must still be put back.
+    import signal
+
+    from amazonmine.keras_parts import interrupts_held
+
+    original = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    real_signal = signal.signal
+    landed = []
+
+    def restoring(sig, handler):
+        if sig == signal.SIGTERM and handler is original[sig] and not landed:
+            # As CPython does when a Ctrl-C is pending: SIGINT's handler, back already, runs before this call
+            # changes anything (and raises KeyboardInterrupt).
+            landed.append(sig)
+            signal.raise_signal(signal.SIGINT)
+        return real_signal(sig, handler)
+
+    monkeypatch.setattr(signal, "signal", restoring)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            with interrupts_held():
+                pass
+        assert landed == [signal.SIGTERM]
+        assert {sig: signal.getsignal(sig) for sig in original} == original
+    finally:
+        for sig, handler in original.items():
+            real_signal(sig, handler)
 
 
 def test_progress_lines_say_the_time_left_is_a_floor_until_a_full_size_epoch_is_timed(tmp_path, capsys):

@@ -331,7 +331,6 @@ def test_each_model_is_traced_once_whatever_the_batch_sizes(run):
 
 def _record_dehaze(run, cfg, enabled: bool) -> None:
     """Rewrite the folds' recorded settings as if they had been trained with dehazing on (or off)."""
-    import dataclasses
     import json
 
     for k in run.fold_numbers():
@@ -339,7 +338,7 @@ def _record_dehaze(run, cfg, enabled: bool) -> None:
         settings = {key: v for key, v in summary["settings"].items() if not key.startswith("dehaze.")}
         settings["dehaze.enabled"] = enabled
         if enabled:
-            settings.update({f"dehaze.{f}": v for f, v in dataclasses.asdict(cfg.dehaze).items()
+            settings.update({f"dehaze.{f}": v for f, v in cfg.dehaze.model_dump().items()
                              if f not in ("enabled", "workers", "out_dir")})
         summary["settings"] = settings
         run.fold(k).summary.write_text(json.dumps(summary))
