@@ -7,13 +7,16 @@ chips have known labels, so the demo ends by scoring its own submission: an hone
 
 from __future__ import annotations
 
+import logging
 import time
 from importlib import resources
 from pathlib import Path
 
 import click
 
-from amazonmine.config import load_config
+from amazonmine.core.config import load_config
+
+log = logging.getLogger(__name__)
 
 DEMO_TRAIN = 360
 DEMO_TEST = 120
@@ -27,8 +30,8 @@ def score_submission(submission: Path, truth_csv: Path) -> float:
     """Mean F2 of a submission against known test labels (synthetic data only)."""
     import pandas as pd
 
-    from amazonmine.data import tags_to_matrix
-    from amazonmine.metrics import mean_f2
+    from amazonmine.core.data import tags_to_matrix
+    from amazonmine.core.metrics import mean_f2
 
     sub = pd.read_csv(submission, dtype=str, keep_default_na=False)
     truth = pd.read_csv(truth_csv, dtype=str, keep_default_na=False).set_index("image_name").loc[sub["image_name"]]
@@ -37,14 +40,14 @@ def score_submission(submission: Path, truth_csv: Path) -> float:
 
 def run_demo(out: Path, config_path: Path | None = None, overrides: list[str] | None = None,
              n_train: int = DEMO_TRAIN, n_test: int = DEMO_TEST) -> dict:
-    from amazonmine.dehaze import run_dehaze
-    from amazonmine.evaluate import run_evaluate
-    from amazonmine.fold_policy import resolve_folds
-    from amazonmine.predict import run_predict
-    from amazonmine.split import run_split
-    from amazonmine.synth import paint_dataset
-    from amazonmine.train import run_train
-    from amazonmine.tune import run_tune
+    from amazonmine.core.fold_plan import resolve_folds
+    from amazonmine.stages.dehaze import run_dehaze
+    from amazonmine.stages.evaluate import run_evaluate
+    from amazonmine.stages.predict import run_predict
+    from amazonmine.stages.split import run_split
+    from amazonmine.stages.synth import paint_dataset
+    from amazonmine.stages.train import run_train
+    from amazonmine.stages.tune import run_tune
 
     out = Path(out)
     data_root = out / "data"
@@ -53,12 +56,12 @@ def run_demo(out: Path, config_path: Path | None = None, overrides: list[str] | 
     timings: dict[str, float] = {}
 
     def stage(name: str):
-        click.secho(f"== {name}", bold=True)
+        log.info(click.style(f"== {name}", bold=True))
         timings[name] = time.perf_counter()
 
     def done(name: str, text: str):
         timings[name] = time.perf_counter() - timings[name]
-        click.echo(f"{text}  [{timings[name]:.0f} s]")
+        log.info(f"{text}  [{timings[name]:.0f} s]")
 
     # A demo re-run in the same folder starts clean: no stale chips, folds or models of the last one.
     import shutil
@@ -88,12 +91,13 @@ def run_demo(out: Path, config_path: Path | None = None, overrides: list[str] | 
     report = run_evaluate(cfg)
     done("evaluate", report.headline())
     stage("scan")
-    from amazonmine.scan import scan_chip_mosaic
+    from amazonmine.stages.scan import scan_chip_mosaic
 
     # The synthetic test chips (no fold trained on them) laid out as a georeferenced scene, then mapped.
     scanned = scan_chip_mosaic(cfg, data_root / "test-jpg", data_root / "truth" / "test_labels.csv", out / "scene")
     done("scan", scanned.headline())
     test_f2 = score_submission(predicted.submission, data_root / "truth" / "test_labels.csv")
-    click.secho(f"\nheld-out test F2 (the {n_test} synthetic test chips, labels known): {test_f2:.4f}", bold=True)
-    click.echo(f"submission: {predicted.submission}\nreport:     {report.path}")
+    log.info(click.style(f"\nheld-out test F2 (the {n_test} synthetic test chips, labels known): {test_f2:.4f}",
+                         bold=True))
+    log.info(f"submission: {predicted.submission}\nreport:     {report.path}")
     return {"test_f2": test_f2, "timings": timings, "submission": predicted.submission}

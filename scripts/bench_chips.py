@@ -8,7 +8,7 @@ look):
 
 1. **throughput**: chips/s of ``run_chips`` end to end (label polygons, windowed reads, JPEG bytes written one
    file at a time, chips.csv/.geojson/.json) against tiles/s of scan's reading path on the same scene: every
-   block read with :func:`amazonmine.tiling.read_block`, tiles made into the chips the model would get, no
+   block read with :func:`amazonmine.scanning.tiling.read_block`, tiles made into the chips the model would get, no
    model. A real scan also runs the models, which only lowers its tiles/s, so the printed ratio (target >= 0.8)
    is the hard case. Every tile is labelled and kept (a polygon over the middle, no negatives dropped), so
    chips writes as many files as scan makes tiles. Rounds alternate; each round's ratio is printed.
@@ -44,9 +44,9 @@ def status(key):
     for line in open("/proc/self/status"):
         if line.startswith(key + ":"):
             return int(line.split()[1]) / 1024
-from amazonmine.config import load_config
-from amazonmine.chips import run_chips
-from amazonmine.tiling import Grid, chip_look, open_scene, read_block
+from amazonmine.core.config import load_config
+from amazonmine.stages.chips import run_chips
+from amazonmine.scanning.tiling import Grid, chip_look, open_scene, read_block
 import cv2, rasterio, shapely, pyproj  # imported before the peak is reset: the work is measured, not imports
 cfg = load_config(None, {sets!r})
 with open("/proc/self/clear_refs", "w") as fh:  # resets the peak (VmHWM) to what is resident now

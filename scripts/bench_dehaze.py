@@ -1,6 +1,6 @@
 """Speed benchmark of the dehaze stage: run by hand (not a test), prints its ratios.
 
-1. The math, one process, OpenCV single-threaded: ``amazonmine.haze.dehaze_image`` against the plain float64
+1. The math, one process, OpenCV single-threaded: ``amazonmine.core.haze.dehaze_image`` against the plain float64
    transcription of He, Sun & Tang's steps below (float64 arrays, a full argsort for the airlight, the exact
    guided filter in float64), same parameters, same decoded chips, the two timed alternately chip by chip.
    Target: >= 5x faster, outputs within >= 35 dB PSNR of the reference on every chip.
@@ -8,7 +8,7 @@
    folder of JPEGs against a bare loop over the same files with the same number of processes: read bytes,
    cv2.imdecode, JPEG encode with the stage's own settings (quality 95, full-resolution chroma like Kaggle's
    chips), write. A second bare loop writes with the stage's own atomic writer
-   (amazonmine.io.write_bytes_atomic), so its ratio leaves the writer out, whatever the disk's writes cost that
+   (amazonmine.core.io.write_bytes_atomic), so its ratio leaves the writer out, whatever the disk's writes cost that
    minute (on this project's VM they swing tenfold): what remains is the dehaze math, encoding the (larger)
    dehazed JPEG, and the stage's bookkeeping (folder scans, worker start, the stats CSV). The folder holds
    ``--copies`` copies of each chip (2,132 files from the 533 real chips by default), so the stage's fixed
@@ -18,10 +18,10 @@
 
 Between the two, the choices that the package's comments point here for: each step's cost per chip (decode,
 math, the 4:4:4 encode, writes), whole loops in one process (why a worker reads a group of chips, dehazes it,
-then writes it) and the worker body in a fresh process with and without ``amazonmine.workerpool.init_worker``.
+then writes it) and the worker body in a fresh process with and without ``amazonmine.core.workerpool.init_worker``.
 
 Input: the real 256 px Kaggle chips in ../shared/data/planet_real_256/train-jpg when present (real pixels beat
-synthetic ones), else ``--synthetic`` chips from ``amazonmine.synth.paint_dataset``; or any ``--chips DIR``.
+synthetic ones), else ``--synthetic`` chips from ``amazonmine.stages.synth.paint_dataset``; or any ``--chips DIR``.
 Everything is copied into a temporary folder first, so the source is never touched.
 
     python scripts/bench_dehaze.py                      # real chips if present
@@ -44,12 +44,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from amazonmine.config import load_config
-from amazonmine.data import DataError, read_image
-from amazonmine.dehaze import _Job, _process_chunk, encode_output_jpeg, run_dehaze
-from amazonmine.haze import DehazeParams, dehaze_image
-from amazonmine.io import write_bytes_atomic
-from amazonmine.workerpool import init_worker
+from amazonmine.core.config import load_config
+from amazonmine.core.data import DataError, read_image
+from amazonmine.core.haze import DehazeParams, dehaze_image
+from amazonmine.core.io import write_bytes_atomic
+from amazonmine.core.workerpool import init_worker
+from amazonmine.stages.dehaze import ChipJob, encode_output_jpeg, process_chunk, run_dehaze
 
 REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "planet_real_256" / "train-jpg"
 
@@ -97,12 +97,12 @@ def prepare_chips(args, work: Path) -> tuple[Path, str]:
     src = work / "src"
     src.mkdir()
     if args.synthetic or (args.chips is None and not REAL.is_dir()):
-        from amazonmine.synth import paint_dataset
+        from amazonmine.stages.synth import paint_dataset
 
         paint_dataset(work / "synth", n_train=args.n, n_test=0, size=args.size, seed=0, progress=False)
         for path in sorted((work / "synth" / "train-jpg").glob("*.jpg")):
             shutil.copyfile(path, src / path.name)
-        return src, f"{args.n} synthetic {args.size} px chips (amazonmine.synth)"
+        return src, f"{args.n} synthetic {args.size} px chips (amazonmine.stages.synth)"
 
     origin = Path(args.chips) if args.chips else REAL
     files = sorted(p for p in origin.iterdir() if p.suffix.lower() in (".jpg", ".jpeg"))[: args.n]
@@ -124,7 +124,7 @@ def prepare_chips(args, work: Path) -> tuple[Path, str]:
     n = len(list(src.iterdir()))
     note = f"{n} real chips from {origin}"
     if reencoded:
-        note += f" ({reencoded} refused by amazonmine.data.read_image, re-encoded at quality 95 first)"
+        note += f" ({reencoded} refused by amazonmine.core.data.read_image, re-encoded at quality 95 first)"
     return src, note
 
 
@@ -215,9 +215,9 @@ def loop_gap(files: list[Path], out: Path, params: DehazeParams, math_alone: flo
             write_bytes_atomic(dst / path.name, encode_output_jpeg(img))
 
     def stage_worker(dst: Path) -> None:
-        jobs = [_Job(p.name, str(p), str(dst / p.name)) for p in files]
+        jobs = [ChipJob(p.name, str(p), str(dst / p.name)) for p in files]
         for start in range(0, len(jobs), 64):  # the stage's chunk size
-            _process_chunk(jobs[start:start + 64], params, expected)
+            process_chunk(jobs[start:start + 64], params, expected)
 
     loops = {"bare": lambda dst: bare(dst, False), "bare + math": lambda dst: bare(dst, True),
              "stage worker": stage_worker}
@@ -240,15 +240,15 @@ def loop_gap(files: list[Path], out: Path, params: DehazeParams, math_alone: flo
 
 def _worker_body_ms(files: list[str], dst: str, params: DehazeParams, expected: int) -> float:
     """The stage's worker body over ``files`` in the calling process, in the stage's chunks: ms per chip."""
-    jobs = [_Job(Path(f).name, f, str(Path(dst) / Path(f).name)) for f in files]
+    jobs = [ChipJob(Path(f).name, f, str(Path(dst) / Path(f).name)) for f in files]
     start = time.perf_counter()
     for i in range(0, len(jobs), 64):
-        _process_chunk(jobs[i:i + 64], params, expected)
+        process_chunk(jobs[i:i + 64], params, expected)
     return (time.perf_counter() - start) / len(jobs) * 1e3
 
 
 def worker_setup(files: list[Path], out: Path, params: DehazeParams, rounds: int = 3) -> None:
-    """What amazonmine.workerpool.init_worker (single-threaded OpenCV, glibc's allocator thresholds raised) is
+    """What amazonmine.core.workerpool.init_worker (single-threaded OpenCV, glibc's allocator thresholds raised) is
     worth: the stage's worker body in a fresh process without it and with it."""
     import multiprocessing as mp
 
@@ -314,7 +314,7 @@ def bench_stage(src: Path, work: Path, workers: int, repeat: int) -> tuple[float
     best = {name: min(s) for name, s in seconds.items()}
     runs = "; ".join(f"{name} {', '.join(f'{x:.2f}' for x in s)} s" for name, s in seconds.items())
     print(f"stage, {workers} processes, {n} chips, best of {repeat}: bare decode+encode {n / best['bare']:.0f} "
-          f"chips/s (plain writes), {n / best['bare_atomic']:.0f} chips/s (written by amazonmine.io like the "
+          f"chips/s (plain writes), {n / best['bare_atomic']:.0f} chips/s (written by amazonmine.core.io like the "
           f"stage's); run_dehaze {n / best['stage']:.0f} chips/s (runs: {runs})")
     # Each pass's ratio against the bare pass of the same round too: their spread shows the machine's noise.
     per_round = sorted(b / s for b, s in zip(seconds["bare"], seconds["stage"]))
@@ -326,7 +326,7 @@ def bench_stage(src: Path, work: Path, workers: int, repeat: int) -> tuple[float
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--chips", help="folder of JPEG chips (default: the real 256 px chips in ../shared)")
-    parser.add_argument("--synthetic", action="store_true", help="use amazonmine.synth chips")
+    parser.add_argument("--synthetic", action="store_true", help="use amazonmine.stages.synth chips")
     parser.add_argument("--n", type=int, default=400, help="chips to use (default 400)")
     parser.add_argument("--size", type=int, default=256, help="synthetic chip side (default 256)")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes (default: all cores)")

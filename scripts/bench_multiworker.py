@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from amazonmine.cluster import free_loopback_ports
+from amazonmine.testing import free_loopback_ports
 
 
 def train(base: Path, sets: list[str], workers: int) -> dict:
@@ -48,9 +48,9 @@ def main() -> None:
     parser.add_argument("--chips", type=int, default=200)
     a = parser.parse_args()
 
-    from amazonmine.config import load_config
-    from amazonmine.split import run_split
-    from amazonmine.synth import paint_dataset
+    from amazonmine.core.config import load_config
+    from amazonmine.stages.split import run_split
+    from amazonmine.stages.synth import paint_dataset
 
     with tempfile.TemporaryDirectory() as tmp:
         base = Path(tmp)

@@ -4,8 +4,8 @@
                                                 [--steps 12] [--rounds 3] [--data data/planet_32px]
                                                 [--chips 2048] [--backbone densenet121] [--settings ...]
 
-One model per setting (``amazonmine.model.build_model`` under that Keras dtype policy, compiled as
-``amazonmine.train`` compiles it, with ``jit_compile`` for the XLA rows and the weight average of ``train.ema``
+One model per setting (``amazonmine.neural.model.build_model`` under that Keras dtype policy, compiled as
+``amazonmine.stages.train`` compiles it, with ``jit_compile`` for the XLA rows and the weight average of ``train.ema``
 for the EMA rows, which ``--settings`` can add) trains on the same pre-decoded chips
 held in memory, so the input pipeline is out of the figure. The settings are measured in turn, round after
 round (``--rounds``), so that a change in the machine's load hits all of them alike; the table shows the median
@@ -94,8 +94,8 @@ def build(setting: str, tc, steps: int):
     """A compiled model under the setting's dtype policy (the policy is read when layers are made)."""
     import keras
 
-    from amazonmine.keras_parts import make_loss, make_metric, make_optimizer
-    from amazonmine.model import build_model
+    from amazonmine.neural.fitting import make_loss, make_metric, make_optimizer
+    from amazonmine.neural.model import build_model
 
     policy, jit, ema = SETTINGS[setting]
     tc = tc.model_copy(update={"ema": ema})
@@ -112,10 +112,10 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     import tensorflow as tf
 
-    from amazonmine.config import load_config
-    from amazonmine.device import setup_device
-    from amazonmine.errors import AmazonmineError
-    from amazonmine.pipeline import preflight
+    from amazonmine.core.config import load_config
+    from amazonmine.core.errors import AmazonmineError
+    from amazonmine.neural.datasets import preflight
+    from amazonmine.neural.device import setup_device
 
     setup_device(False)
     args.sizes = [args.size]

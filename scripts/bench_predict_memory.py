@@ -3,16 +3,16 @@
     .venv/bin/python scripts/bench_predict_memory.py [--counts 250,1000] [--size 32] [--tta 8]
                                                      [--batch-size 256] [--seed 0] [--keep DIR]
 
-Builds one trained-looking run folder (a ``densenet_mini`` classifier from ``amazonmine.model.build_model`` saved
-where :class:`amazonmine.runfolder.RunFolder` puts fold 0's model, and a ``thresholds.json`` it reads back), makes
-a synthetic test set per count with ``amazonmine.synth`` (the Kaggle layout: test-jpg/, test-jpg-additional/,
-sample_submission_v2.csv), and runs ``amazonmine.predict.run_predict`` on each set in a fresh subprocess, so that
+Builds one trained-looking run folder (a ``densenet_mini`` classifier from ``amazonmine.neural.model.build_model`` saved
+where :class:`amazonmine.core.runfolder.RunFolder` puts fold 0's model, and a ``thresholds.json`` it reads back), makes
+a synthetic test set per count with ``amazonmine.stages.synth`` (the Kaggle layout: test-jpg/, test-jpg-additional/,
+sample_submission_v2.csv), and runs ``amazonmine.stages.predict.run_predict`` on each set in a fresh subprocess, so that
 each run's peak resident memory (``ru_maxrss`` of the child itself) is its own. Each child also reports its
 resident peak just before predict starts (Python + TensorFlow + the amazonmine imports), so the table separates
 the fixed cost from what the chips add.
 
 Target: peak(1000) / peak(250) close to 1 (< 1.1). Add 4000 to ``--counts`` to see past one read chunk
-(``amazonmine.predictor.CHUNK``): below it the whole set is one chunk, so chunk buffers still grow
+(``amazonmine.neural.predictor.CHUNK``): below it the whole set is one chunk, so chunk buffers still grow
 with the count there.
 """
 
@@ -44,9 +44,9 @@ def child(args) -> int:
     import keras  # noqa: F401 - counted in the baseline, as any predict run pays them
     import tensorflow  # noqa: F401
 
-    from amazonmine.config import load_config
-    from amazonmine.predict import run_predict
-    from amazonmine.predictor import CHUNK
+    from amazonmine.core.config import load_config
+    from amazonmine.neural.predictor import CHUNK
+    from amazonmine.stages.predict import run_predict
 
     before = _rss_mb()
     cfg = load_config(None, [f"data.root={args.data}", f"run.dir={args.run}", "dehaze.enabled=false",
@@ -65,11 +65,11 @@ def build_run(run: Path, size: int, seed: int) -> None:
     import keras
     import numpy as np
 
-    from amazonmine.config import load_config
-    from amazonmine.data import LABELS
-    from amazonmine.io import write_json_atomic
-    from amazonmine.model import build_model
-    from amazonmine.runfolder import RunFolder
+    from amazonmine.core.config import load_config
+    from amazonmine.core.data import LABELS
+    from amazonmine.core.io import write_json_atomic
+    from amazonmine.core.runfolder import RunFolder
+    from amazonmine.neural.model import build_model
 
     cfg = load_config(None, ["train.backbone=densenet_mini", "train.weights=none", f"train.image_size={size}",
                              f"run.dir={run}"])
@@ -107,7 +107,7 @@ def main(argv=None) -> int:
     if args.size < 32:
         parser.error("--size must be at least 32 (train.image_size's lower bound)")
 
-    from amazonmine.synth import paint_dataset
+    from amazonmine.stages.synth import paint_dataset
 
     work = args.keep or Path(tempfile.mkdtemp(prefix="bench_predict_"))
     work.mkdir(parents=True, exist_ok=True)

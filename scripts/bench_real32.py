@@ -15,19 +15,19 @@ What it does, in order:
    script passed to every stage. Each stage's output streams to the console and to
    ``<run_dir>/bench_logs/<stage>.log``; its wall time and peak resident memory are measured from outside
    (``VmHWM`` polled, and the child's own ``ru_maxrss`` when it is reaped). A failed stage stops the run.
-3. prints one table from the artifacts the stages leave (named by :class:`amazonmine.runfolder.RunFolder`):
+3. prints one table from the artifacts the stages leave (named by :class:`amazonmine.core.runfolder.RunFolder`):
    out-of-fold mean F2 flat and tuned, per-label precision and recall (mine labels marked), wall time and
    peak memory per stage, training images/s, predict chips/s, and the submission checked against the sample.
    Exits non-zero when the submission is invalid.
 
 Resumable, by the package's own rules: each fold is skipped, resumed or trained as ``amazonmine train --resume``
-would (:func:`amazonmine.fold_policy.fold_action`, which also refuses a finished fold made with other settings:
+would (:func:`amazonmine.core.fold_plan.fold_action`, which also refuses a finished fold made with other settings:
 pass the ``--set`` it was trained with). The split is never rewritten under folds already trained: when the run
 folder has folds, split first runs into a scratch folder and must reproduce the run's split fingerprint.
 Two stages writing one run folder are refused by the stages themselves (the run-folder lock).
 
 ``--ablate`` (after the CLI stages): each finished fold's model predicts its own validation chips with 1, 2, 4
-and 8 TTA views (:class:`amazonmine.predictor.Predictor`; saved under ``<run_dir>/bench_logs/ablation/`` and
+and 8 TTA views (:class:`amazonmine.neural.predictor.Predictor`; saved under ``<run_dir>/bench_logs/ablation/`` and
 reused while newer than the model); a second table gives the out-of-fold mean F2 per TTA size x flat / tuned /
 cross-fitted thresholds x weather decoding on/off. "tuned" fits on the very chips it scores (as tune reports);
 "cross-fit" fits on one half and scores the other, both ways, averaged: the honest gain of tuning.
@@ -58,14 +58,14 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
-from amazonmine.config import load_config
-from amazonmine.data import LABELS, MINE_LABELS, PLANET_RARE_LABELS, PlanetLayout, load_matrix_csv
-from amazonmine.decisions import decode, fit_thresholds
-from amazonmine.errors import AmazonmineError
-from amazonmine.fold_policy import FoldAction, fold_action, load_fold_plan, resolve_folds
-from amazonmine.io import LockedError, read_json
-from amazonmine.metrics import bootstrap_intervals, mean_f2, per_image_f2, per_label_scores
-from amazonmine.runfolder import FoldState, RunFolder
+from amazonmine.core.config import load_config
+from amazonmine.core.data import LABELS, MINE_LABELS, PLANET_RARE_LABELS, PlanetLayout, load_matrix_csv
+from amazonmine.core.decisions import decode, fit_thresholds
+from amazonmine.core.errors import AmazonmineError
+from amazonmine.core.fold_plan import FoldAction, fold_action, load_fold_plan, resolve_folds
+from amazonmine.core.io import LockedError, read_json
+from amazonmine.core.metrics import bootstrap_intervals, mean_f2, per_image_f2, per_label_scores
+from amazonmine.core.runfolder import FoldState, RunFolder
 
 REPO = Path(__file__).resolve().parents[1]
 DATA_NAME = "planet_32px"
@@ -381,7 +381,7 @@ def flat_per_label(cfg) -> dict:
 
 
 def check_submission(cfg) -> dict:
-    from amazonmine.predict import validate_submission
+    from amazonmine.stages.predict import validate_submission
 
     submission = RunFolder.from_config(cfg).submission
     sample = PlanetLayout.from_config(cfg.data).sample_submission
@@ -435,8 +435,8 @@ def _fit_and_score(y, p, tc, weather: bool, seed: int, interval: bool = False, p
 def fold_tta_probabilities(cfg, files, chips: list, out_dir: Path, predictor_cache: list) -> dict:
     """{tta: (N, 17)} of one finished fold's model on its validation chips, one CSV per TTA size, reused while
     newer than the model and holding the same chips."""
-    from amazonmine.pipeline import TTA_VIEWS
-    from amazonmine.predictor import Predictor
+    from amazonmine.neural.datasets import TTA_VIEWS
+    from amazonmine.neural.predictor import Predictor
 
     names = [name for name, _ in chips]
     out = {}
@@ -459,7 +459,7 @@ def fold_tta_probabilities(cfg, files, chips: list, out_dir: Path, predictor_cac
 
 
 def ablate_views(cfg, folds: list[int]) -> dict:
-    from amazonmine.pipeline import TTA_VIEWS
+    from amazonmine.neural.datasets import TTA_VIEWS
 
     run = RunFolder.from_config(cfg)
     finished = [f for f in run.finished_models().folds if f.fold in folds]

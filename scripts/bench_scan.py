@@ -34,8 +34,8 @@ sys.path.insert(0, str(REPO))
 
 CHILD = """
 import json, resource, sys, time
-from amazonmine.config import load_config
-from amazonmine.predictor import Predictor
+from amazonmine.core.config import load_config
+from amazonmine.neural.predictor import Predictor
 cfg = load_config({config!r}, {sets!r})
 p = Predictor.from_run(cfg)
 p.predict(__import__("numpy").zeros((2, p.chip_size or p.image_size, p.chip_size or p.image_size, p.channels),
@@ -46,7 +46,7 @@ def status(key):
             return int(line.split()[1]) / 1024
 seconds, tiles, before, during = 0.0, 0, status("VmRSS"), 0.0
 if {scene!r}:
-    from amazonmine.scan import run_scan
+    from amazonmine.stages.scan import run_scan
     with open("/proc/self/clear_refs", "w") as fh:  # resets the peak (VmHWM) to what is resident now
         fh.write("5")
     began = time.perf_counter()
@@ -67,7 +67,7 @@ def child_run(config, sets, scene, out) -> dict:
 
 def four_times(scene: Path, work: Path) -> Path:
     """The scene's chips laid out four times (a 2x2 arrangement of the grid), written once."""
-    from amazonmine.scene import chip_table, mosaic_scene
+    from amazonmine.scanning.mosaic import Placement, chip_table, mosaic_scene
 
     out = work / "real_utm21s_3m_x4.tif"
     if out.is_file():
@@ -77,7 +77,7 @@ def four_times(scene: Path, work: Path) -> Path:
     chips_dir = REPO.parent / "shared" / "data" / "planet_real_256" / "train-jpg"
     paths = [chips_dir / f"{n}.jpg" for n in table["image_name"]] * 4
     rows, cols = info["grid"]
-    mosaic_scene(paths, table["tags"].tolist() * 4, out, cols=2 * cols, rows=2 * rows, seed=1)
+    mosaic_scene(paths, table["tags"].tolist() * 4, out, cols=2 * cols, rows=2 * rows, place=Placement(seed=1))
     return out
 
 
@@ -95,10 +95,10 @@ def main() -> int:
     args = ap.parse_args()
 
 
-    from amazonmine.config import load_config
-    from amazonmine.predictor import Predictor
-    from amazonmine.scan import run_scan
-    from amazonmine.scene import chip_table, make_real_scenes
+    from amazonmine.core.config import load_config
+    from amazonmine.neural.predictor import Predictor
+    from amazonmine.scanning.mosaic import chip_table, make_real_scenes
+    from amazonmine.stages.scan import run_scan
 
     scene = args.scenes / "real_utm21s_3m.tif"
     if not scene.is_file():
@@ -112,8 +112,8 @@ def main() -> int:
         predictor = Predictor.from_run(cfg)
         first = run_scan(cfg, [scene], out=tmp / "warm", predictor=predictor, progress=False)  # traces the models
         # The predictor's side gets exactly the chips scan scored: every block's tiles, made by scan's own path.
-        from amazonmine.scan import plan_scan
-        from amazonmine.tiling import read_block
+        from amazonmine.scanning.tiling import read_block
+        from amazonmine.stages.scan import plan_scan
 
         plan = plan_scan(cfg, [scene], out=tmp / "plan", predictor=predictor)
         chips = np.concatenate([read_block(t.scene, t.grid, t.block, t.look).chips for t in plan.jobs[0].tasks])

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from amazonmine.config import SplitConfig
-from amazonmine.data import LABELS, read_labels, tags_to_matrix
-from amazonmine.split import build_manifest, choose_rare_labels, make_folds
+from amazonmine.core.config import SplitConfig
+from amazonmine.core.data import LABELS, read_labels, tags_to_matrix
+from amazonmine.stages.split import build_manifest, choose_rare_labels, make_folds
 
 DEFAULT_LABELS = Path(__file__).resolve().parents[2] / "shared" / "data" / "planet_train_v2_labels.csv"
 MIN_POSITIVES = 300

@@ -20,7 +20,7 @@ What the files themselves say (their JPEG headers): the thumbnails are 4-compone
 C, M, Y, K, an Adobe marker (transform 0) and every component quantised with the standard luminance table at
 quality 75, i.e. exactly what Pillow writes for a CMYK image with its default quality. Pillow opens the Kaggle
 originals as CMYK too. So the candidates include Pillow's own resamplers applied in CMYK and saved by Pillow,
-beside OpenCV's, each with and without a JPEG round trip, and scan's own tile path (amazonmine.tiling.tile_to_chip,
+beside OpenCV's, each with and without a JPEG round trip, and scan's own tile path (amazonmine.scanning.tiling.tile_to_chip,
 which includes its JPEG). The table is sorted by mean absolute error.
 """
 
@@ -132,7 +132,7 @@ def scan_tile_path(path, size):
     """What ``amazonmine scan`` does with a tile: the R,G,B pixels a scene holds -> a chip like the training ones."""
     import cv2
 
-    from amazonmine.tiling import ChipLook, tile_to_chip
+    from amazonmine.scanning.tiling import ChipLook, tile_to_chip
 
     rgb = np.ascontiguousarray(cv2.imread(str(path))[..., ::-1])
     return tile_to_chip(rgb, ChipLook("jpg", size, "cmyk", 75))
@@ -301,7 +301,7 @@ def analytic_stretch(args) -> None:
     import cv2
     import tifffile
 
-    from amazonmine.tiling import to_8bit
+    from amazonmine.scanning.tiling import to_8bit
 
     tifs = sorted((args.real / "train-tif-v2").glob("*.tif"))
     if not tifs:
@@ -335,12 +335,12 @@ F2_PATHS = {
 
 def out_of_fold_f2(args, names, thumbs, originals) -> int:
 
-    from amazonmine.config import load_config
-    from amazonmine.data import LABEL_INDEX, read_labels, tags_to_matrix
-    from amazonmine.decisions import decode
-    from amazonmine.metrics import mean_f2, per_image_f2, per_label_scores
-    from amazonmine.predictor import Predictor
-    from amazonmine.runfolder import RunFolder
+    from amazonmine.core.config import load_config
+    from amazonmine.core.data import LABEL_INDEX, read_labels, tags_to_matrix
+    from amazonmine.core.decisions import decode
+    from amazonmine.core.metrics import mean_f2, per_image_f2, per_label_scores
+    from amazonmine.core.runfolder import RunFolder
+    from amazonmine.neural.predictor import Predictor
 
     cfg = load_config(args.config, args.sets)
     predictor = Predictor.from_run(cfg)

@@ -4,11 +4,11 @@
                                             [--chips 512] [--data DIR] [--backbone densenet121] [--no-cached]
                                             [--rounds 1] [--deterministic]
 
-For each input size, one model (``amazonmine.model.build_model``, DenseNet121 from scratch by default) is
-compiled as ``amazonmine.train`` compiles it (AdamW + the configured schedule, binary cross-entropy, the mean-F2
-metric, from ``amazonmine.keras_parts``) and trained with ``model.fit`` on, in turn:
+For each input size, one model (``amazonmine.neural.model.build_model``, DenseNet121 from scratch by default) is
+compiled as ``amazonmine.stages.train`` compiles it (AdamW + the configured schedule, binary cross-entropy, the mean-F2
+metric, from ``amazonmine.neural.fitting``) and trained with ``model.fit`` on, in turn:
 
-* pipeline    -- ``amazonmine.pipeline.preflight`` + ``make_dataset(cache=False, training=True)``: every chip
+* pipeline    -- ``amazonmine.neural.datasets.preflight`` + ``make_dataset(..., stream=TrainingStream(...))``: every chip
                  read from disk and decoded per element, shuffled, random dihedral view + brightness/contrast
                  jitter (what ``train.cache=false`` training does);
 * in-memory   -- the same chips pre-decoded and resized once into one float32 array, served by
@@ -17,7 +17,7 @@ metric, from ``amazonmine.keras_parts``) and trained with ``model.fit`` on, in t
                  pixels in memory, augmentation still per element.
 
 All variants use the same batch size and the same number of timed steps; the first ``--warmup`` steps of each
-variant (graph tracing, pipeline start-up) are not timed. Chips are made with ``amazonmine.synth`` at the
+variant (graph tracing, pipeline start-up) are not timed. Chips are made with ``amazonmine.stages.synth`` at the
 size being measured (or read from a Kaggle-layout folder with ``--data``, resized by the pipeline). The ratio
 pipeline / in-memory is the pipeline's efficiency; the target is >= 0.95.
 
@@ -66,11 +66,11 @@ def parse_args(argv=None):
 
 def chip_paths(args, size: int, workdir: Path):
     """(paths, labels matrix) of the chips to train on at this size."""
-    from amazonmine.data import PlanetLayout, tags_to_matrix
-    from amazonmine.synth import paint_dataset
+    from amazonmine.core.data import PlanetLayout, tags_to_matrix
+    from amazonmine.stages.synth import paint_dataset
 
     if args.data is not None:
-        from amazonmine.config import load_config
+        from amazonmine.core.config import load_config
 
         layout = PlanetLayout.from_config(load_config(None, [f"data.root={args.data}"]).data)
         frame, matrix = layout.load_train()
@@ -112,10 +112,10 @@ def images_per_s(model, dataset, args) -> float:
 def measure_size(args, size: int, workdir: Path) -> dict:
     import tensorflow as tf
 
-    from amazonmine.config import load_config
-    from amazonmine.keras_parts import make_loss, make_metric, make_optimizer
-    from amazonmine.model import build_model
-    from amazonmine.pipeline import make_dataset, preflight
+    from amazonmine.core.config import load_config
+    from amazonmine.neural.datasets import Batching, TrainingStream, make_dataset, preflight
+    from amazonmine.neural.fitting import make_loss, make_metric, make_optimizer
+    from amazonmine.neural.model import build_model
 
     began = time.perf_counter()
     paths, labels = chip_paths(args, size, workdir)
@@ -127,9 +127,8 @@ def measure_size(args, size: int, workdir: Path) -> dict:
     rows = np.arange(n)
 
     def pipeline(chips):
-        return make_dataset(chips, rows, labels, None, size, args.batch_size, training=True, seed=args.seed,
-                            augment=tc.augment, brightness=tc.brightness_jitter, contrast=tc.contrast_jitter,
-                            pixel_scale=255.0, start=0)  # endless, as train reads it
+        stream = TrainingStream(args.seed, 0, tc.augment, tc.brightness_jitter, tc.contrast_jitter)  # endless, as train
+        return make_dataset(chips, rows, labels, None, Batching(size, args.batch_size), stream=stream)
 
     streamed = preflight(paths, size, cache=False, progress=False)
     cached = preflight(paths, size, cache=True, progress=False)
@@ -158,7 +157,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     import tensorflow as tf
 
-    from amazonmine.device import setup_device
+    from amazonmine.neural.device import setup_device
 
     setup_device(False)  # the CPU, float32: as `amazonmine train` without --gpu
     if args.deterministic:

@@ -2,7 +2,7 @@
 
     .venv/bin/python scripts/bench_tune.py [--labels ../shared/data/planet_train_v2_labels.csv] [--seed 0]
 
-The probabilities are amazonmine.tune.simulate_oof (a model-free stand-in), so the F2 figures say how much the
+The probabilities are amazonmine.stages.tune.simulate_oof (a model-free stand-in), so the F2 figures say how much the
 search recovers from per-label miscalibration, not how good a model is. Besides the timing, it answers the
 two design questions on held-out chips (fit on one half, score on the other): a 0.01 grid or every distinct
 probability, and weather decoding on or off. Last, the bootstrap intervals (1,000 draws) that tune and evaluate
@@ -17,10 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
-from amazonmine.data import read_labels, tags_to_matrix
-from amazonmine.decisions import decode, fit_thresholds
-from amazonmine.metrics import bootstrap_intervals, mean_f2
-from amazonmine.tune import simulate_oof
+from amazonmine.core.data import read_labels, tags_to_matrix
+from amazonmine.core.decisions import decode, fit_thresholds
+from amazonmine.core.metrics import bootstrap_intervals, mean_f2
+from amazonmine.testing import simulate_oof
 
 DEFAULT_LABELS = Path(__file__).resolve().parents[2] / "shared" / "data" / "planet_train_v2_labels.csv"
 

@@ -39,12 +39,11 @@ def lockbox_table(cfgs: list, names: list[str], fold: int, average: bool) -> lis
     """The --lockbox rows: per run (and their average), lockbox mean F2 at the fold's tuned thresholds."""
     import numpy as np
 
-    from amazonmine.data import LABELS, PlanetLayout
-    from amazonmine.decisions import decode, fit_thresholds
-    from amazonmine.errors import AmazonmineError
-    from amazonmine.evaluate import _paired_mean
-    from amazonmine.metrics import bootstrap_intervals, per_image_f2
-    from amazonmine.runfolder import RunFolder, read_probabilities
+    from amazonmine.core.data import LABELS, PlanetLayout
+    from amazonmine.core.decisions import decode, fit_thresholds
+    from amazonmine.core.errors import AmazonmineError
+    from amazonmine.core.metrics import bootstrap_intervals, paired_mean, per_image_f2
+    from amazonmine.core.runfolder import RunFolder, read_probabilities
 
     layout = PlanetLayout.from_config(cfgs[0].data)
     frame, labels = layout.load_train(check_files=False)
@@ -88,7 +87,7 @@ def lockbox_table(cfgs: list, names: list[str], fold: int, average: bool) -> lis
         if first is None:
             first, versus = per_chip, "-"
         else:
-            mean, d_lo, d_hi = _paired_mean(per_chip - first, LOCKBOX_DRAWS, 0)  # as evaluate's ensemble gain
+            mean, d_lo, d_hi = paired_mean(per_chip - first, LOCKBOX_DRAWS, 0)  # as evaluate's ensemble gain
             versus = f"{mean:+.4f} ({d_lo:+.4f} to {d_hi:+.4f})"
         oof_f2 = per_image_f2(y_oof, decode(p_oof, fitted, weather)).mean()
         found = int((decided[:, mine] & y_box[:, mine]).sum())
@@ -110,7 +109,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if args.average and not args.lockbox:
         ap.error("--average needs --lockbox")
-    from amazonmine.errors import AmazonmineError
+    from amazonmine.core.errors import AmazonmineError
 
     try:
         return compare(args)
@@ -120,8 +119,8 @@ def main(argv=None) -> int:
 
 
 def compare(args) -> int:
-    from amazonmine.config import TrainConfig, load_config
-    from amazonmine.evaluate import _paired_mean
+    from amazonmine.core.config import TrainConfig, load_config
+    from amazonmine.core.metrics import paired_mean
 
     defaults = {f"train.{k}": v for k, v in json.loads(json.dumps(TrainConfig().model_dump(),
                                                                  default=str)).items()}
@@ -162,7 +161,7 @@ def compare(args) -> int:
                   "order), so its half-splits would not be the same chips", file=sys.stderr)
             return 2
         else:
-            mean, d_lo, d_hi = _paired_mean(scores["crossfit_per_chip"] - first["crossfit_per_chip"], LOCKBOX_DRAWS, 0)
+            mean, d_lo, d_hi = paired_mean(scores["crossfit_per_chip"] - first["crossfit_per_chip"], LOCKBOX_DRAWS, 0)
             versus = f"{mean:+.4f} ({d_lo:+.4f} to {d_hi:+.4f})"
         recall = scores["rare_recall"]["artisinal_mine"]
         rate = summary.get("train_images_per_s")

@@ -160,7 +160,7 @@ def whole(path: Path, ref: Path | None) -> str | None:
             with h5py.File(path, "r"):
                 pass
         elif suffix in ("h5", "keras"):
-            from amazonmine.tfquiet import import_tensorflow
+            from amazonmine.neural.tfquiet import import_tensorflow
 
             import_tensorflow()
             import keras

@@ -3,7 +3,7 @@
     .venv/bin/python scripts/make_scene.py real [--real ../shared/data/planet_real_256] [--out data/scenes]
     .venv/bin/python scripts/make_scene.py synth [--out data/scenes] [--cols 6 --rows 5 --size 48]
 
-``real`` writes three scenes from the real Planet chips of ../shared (see amazonmine/scene.py for the files):
+``real`` writes three scenes from the real Planet chips of ../shared (see amazonmine/scanning/mosaic.py for the files):
 ``real_utm21s_3m.tif`` (the 533 256-px chips at 3 m in UTM zone 21S, a 24 x 23 grid with 19 nodata cells, bands
 R,G,B), ``real_3857_4.77m.tif`` (the same area resampled to Web Mercator at 4.77 m, like a NICFI quad) and
 ``real_analytic_3m.tif`` (the 10 real 16-bit TIFs, bands B,G,R,NIR). Each comes with ``<stem>_chips.csv`` and
@@ -39,9 +39,9 @@ def main() -> int:
     synth.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
 
-    from amazonmine.errors import AmazonmineError
-    from amazonmine.scene import make_real_scenes
-    from amazonmine.synth import make_synthetic_scene
+    from amazonmine.core.errors import AmazonmineError
+    from amazonmine.scanning.mosaic import make_real_scenes
+    from amazonmine.stages.synth import make_synthetic_scene
 
     began = time.perf_counter()
     try:

@@ -7,7 +7,7 @@ All 533 chips of ``../shared/data/planet_real_256`` are also in the 32-px traini
 only by the fold model that did *not* train on it (its fold in the 32-px run's ``folds.csv``): the scores in
 the report are out-of-fold, and chips whose fold has no finished model are left out and counted. Each chip is
 first reduced to the size the models were trained on (32 px, as the competition thumbnails were made), then
-given to the run's :class:`amazonmine.predictor.Predictor`, which prepares it as training did.
+given to the run's :class:`amazonmine.neural.predictor.Predictor`, which prepares it as training did.
 
 The script also dehazes the real chips into the report's run folder, so the report shows raw/dehazed pairs
 of the real hazy chips. Finally it runs ``amazonmine evaluate`` on that folder, as a user would.
@@ -36,13 +36,13 @@ def main() -> int:
 
     import pandas as pd
 
-    from amazonmine.config import load_config
-    from amazonmine.data import LABELS, PlanetLayout, read_image
-    from amazonmine.errors import AmazonmineError
-    from amazonmine.io import write_csv_atomic
-    from amazonmine.pipeline import resize_square
-    from amazonmine.predictor import Predictor
-    from amazonmine.runfolder import RunFolder
+    from amazonmine.core.config import load_config
+    from amazonmine.core.data import LABELS, PlanetLayout, read_image
+    from amazonmine.core.errors import AmazonmineError
+    from amazonmine.core.io import write_csv_atomic
+    from amazonmine.core.runfolder import RunFolder
+    from amazonmine.neural.datasets import resize_square
+    from amazonmine.neural.predictor import Predictor
 
     cfg = load_config(args.config, args.sets)
     run, real = RunFolder.from_config(cfg), Path(args.real)

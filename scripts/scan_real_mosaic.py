@@ -48,13 +48,13 @@ def main() -> int:
     from rasterio.windows import Window
     from shapely.geometry import shape
 
-    from amazonmine.config import load_config
-    from amazonmine.data import LABEL_INDEX, LABELS
-    from amazonmine.predictor import Predictor
-    from amazonmine.runfolder import RunFolder
-    from amazonmine.scan import run_scan
-    from amazonmine.scene import chip_table, make_real_scenes
-    from amazonmine.tiling import ChipLook, tile_to_chip
+    from amazonmine.core.config import load_config
+    from amazonmine.core.data import LABEL_INDEX, LABELS
+    from amazonmine.core.runfolder import RunFolder
+    from amazonmine.neural.predictor import Predictor
+    from amazonmine.scanning.mosaic import chip_table, make_real_scenes
+    from amazonmine.scanning.tiling import ChipLook, tile_to_chip
+    from amazonmine.stages.scan import run_scan
 
     utm = args.scenes / "real_utm21s_3m.tif"
     if not utm.is_file():

@@ -45,10 +45,10 @@ def main() -> int:
     import numpy as np
     import pandas as pd
 
-    from amazonmine.bundle import open_bundle, resolve
-    from amazonmine.data import LABELS, read_labels, tags_to_matrix
-    from amazonmine.errors import AmazonmineError
-    from amazonmine.metrics import bootstrap_intervals, mean_f2, per_label_scores
+    from amazonmine.core.bundle import open_bundle, resolve
+    from amazonmine.core.data import LABELS, read_labels, tags_to_matrix
+    from amazonmine.core.errors import AmazonmineError
+    from amazonmine.core.metrics import bootstrap_intervals, mean_f2, per_label_scores
 
     try:
         bundle = open_bundle(resolve(args.bundle))

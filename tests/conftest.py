@@ -16,7 +16,7 @@ SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 @pytest.fixture(scope="session")
 def synth_root(tmp_path_factory) -> Path:
     """60 labelled + 12 test chips at 64 px with 4-band TIFs and haze truth (read-only: copy before mutating)."""
-    from amazonmine.synth import paint_dataset
+    from amazonmine.stages.synth import paint_dataset
 
     root = tmp_path_factory.mktemp("synth") / "planet"
     paint_dataset(root, n_train=60, n_test=12, size=64, seed=1, rare_boost=20.0, tif=True, progress=False)
@@ -42,7 +42,7 @@ def real256() -> Path:
 @pytest.fixture
 def make_cfg(tmp_path):
     """Build a validated Config for a test: make_cfg(root, **{'train.epochs': 1, ...})."""
-    from amazonmine.config import load_config
+    from amazonmine.core.config import load_config
 
     def build(data_root: Path | None = None, **overrides):
         sets = [f"run.dir={tmp_path / 'run'}"]

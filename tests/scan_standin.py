@@ -43,7 +43,7 @@ class BrightnessModel:
 
 def synthetic_scene(folder: Path, name: str = "synth_scene"):
     """A 5x4-cell mosaic of painted 32-px chips (24 m pixels) with 2 nodata cells, and its chip table."""
-    from amazonmine.synth import make_synthetic_scene
+    from amazonmine.stages.synth import make_synthetic_scene
 
     return make_synthetic_scene(folder, cols=5, rows=4, size=32, seed=5, name=name)
 
@@ -56,7 +56,7 @@ def real_scene(folder: Path, cols: int = 4, rows: int = 3, empty: int = 2):
         pytest.skip(f"real Planet 256-px chips not found at {real} (provided in ../shared/ of the project checkout)")
     import pandas as pd
 
-    from amazonmine.scene import PLANET_ATTRIBUTION, mosaic_folder
+    from amazonmine.scanning.mosaic import PLANET_ATTRIBUTION, mosaic_folder
 
     frame = pd.read_csv(real / "train_v2.csv", dtype=str, keep_default_na=False)
     mines = frame[frame["tags"].str.contains("mine")]["image_name"].tolist()
@@ -67,14 +67,14 @@ def real_scene(folder: Path, cols: int = 4, rows: int = 3, empty: int = 2):
 
 
 def scan_config(tmp_path: Path, *extra):
-    from amazonmine.config import load_config
+    from amazonmine.core.config import load_config
 
     return load_config(None, [f"run.dir={tmp_path / 'run'}", f"data.root={tmp_path / 'no-data'}",
                               "data.chip_size=32", "scan.stride=1.0", *extra])
 
 
 def scan(tmp_path: Path, scenes, out: Path, *extra, **kwargs):
-    from amazonmine.scan import run_scan
+    from amazonmine.stages.scan import run_scan
 
     return run_scan(scan_config(tmp_path, *extra), [str(s) for s in scenes], out=out, progress=False,
                     predictor=BrightnessModel(), **kwargs)

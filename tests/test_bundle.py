@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from amazonmine.bundle import BUNDLE_FORMAT, MANIFEST, BundleError, open_bundle, sha256_of
-from amazonmine.data import LABELS, read_image
+from amazonmine.core.bundle import BUNDLE_FORMAT, MANIFEST, BundleError, open_bundle, sha256_of
+from amazonmine.core.data import LABELS, read_image
 
 TINY = ["dehaze.enabled=false", "data.chip_size=32", "split.folds=2", "split.rare_target=4", "split.holdout=0.25",
         "train.backbone=densenet_mini", "train.mini_blocks=[1]", "train.mini_growth=8", "train.image_size=32",
@@ -29,13 +29,13 @@ pytestmark = pytest.mark.xdist_group("bundle")
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     """A two-fold tiny run with a lockbox, tuned and evaluated, exported as a bundle."""
-    from amazonmine.config import load_config
-    from amazonmine.evaluate import run_evaluate
-    from amazonmine.export import run_export
-    from amazonmine.split import run_split
-    from amazonmine.synth import paint_dataset
-    from amazonmine.train import run_train
-    from amazonmine.tune import run_tune
+    from amazonmine.core.config import load_config
+    from amazonmine.stages.evaluate import run_evaluate
+    from amazonmine.stages.export import run_export
+    from amazonmine.stages.split import run_split
+    from amazonmine.stages.synth import paint_dataset
+    from amazonmine.stages.train import run_train
+    from amazonmine.stages.tune import run_tune
 
     base = tmp_path_factory.mktemp("bundle")
     paint_dataset(base / "data", n_train=48, n_test=0, size=32, seed=7, progress=False)
@@ -68,7 +68,7 @@ def _chips(exported) -> np.ndarray:
 
 @pytest.mark.slow
 def test_export_then_load_gives_the_runs_probabilities_and_decisions(exported):
-    from amazonmine.predictor import Predictor
+    from amazonmine.neural.predictor import Predictor
 
     run = Predictor.from_run(exported["cfg"])
     bundle = Predictor.from_bundle(exported["bundle"])
@@ -101,10 +101,10 @@ def test_the_bundle_records_what_scan_and_the_card_need(exported):
 
 
 def test_the_card_figures_are_the_lockbox_scored_with_the_shipped_decisions(exported):
-    from amazonmine.data import PlanetLayout, load_matrix_csv
-    from amazonmine.decisions import decode
-    from amazonmine.metrics import mean_f2
-    from amazonmine.runfolder import RunFolder
+    from amazonmine.core.data import PlanetLayout, load_matrix_csv
+    from amazonmine.core.decisions import decode
+    from amazonmine.core.metrics import mean_f2
+    from amazonmine.core.runfolder import RunFolder
 
     run = RunFolder.from_config(exported["cfg"])
 
@@ -138,10 +138,10 @@ def test_predict_with_a_model_labels_a_folder_of_chips_without_a_run(exported, t
 
 @pytest.mark.slow
 def test_scan_with_the_bundle_writes_the_sites_of_scan_with_the_run(exported, tmp_path):
-    from amazonmine.config import load_config
-    from amazonmine.predictor import Predictor
-    from amazonmine.scan import run_scan
-    from amazonmine.synth import make_synthetic_scene
+    from amazonmine.core.config import load_config
+    from amazonmine.neural.predictor import Predictor
+    from amazonmine.stages.scan import run_scan
+    from amazonmine.stages.synth import make_synthetic_scene
 
     scene = make_synthetic_scene(tmp_path / "scene", cols=5, rows=4, size=32, seed=5)
     cfg = exported["cfg"]
@@ -217,8 +217,8 @@ def test_other_labels_are_refused_even_with_a_consistent_manifest(exported, tmp_
 
 
 def test_a_model_file_that_is_not_keras_is_one_line(exported, tmp_path):
-    from amazonmine.errors import AmazonmineError
-    from amazonmine.predictor import Predictor
+    from amazonmine.core.errors import AmazonmineError
+    from amazonmine.neural.predictor import Predictor
 
     bundle = _copy(exported, tmp_path)
     (bundle / "fold1.keras").write_bytes(b"PK\x03\x04 not a keras archive")
@@ -254,8 +254,8 @@ def test_manifest_names_cannot_leave_the_folder(exported, tmp_path):
 
 
 def test_export_refuses_to_overwrite_and_writes_nothing_on_failure(exported, tmp_path, monkeypatch):
-    from amazonmine import export
-    from amazonmine.errors import AmazonmineError
+    from amazonmine.core.errors import AmazonmineError
+    from amazonmine.stages import export
 
     with pytest.raises(AmazonmineError, match="already exists; pass --overwrite"):
         export.run_export(exported["cfg"], exported["bundle"])

@@ -10,7 +10,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def real_chips(real256):
     """Twelve real Planet chips cut down to 48 px, model channel order, float32."""
-    from amazonmine.pipeline import read_chip, resize_square
+    from amazonmine.neural.datasets import read_chip, resize_square
 
     paths = sorted((real256 / "train-jpg").glob("*.jpg"))[:12]
     return np.stack([resize_square(read_chip(p), 48) for p in paths])
@@ -25,7 +25,7 @@ def correlation(a: np.ndarray, b: np.ndarray) -> float:
 def test_each_remake_changes_the_pixels_but_keeps_the_scene(real_chips, kind, native):
     import tensorflow as tf
 
-    from amazonmine.pipeline import remake_chip
+    from amazonmine.neural.datasets import remake_chip
 
     changed, kept = [], []
     for i, chip in enumerate(real_chips):
@@ -43,7 +43,7 @@ def test_each_remake_changes_the_pixels_but_keeps_the_scene(real_chips, kind, na
 def test_four_band_chips_are_remade_without_jpeg():
     import tensorflow as tf
 
-    from amazonmine.pipeline import CHIP_REMAKES, remake_chip
+    from amazonmine.neural.datasets import CHIP_REMAKES, remake_chip
 
     chip = tf.random.stateless_uniform([32, 32, 4], seed=[1, 2], maxval=4000.0)
     with pytest.raises(KeyError):
@@ -55,14 +55,14 @@ def test_four_band_chips_are_remade_without_jpeg():
 
 
 def test_the_configured_share_of_training_chips_is_remade(real256):
-    from amazonmine.pipeline import make_dataset, preflight
+    from amazonmine.neural.datasets import Batching, TrainingStream, make_dataset, preflight
 
     paths = sorted((real256 / "train-jpg").glob("*.jpg"))[:200]
     chips = preflight(paths, 32, cache=True, progress=False)
     rows = np.arange(len(paths))
 
     def images(share: float) -> np.ndarray:
-        ds = make_dataset(chips, rows, None, None, 32, 50, training=True, seed=11, chip_augment=share)
+        ds = make_dataset(chips, rows, None, None, Batching(32, 50), stream=TrainingStream(11, chip_augment=share))
         return np.concatenate([b.numpy() for b in ds])
 
     plain, some, every = images(0.0), images(0.3), images(1.0)
@@ -75,7 +75,7 @@ def test_the_configured_share_of_training_chips_is_remade(real256):
 def test_the_training_stream_is_a_function_of_the_seed_and_its_start():
     """What lets a resumed fold end with the uninterrupted one's weights: each pass is a permutation of the
     rows (every chip once), passes differ, and a stream started at chip k is the whole stream from chip k on."""
-    from amazonmine.pipeline import ChipSet, make_dataset
+    from amazonmine.neural.datasets import Batching, ChipSet, TrainingStream, make_dataset
 
     n, batch = 12, 4
     pixels = np.arange(n, dtype=np.uint8)[:, None, None, None] * np.ones((1, 8, 8, 3), np.uint8)
@@ -83,7 +83,7 @@ def test_the_training_stream_is_a_function_of_the_seed_and_its_start():
     labels = np.eye(n, 17, dtype=np.float32)  # the label says which chip it is, whatever the augmentation
 
     def stream(start: int, batches: int):
-        ds = make_dataset(chips, np.arange(n), labels, None, 8, batch, training=True, seed=3, start=start)
+        ds = make_dataset(chips, np.arange(n), labels, None, Batching(8, batch), stream=TrainingStream(3, start))
         parts = list(ds.take(batches))
         return (np.concatenate([y.numpy().argmax(axis=1) for _, y in parts]),
                 np.concatenate([x.numpy() for x, _ in parts]))
@@ -95,5 +95,5 @@ def test_the_training_stream_is_a_function_of_the_seed_and_its_start():
     later_order, later_images = stream(5 * batch, 4)
     np.testing.assert_array_equal(later_order, order[5 * batch:])
     np.testing.assert_array_equal(later_images, images[5 * batch:])
-    one_pass = make_dataset(chips, np.arange(n), labels, None, 8, batch, training=True, seed=3)
+    one_pass = make_dataset(chips, np.arange(n), labels, None, Batching(8, batch), stream=TrainingStream(3))
     np.testing.assert_array_equal(np.concatenate([y.numpy().argmax(axis=1) for _, y in one_pass]), passes[0])

@@ -10,9 +10,9 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-from amazonmine.chips import ChipsError, _keep_negative, run_chips
-from amazonmine.data import WEATHER_LABELS, read_image, read_labels
-from amazonmine.tiling import Grid, chip_look, open_scene, read_block
+from amazonmine.core.data import WEATHER_LABELS, read_image, read_labels
+from amazonmine.scanning.tiling import Grid, chip_look, open_scene, read_block
+from amazonmine.stages.chips import ChipsError, _keep_negative, run_chips
 
 UTM = "EPSG:32721"
 X0, Y0, RES = 600_000.0, 9_310_000.0, 3.0
@@ -70,7 +70,7 @@ def write_labels(path: Path, features: list[tuple[str | None, list]], crs: str |
 
 
 def config(tmp_path: Path, *extra: str):
-    from amazonmine.config import load_config
+    from amazonmine.core.config import load_config
 
     return load_config(None, SMALL + [f"run.dir={tmp_path / 'run'}", *extra])
 
@@ -149,12 +149,12 @@ def pixel_case(request, tmp_path):
     real = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "planet_real_256"
     if not (real / "train_v2.csv").is_file():
         pytest.skip(f"real Planet 256-px chips not found at {real}")
-    from amazonmine.config import load_config
-    from amazonmine.scene import mosaic_scene
+    from amazonmine.core.config import load_config
+    from amazonmine.scanning.mosaic import Placement, mosaic_scene
 
     names = sorted(p.name for p in (real / "train-jpg").glob("*.jpg"))[:4]
     made = mosaic_scene([real / "train-jpg" / n for n in names], [""] * 4, tmp_path / "real.tif", cols=2, rows=2,
-                        origin=(X0, Y0))
+                        place=Placement(origin=(X0, Y0)))
     cfg = load_config(None, [f"run.dir={tmp_path / 'run'}"])  # Kaggle's chips: 768 m, 256 px
     labels = write_labels(tmp_path / "labels.geojson", [(MINE, box(X0 + 500, Y0 - 1000, X0 + 1000, Y0 - 500))])
     return made.tif, cfg, labels
@@ -190,7 +190,7 @@ def _files(folder: Path) -> dict[str, bytes]:
 
 
 def test_a_killed_run_resumes_to_the_same_output_and_never_mixes_settings(tmp_path, monkeypatch):
-    import amazonmine.chips as chips
+    import amazonmine.stages.chips as chips
 
     scene = write_scene(tmp_path / "scene.tif")
     labels = write_labels(tmp_path / "labels.geojson", [(MINE, box(X0 + 100, Y0 - 300, X0 + 300, Y0 - 100))])
@@ -304,7 +304,7 @@ def test_ignore_zones_nodata_negatives_and_weather_polygons(tmp_path):
 def test_the_date_comes_from_a_tag_or_the_scene_name(tmp_path):
     import rasterio
 
-    from amazonmine.chips import scene_date
+    from amazonmine.stages.chips import scene_date
 
     named = write_scene(tmp_path / "20230115_133210_ssc1_u0001.tif")
     assert scene_date(str(named)) == ("2023-01-15", "file name")
@@ -353,7 +353,7 @@ def test_bad_input_is_one_line_naming_the_file_and_feature(tmp_path, monkeypatch
         result = runner.invoke(main, ["chips", str(scene_path), "--labels", str(labels), "--out", str(out),
                                       *sum((["--set", s] for s in SMALL), [])])
         message = result.output.strip()
-        assert result.exit_code == 2, (labels, message)
+        assert result.exit_code == 1, (labels, message)
         assert message.startswith("error: ") and "\n" not in message, message
         assert str(labels if "georeferenced" not in words[0] else scene_path) in message, message
         for w in words:

@@ -20,7 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from amazonmine.cluster import ClusterError, _reserve_port, free_loopback_ports, read_membership, wait_for_peers
+from amazonmine.neural.cluster import ClusterError, _reserve_port, read_membership, wait_for_peers
+from amazonmine.testing import free_loopback_ports
 
 # How long a worker may take to start (import TensorFlow) on a machine running other jobs: only to fail instead
 # of hanging, never a measured bound.
@@ -131,7 +132,7 @@ def test_train_whose_other_worker_never_starts_says_so_in_one_line_at_its_timeou
     waiting = wait_for_line(proc, out, f"waiting for worker 1 ({addresses[1]}) to start (up to 3 s")
     said = wait_for_line(proc, err, "error: ", bound=END_BOUND) - waiting
     ended(proc, time.monotonic(), bound=START_UP)  # TensorFlow's teardown: seconds, more on a busy machine
-    assert proc.returncode == 2, err.read_text()[-3000:]
+    assert proc.returncode == 1, err.read_text()[-3000:]
     assert error_lines(err) == [f"error: cannot join the cluster as the chief ({addresses[0]}): worker 1 "
                                 f"({addresses[1]}) did not answer within 3 s (Connection refused); start every "
                                 f"worker with the same command and its own TF_CONFIG task, or raise "
@@ -152,13 +153,77 @@ def test_sigterm_ends_a_worker_waiting_for_the_others(tmp_path):
     assert proc.returncode == 130 and error_lines(err) == ["interrupted"], err.read_text()[-3000:]
 
 
+@pytest.mark.slow
+def test_a_cluster_tensorflow_cannot_form_is_ended_in_one_line_at_the_timeout(tmp_path):
+    # The other worker's port answers (this test holds it open) but nothing there speaks TensorFlow's protocol:
+    # the wait for the peers ends at once, and the strategy's creation, which would then wait inside TensorFlow
+    # for up to an hour deaf to signals, is ended by the watchdog once the timeout has run out.
+    with socket.create_server(("127.0.0.1", 0)) as impostor:
+        addresses = [f"127.0.0.1:{free_loopback_ports(1)[0]}", f"127.0.0.1:{impostor.getsockname()[1]}"]
+        proc, out, err = start_train(tmp_path, addresses, 0, timeout=3)
+        ended(proc, time.monotonic(), bound=START_UP)
+    assert proc.returncode == -signal.SIGKILL, err.read_text()[-3000:]  # the only way out of TensorFlow's wait
+    assert "waiting for" not in out.read_text()
+    assert error_lines(err) == [f"error: cannot join the cluster as the chief ({addresses[0]}): the workers answered "
+                                f"but TensorFlow did not form the cluster within 3 s (a worker stopped since, or "
+                                f"another program answers on a worker's port)"]
+
+
+def handles(pid: int, *signals: int) -> bool:
+    """Whether process ``pid`` has a handler of its own for every one of ``signals`` (Linux: /proc SigCgt)."""
+    caught = next(int(line.split()[1], 16) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+                  if line.startswith("SigCgt:"))
+    return all(caught >> (sig - 1) & 1 for sig in signals)
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").is_file(), reason="reads a process's signal handlers in /proc")
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_the_watchdog_of_the_strategys_creation_ends_it_on_sigterm_or_ctrl_c(sig):
+    # What a Ctrl-C or a SIGTERM sent to the process group does while TensorFlow holds the worker: the watchdog
+    # says "interrupted" and kills the worker. A sleeping process stands in for the held worker; the signal is
+    # sent once the watchdog's handlers are in place (read from /proc), so nothing races.
+    from amazonmine.neural.cluster import _WATCHDOG
+
+    held = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    watchdog = subprocess.Popen([sys.executable, "-c", _WATCHDOG, str(held.pid), "0", "never said"],
+                                stdin=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + START_UP
+        while not handles(watchdog.pid, signal.SIGINT, signal.SIGTERM):
+            assert watchdog.poll() is None and time.monotonic() < deadline, "the watchdog did not start"
+            time.sleep(0.02)
+        watchdog.send_signal(sig)
+        assert watchdog.wait(timeout=END_BOUND) == 0 and watchdog.stderr.read() == b"interrupted\n"
+        assert held.wait(timeout=END_BOUND) == -signal.SIGKILL
+    finally:
+        for proc in (held, watchdog):
+            proc.kill()
+            proc.wait()
+
+
+def test_the_watchdog_goes_quietly_once_the_strategy_is_made():
+    from amazonmine.neural.cluster import _WATCHDOG
+
+    held = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    watchdog = subprocess.Popen([sys.executable, "-c", _WATCHDOG, str(held.pid), "600", "never said"],
+                                stdin=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        watchdog.stdin.close()  # what join does once the strategy is made (or the worker died)
+        assert watchdog.wait(timeout=START_UP) == 0 and watchdog.stderr.read() == b""
+        assert held.poll() is None  # left alone
+    finally:
+        for proc in (held, watchdog):
+            proc.kill()
+            proc.wait()
+
+
 def test_train_given_a_port_in_use_names_it_before_starting_tensorflow(tmp_path):
     with socket.create_server(("127.0.0.1", 0)) as taken:
         port = taken.getsockname()[1]
         other = free_loopback_ports(1)[0]
         proc, out, err = start_train(tmp_path, [f"127.0.0.1:{other}", f"127.0.0.1:{port}"], 1, timeout=30)
         ended(proc, time.monotonic(), bound=START_UP)  # it refuses before TensorFlow: only Python's start-up
-    assert proc.returncode == 2
+    assert proc.returncode == 1
     lines = error_lines(err)
     assert len(lines) == 1 and lines[0].startswith(f"error: cannot join the cluster as worker 1 (127.0.0.1:{port}): "
                                                    f"port {port} is in use on this machine"), lines

@@ -4,11 +4,11 @@ refuses with one short ConfigError line: never another exception, never a screen
 import math
 
 import yaml
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from amazonmine.config import SECTIONS, Config, ConfigError, dump_config, load_config
-from amazonmine.data import LABELS
+from amazonmine.core.config import SECTIONS, Config, ConfigError, dump_config, load_config
+from amazonmine.core.data import LABELS
 
 KEYS = [f"{section}.{key}" for section, model in SECTIONS.items() for key in model.model_fields]
 # A fixed seed and no example database: the same examples on every run, and no .hypothesis/ in the checkout.
@@ -57,6 +57,9 @@ def test_any_raw_text_given_with_set_loads_or_is_one_line(key, text):
 
 @EXAMPLES
 @given(key=st.sampled_from(KEYS), value=VALUES)
+# A mapping's key is input too: once echoed whole (500 characters) and with its line break.
+@example(key="scan.min_probability", value={"x" * 500: None})
+@example(key="scan.min_probability", value={"a\nb": None})
 def test_any_value_in_a_file_loads_or_is_one_line(tmp_path_factory, key, value):
     path = tmp_path_factory.mktemp("cfg") / "c.yaml"
     section, name = key.split(".")

@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import pytest
 
-from amazonmine.data import (
+from amazonmine.core.data import (
     LABELS,
     DataError,
     PlanetLayout,
@@ -211,7 +211,7 @@ def test_real_256_labels_and_chips_load(real256, make_cfg):
 def test_read_bytes_returns_the_whole_file_even_if_it_grew_since_fstat(tmp_path, monkeypatch):
     import os
 
-    from amazonmine import data as data_module
+    from amazonmine.core import data as data_module
 
     payload = np.random.default_rng(0).integers(0, 256, 3_000_000, dtype=np.uint8).tobytes()
     path = tmp_path / "big.bin"
@@ -229,8 +229,8 @@ def test_read_bytes_returns_the_whole_file_even_if_it_grew_since_fstat(tmp_path,
 
 
 def test_a_huge_image_name_is_cut_in_the_error_line_not_echoed_whole(tmp_path):
-    from amazonmine.data import check_images_exist
-    from amazonmine.errors import shorten
+    from amazonmine.core.data import check_images_exist
+    from amazonmine.core.errors import shorten
 
     huge = "n" * 5_000_000 + "_end"  # a printable name: nothing refuses it before its file is looked for
     with pytest.raises(DataError, match="no weather label") as err:

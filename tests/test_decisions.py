@@ -7,8 +7,8 @@ import itertools
 import numpy as np
 import pytest
 
-from amazonmine.data import LABEL_INDEX, LABELS, LAND_INDEX, WEATHER_INDEX, tags_to_matrix
-from amazonmine.decisions import (
+from amazonmine.core.data import LABEL_INDEX, LABELS, LAND_INDEX, WEATHER_INDEX, tags_to_matrix
+from amazonmine.core.decisions import (
     Calibration,
     DecisionRule,
     Objective,
@@ -20,9 +20,9 @@ from amazonmine.decisions import (
     operating_point,
     parse_objectives,
 )
-from amazonmine.metrics import mean_f2, per_image_f2
-from amazonmine.synth import load_label_combos
-from amazonmine.tune import simulate_oof
+from amazonmine.core.metrics import mean_f2, per_image_f2
+from amazonmine.stages.synth import load_label_combos
+from amazonmine.testing import simulate_oof
 
 CLOUDY = LABEL_INDEX["cloudy"]
 

@@ -20,14 +20,14 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from amazonmine import dehaze as dh
 from amazonmine.cli import main
-from amazonmine.data import DataError, encode_jpeg, encode_png, encode_tif, read_image
-from amazonmine.errors import AmazonmineError
-from amazonmine.haze import DehazeParams
-from amazonmine.io import write_bytes_atomic
-from amazonmine.runfolder import RunFolder
-from amazonmine.synth import paint_chip, to_jpeg_pixels, to_tif_pixels
+from amazonmine.core.data import DataError, encode_jpeg, encode_png, encode_tif, read_image
+from amazonmine.core.errors import AmazonmineError
+from amazonmine.core.haze import DehazeParams
+from amazonmine.core.io import write_bytes_atomic
+from amazonmine.core.runfolder import RunFolder
+from amazonmine.stages import dehaze as dh
+from amazonmine.stages.synth import paint_chip, to_jpeg_pixels, to_tif_pixels
 
 # 64 px chips: the defaults (patch 15, radius 24) would span a quarter of the chip.
 SMALL = {"dehaze.patch": 7, "dehaze.guided_radius": 8}
@@ -86,7 +86,7 @@ def layout(synth_root, tmp_path_factory):
 @pytest.fixture(scope="module")
 def dehazed(layout, tmp_path_factory):
     """One default run (src/dst from the config) over the whole layout, in this process."""
-    from amazonmine.config import load_config
+    from amazonmine.core.config import load_config
 
     root, hazy = layout
     run_dir = tmp_path_factory.mktemp("dehaze_run")
@@ -300,7 +300,7 @@ def _cli(src: Path, dst: Path, run_dir: Path):
     return CliRunner().invoke(main, args)
 
 
-def test_cli_exits_0_when_all_chips_pass_and_1_with_failures(synth_root, tmp_path):
+def test_cli_exits_0_when_all_chips_pass_and_3_with_failures(synth_root, tmp_path):
     src = tmp_path / "chips"
     names = copy_chips(synth_root / "train-jpg", src, 4)
     result = _cli(src, tmp_path / "out", tmp_path / "run")
@@ -309,18 +309,18 @@ def test_cli_exits_0_when_all_chips_pass_and_1_with_failures(synth_root, tmp_pat
 
     (src / names[0]).write_bytes(b"not a jpeg at all")
     result = _cli(src, tmp_path / "out2", tmp_path / "run")
-    assert result.exit_code == 1
+    assert result.exit_code == 3
     assert "1 failed" in result.output and dh.DEHAZE_ERRORS_CSV in result.output
 
 
 def test_cli_reports_a_missing_source_without_traceback(tmp_path):
     result = _cli(tmp_path / "missing", tmp_path / "out", tmp_path / "run")
-    assert result.exit_code == 2 and "source folder not found" in result.output
+    assert result.exit_code == 1 and "source folder not found" in result.output
     assert "Traceback" not in result.output
 
 
 def test_dehaze_never_imports_tensorflow():
-    code = "import sys, amazonmine.dehaze, amazonmine.cli; print('tensorflow' in sys.modules)"
+    code = "import sys, amazonmine.stages.dehaze, amazonmine.cli; print('tensorflow' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 
@@ -429,8 +429,8 @@ import os
 import signal
 import sys
 
-from amazonmine import dehaze as dh
-from amazonmine.config import load_config
+from amazonmine.stages import dehaze as dh
+from amazonmine.core.config import load_config
 
 src, dst, run_dir, method, workers, kill_at, checkpoint, pids = sys.argv[1:]
 kill_at = int(kill_at)
@@ -550,13 +550,13 @@ def test_worker_reads_a_group_then_writes_it_keeping_job_order(synth_root, tmp_p
         shutil.copyfile(chip, src / chip.name)
     (src / "broken.jpg").write_bytes(chips[0].read_bytes()[:300])
     names = [chips[0].name, "broken.jpg", chips[1].name, "gone.jpg", *(c.name for c in chips[2:])]
-    jobs = [dh._Job(n, str(src / n), str(tmp_path / "out" / n)) for n in names]
+    jobs = [dh.ChipJob(n, str(src / n), str(tmp_path / "out" / n)) for n in names]
     (tmp_path / "out").mkdir()
     events = []
     read, write = dh.read_chip_bytes, dh.write_bytes_atomic
     monkeypatch.setattr(dh, "read_chip_bytes", lambda p: events.append("r") or read(p))
     monkeypatch.setattr(dh, "write_bytes_atomic", lambda p, d: events.append("w") or write(p, d))
-    results = dh._process_chunk(jobs, DehazeParams(patch=7, guided_radius=8), 0)
+    results = dh.process_chunk(jobs, DehazeParams(patch=7, guided_radius=8), 0)
     assert [r[1] for r in results] == names  # in job order, errors included
     assert [r[0] for r in results] == ["ok", "error", "ok", "error", "ok", "ok", "ok"]
     assert "truncated" in results[1][2] and "not found" in results[3][2]

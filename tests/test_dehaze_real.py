@@ -12,9 +12,9 @@ import shutil
 import numpy as np
 import pytest
 
-from amazonmine import dehaze as dh
-from amazonmine import haze as hz
-from amazonmine.data import read_image
+from amazonmine.core import haze as hz
+from amazonmine.core.data import read_image
+from amazonmine.stages import dehaze as dh
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from amazonmine import config as config_module
+from amazonmine.core import config as config_module
 
 ROOT = Path(__file__).resolve().parents[1]
 README_MAX_LINES = 210

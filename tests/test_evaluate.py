@@ -1,6 +1,6 @@
 """The evaluate stage: an offline HTML report whose tables, plots and thumbnails exist and say the truth.
 
-The out-of-fold probabilities here are fabricated (amazonmine.tune.simulate_oof, no model): the report's job is
+The out-of-fold probabilities here are fabricated (amazonmine.stages.tune.simulate_oof, no model): the report's job is
 to present whatever the run holds, so any plausible probabilities exercise it.
 """
 
@@ -16,12 +16,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from amazonmine.data import LABEL_INDEX, LABELS, DataError, PlanetLayout, matrix_to_tags, read_image
-from amazonmine.decisions import decode
-from amazonmine.errors import AmazonmineError
-from amazonmine.evaluate import run_evaluate
-from amazonmine.metrics import mean_f2
-from amazonmine.tune import run_tune, simulate_oof
+from amazonmine.core.data import LABEL_INDEX, LABELS, DataError, PlanetLayout, matrix_to_tags, read_image
+from amazonmine.core.decisions import decode
+from amazonmine.core.errors import AmazonmineError
+from amazonmine.core.metrics import mean_f2
+from amazonmine.stages.evaluate import run_evaluate
+from amazonmine.stages.tune import run_tune
+from amazonmine.testing import simulate_oof
 
 MINE = LABEL_INDEX["artisinal_mine"]
 
@@ -245,14 +246,14 @@ def test_report_shows_intervals_operating_points_and_pr_curves(synth_cfg):
 
 
 @pytest.mark.slow
-@pytest.mark.filterwarnings("ignore::amazonmine.split.SplitWarning")  # the synthetic set has labels on < k chips
+@pytest.mark.filterwarnings("ignore::amazonmine.stages.split.SplitWarning")  # the synthetic set has labels on < k chips
 def test_lockbox_is_scored_once_by_the_fold_models_and_reported_apart(synth_root, make_cfg):
     """split with a hold-out -> train one tiny fold -> tune -> evaluate: the held-out chips get probabilities
     from the fold model, are scored with the tuned decisions and reported beside (not inside) the OOF scores."""
     import os
 
-    from amazonmine.split import run_split
-    from amazonmine.train import run_train
+    from amazonmine.stages.split import run_split
+    from amazonmine.stages.train import run_train
 
     cfg = make_cfg(synth_root, **{
         "dehaze.enabled": "false", "split.folds": 2, "split.rare_target": 4, "train.backbone": "densenet_mini",
@@ -277,7 +278,7 @@ def test_lockbox_is_scored_once_by_the_fold_models_and_reported_apart(synth_root
     frame, matrix = PlanetLayout.from_config(cfg.data).load_train(check_files=False)
     row = {n: i for i, n in enumerate(frame["image_name"])}
     y = matrix[[row[n] for n in written["image_name"]]].astype(bool)
-    from amazonmine.runfolder import RunFolder
+    from amazonmine.core.runfolder import RunFolder
 
     rule, weather = RunFolder(run).read_thresholds()
     expected = mean_f2(y, decode(written[list(LABELS)].to_numpy(), rule, weather))
@@ -315,14 +316,14 @@ def test_lockbox_is_scored_once_by_the_fold_models_and_reported_apart(synth_root
     assert len(again.lockbox.looks) == 1 and "look 2" not in again.headline()
 
 
-@pytest.mark.filterwarnings("ignore::amazonmine.split.SplitWarning")
+@pytest.mark.filterwarnings("ignore::amazonmine.stages.split.SplitWarning")
 def test_lockbox_scores_each_fold_alone_and_the_ensemble_gain(synth_root, make_cfg):
     """Two folds: each model alone on the lockbox, the ensemble file is their mean, and the reported gain is
     the ensemble's per-chip F2 minus the average fold's."""
-    from amazonmine.metrics import per_image_f2
-    from amazonmine.runfolder import RunFolder
-    from amazonmine.split import run_split
-    from amazonmine.train import run_train
+    from amazonmine.core.metrics import per_image_f2
+    from amazonmine.core.runfolder import RunFolder
+    from amazonmine.stages.split import run_split
+    from amazonmine.stages.train import run_train
 
     cfg = make_cfg(synth_root, **{
         "dehaze.enabled": "false", "split.folds": 2, "split.rare_target": 4, "train.backbone": "densenet_mini",
@@ -362,9 +363,9 @@ def test_lockbox_scores_each_fold_alone_and_the_ensemble_gain(synth_root, make_c
     assert record["gain"]["mean"] == pytest.approx(box.gain[0]) and record["chips"] == box.n
 
 
-@pytest.mark.filterwarnings("ignore::amazonmine.split.SplitWarning")
+@pytest.mark.filterwarnings("ignore::amazonmine.stages.split.SplitWarning")
 def test_lockbox_without_models_is_reported_missing(synth_root, make_cfg):
-    from amazonmine.split import run_split
+    from amazonmine.stages.split import run_split
 
     cfg = make_cfg(synth_root, **{"dehaze.enabled": "false", "split.folds": 2})
     cfg.split.holdout = 0.2
@@ -388,8 +389,8 @@ def test_report_follows_the_expected_f2_decoder(synth_cfg):
 def test_each_new_set_of_lockbox_predictions_is_a_new_look(tmp_path):
     """A hold-out scored with other decisions or models is a second look, which the report must admit; the
     same predictions scored again are not."""
-    from amazonmine.evaluate import _looks_html, _record_look
-    from amazonmine.runfolder import RunFolder
+    from amazonmine.core.runfolder import RunFolder
+    from amazonmine.stages.evaluate import _looks_html, _record_look
 
     run = RunFolder(tmp_path / "run")
     run.root.mkdir()

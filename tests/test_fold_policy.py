@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from amazonmine.errors import AmazonmineError
+from amazonmine.core.errors import AmazonmineError
 
 NAMES = [f"train_{i}" for i in range(6)]
 FOLD_OF = [0, 1, 0, 1, 0, 1]
@@ -31,7 +31,7 @@ def cfg(tmp_path, make_cfg):
 
 
 def test_resolve_folds(make_cfg):
-    from amazonmine.fold_policy import resolve_folds
+    from amazonmine.core.fold_plan import resolve_folds
 
     cfg = make_cfg(None, **{"split.folds": 3, "train.folds": "[]"})
     assert resolve_folds(cfg) == [0, 1, 2]
@@ -42,7 +42,7 @@ def test_resolve_folds(make_cfg):
 
 
 def test_model_settings_leave_out_speed_and_output(make_cfg):
-    from amazonmine.fold_policy import model_settings
+    from amazonmine.core.fold_plan import model_settings
 
     plain = model_settings(make_cfg(None, **{"dehaze.enabled": "false", "train.verbose": 2}))
     assert model_settings(make_cfg(None, **{"dehaze.enabled": "false", "train.verbose": 0,
@@ -58,7 +58,7 @@ def test_model_settings_leave_out_speed_and_output(make_cfg):
 
 
 def _finish(cfg, fold, **summary):
-    from amazonmine.runfolder import RunFolder
+    from amazonmine.core.runfolder import RunFolder
 
     files = RunFolder.from_config(cfg).fold(fold)
     files.dir.mkdir(exist_ok=True)
@@ -68,8 +68,8 @@ def _finish(cfg, fold, **summary):
 
 
 def test_fold_action_finished_interrupted_absent(cfg):
-    from amazonmine.fold_policy import ResumeState, fold_action, model_settings
-    from amazonmine.runfolder import RunFolder
+    from amazonmine.core.fold_plan import ResumeState, fold_action, model_settings
+    from amazonmine.core.runfolder import RunFolder
 
     run = RunFolder.from_config(cfg)
     split_id, settings = run.split_fingerprint(), model_settings(cfg)
@@ -105,8 +105,8 @@ def test_fold_action_finished_interrupted_absent(cfg):
 
 
 def test_resume_state_files_and_format(cfg):
-    from amazonmine.fold_policy import ResumeState
-    from amazonmine.runfolder import RunFolder
+    from amazonmine.core.fold_plan import ResumeState
+    from amazonmine.core.runfolder import RunFolder
 
     files = RunFolder.from_config(cfg).fold(0)
     state = ResumeState(files, "ab" * 32, {"train.dropout": 0.2})
@@ -126,8 +126,8 @@ def test_resume_state_files_and_format(cfg):
 
 
 def test_fold_plan_rows_and_chip_folder(cfg, make_cfg):
-    from amazonmine.data import DataError
-    from amazonmine.fold_policy import load_fold_plan
+    from amazonmine.core.data import DataError
+    from amazonmine.core.fold_plan import load_fold_plan
 
     plan = load_fold_plan(cfg, 0)
     assert list(plan.names[plan.val_rows]) == ["train_0", "train_2", "train_4"]
@@ -142,8 +142,8 @@ def test_fold_plan_rows_and_chip_folder(cfg, make_cfg):
 
 
 def test_an_interrupted_retrain_comes_first_and_is_trained_beside_the_fold(cfg):
-    from amazonmine.fold_policy import ResumeState, fold_action, model_settings, training_files
-    from amazonmine.runfolder import RunFolder
+    from amazonmine.core.fold_plan import ResumeState, fold_action, model_settings, training_files
+    from amazonmine.core.runfolder import RunFolder
 
     run = RunFolder.from_config(cfg)
     split_id, settings = run.split_fingerprint(), model_settings(cfg)
@@ -168,8 +168,8 @@ def test_an_interrupted_retrain_comes_first_and_is_trained_beside_the_fold(cfg):
 
 
 def test_a_staged_folder_with_nothing_to_continue_is_removed_not_swapped(cfg):
-    from amazonmine.fold_policy import finish_retrain
-    from amazonmine.runfolder import RunFolder
+    from amazonmine.core.fold_plan import finish_retrain
+    from amazonmine.core.runfolder import RunFolder
 
     files = _finish(cfg, 0, which="old")
     files.staged.dir.mkdir()

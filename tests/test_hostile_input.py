@@ -1,5 +1,5 @@
 """Hostile or careless input files: special files, links out of the data folder, path columns, absurd headers.
-Each is refused by the one reader (amazonmine.data) with a line naming the file, never read without bound."""
+Each is refused by the one reader (amazonmine.core.data) with a line naming the file, never read without bound."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from amazonmine.data import DataError, encode_jpeg, read_image
+from amazonmine.core.data import DataError, encode_jpeg, read_image
 
 
 @contextmanager
@@ -43,7 +43,7 @@ def test_a_fifo_named_like_a_chip_is_refused_at_once(tmp_path):
 
 
 def test_preflight_refuses_a_fifo_instead_of_hanging(tmp_path):
-    from amazonmine.pipeline import preflight
+    from amazonmine.neural.datasets import preflight
 
     good = _chip(tmp_path / "good.jpg")
     os.mkfifo(tmp_path / "fifo.jpg")
@@ -81,7 +81,7 @@ def test_links_within_the_folder_are_fine_and_out_of_it_are_refused(tmp_path):
 
 
 def test_an_oversized_file_is_refused_before_it_is_read(tmp_path, monkeypatch):
-    import amazonmine.data as data_module
+    import amazonmine.core.data as data_module
 
     big = _chip(tmp_path / "big.jpg")
     monkeypatch.setattr(data_module, "MAX_CHIP_BYTES", 100)
@@ -104,7 +104,7 @@ def test_a_jpeg_header_claiming_huge_dimensions_is_one_plain_line(tmp_path):
 
 
 def test_predict_csv_lists_cannot_point_outside_with_a_path_column(tmp_path):
-    from amazonmine.predict import _list_from_csv
+    from amazonmine.stages.predict import _list_from_csv
 
     listing = tmp_path / "list.csv"
     pd.DataFrame({"image_name": ["a"], "path": ["../../etc/passwd"]}).to_csv(listing, index=False)
@@ -116,7 +116,7 @@ def test_predict_csv_lists_cannot_point_outside_with_a_path_column(tmp_path):
 
 
 def test_dehaze_reports_special_files_instead_of_skipping_them(tmp_path, make_cfg):
-    from amazonmine.dehaze import run_dehaze
+    from amazonmine.stages.dehaze import run_dehaze
 
     src, dst = tmp_path / "src", tmp_path / "dst"
     src.mkdir()

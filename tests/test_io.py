@@ -6,8 +6,8 @@ import os
 
 import pytest
 
-from amazonmine import io as amio
-from amazonmine.io import write_bytes_atomic
+from amazonmine.core import io as amio
+from amazonmine.core.io import write_bytes_atomic
 
 UNNAMED = bool(getattr(os, "O_TMPFILE", 0)) and os.path.isdir("/proc/self/fd")
 

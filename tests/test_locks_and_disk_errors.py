@@ -14,11 +14,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from amazonmine.errors import AmazonmineError
-from amazonmine.io import LockedError, atomic_path, exclusive_lock, write_bytes_atomic
-from amazonmine.runfolder import RunFolder
+from amazonmine.core.errors import AmazonmineError
+from amazonmine.core.io import LockedError, atomic_path, exclusive_lock, write_bytes_atomic
+from amazonmine.core.runfolder import RunFolder
 
-HOLD = ("import sys, time\nfrom amazonmine.runfolder import RunFolder\nfrom pathlib import Path\n"
+HOLD = ("import sys, time\nfrom amazonmine.core.runfolder import RunFolder\nfrom pathlib import Path\n"
         "with RunFolder(Path(sys.argv[1])).lock('train'):\n    print('held', flush=True)\n    time.sleep(60)\n")
 
 
@@ -57,7 +57,7 @@ def test_stages_that_write_the_run_folder_take_the_lock(tmp_path, make_cfg, synt
             result = CliRunner().invoke(main, [stage, "--set", f"run.dir={cfg.run_dir}",
                                                "--set", f"data.root={synth_root}", "--set", "dehaze.enabled=false",
                                                "--set", "split.folds=2"])
-            assert result.exit_code == 2, (stage, result.output)
+            assert result.exit_code == 1, (stage, result.output)
             assert f"in use by pid {holder.pid}" in result.output and result.output.count("\n") == 1
     finally:
         holder.send_signal(signal.SIGKILL)
@@ -98,7 +98,7 @@ def test_h5py_style_runtime_error_while_saving_is_an_oserror_naming_the_model(tm
 
 def test_read_only_folder_names_the_artifact_not_the_temporary(tmp_path, monkeypatch):
     # Root ignores permission bits, so the refusal is simulated where the temporary is opened.
-    import amazonmine.io as amio
+    import amazonmine.core.io as amio
 
     def refuse(folder, stem, suffix):
         raise OSError(errno.EROFS, "Read-only file system", os.path.join(folder, f".{stem}.1.tmp{suffix}"))

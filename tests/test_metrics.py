@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from amazonmine.data import LABEL_INDEX, tags_to_matrix
-from amazonmine.metrics import bootstrap_intervals, per_image_f2, per_label_scores
-from amazonmine.synth import load_label_combos
+from amazonmine.core.data import LABEL_INDEX, tags_to_matrix
+from amazonmine.core.metrics import bootstrap_intervals, per_image_f2, per_label_scores
+from amazonmine.stages.synth import load_label_combos
 
 
 def combo_labels(n: int, seed: int = 0) -> np.ndarray:

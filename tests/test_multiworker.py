@@ -18,7 +18,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from amazonmine.cluster import ClusterError, Membership, free_loopback_ports, read_membership
+from amazonmine.cli import EXIT_ERROR
+from amazonmine.neural.cluster import ClusterError, Membership, read_membership
+from amazonmine.testing import free_loopback_ports
 
 GLOBAL_BATCH = 16
 TINY = ["dehaze.enabled=false", "split.folds=2", "split.rare_target=4", "train.backbone=densenet_mini",
@@ -39,7 +41,7 @@ pytestmark = pytest.mark.xdist_group("cluster")
 
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory) -> Path:
-    from amazonmine.synth import paint_dataset
+    from amazonmine.stages.synth import paint_dataset
 
     root = tmp_path_factory.mktemp("mw") / "data"
     paint_dataset(root, n_train=48, n_test=4, size=32, seed=7, progress=False)
@@ -48,8 +50,8 @@ def data_root(tmp_path_factory) -> Path:
 
 def split_run(data_root: Path, run_dir: Path, *extra: str) -> list[str]:
     """A run folder with its split made; returns the --set values naming it."""
-    from amazonmine.config import load_config
-    from amazonmine.split import run_split
+    from amazonmine.core.config import load_config
+    from amazonmine.stages.split import run_split
 
     sets = TINY + [f"data.root={data_root}", f"run.dir={run_dir}", *extra]
     run_split(load_config(None, sets))
@@ -108,9 +110,9 @@ def sets_args(sets: list[str], *flags: str) -> list[str]:
 
 @pytest.mark.slow
 def test_two_workers_train_one_model_the_chief_writes_it(data_root, tmp_path):
-    from amazonmine.config import load_config
-    from amazonmine.model import load_trained
-    from amazonmine.train import run_train
+    from amazonmine.core.config import load_config
+    from amazonmine.neural.model import load_trained
+    from amazonmine.stages.train import run_train
 
     run_dir = tmp_path / "run"
     sets = split_run(data_root, run_dir, f"train.batch_size={GLOBAL_BATCH // 2}")
@@ -153,7 +155,7 @@ def test_a_worker_with_other_settings_or_split_is_named_and_nobody_trains(data_r
     other = sets + ["train.image_size=48"]
     workers = Workers(tmp_path, [sets_args(sets, "--fold", "0"), sets_args(other, "--fold", "0")])
     codes = workers.wait()
-    assert codes == [2, 2], workers.report()
+    assert codes == [EXIT_ERROR, EXIT_ERROR], workers.report()  # a settings mismatch is an error in the data
     for index in range(2):
         err = workers.output(index)[1].strip().splitlines()
         assert len(err) == 1 and err[0].startswith("error: worker 1 (127.0.0.1:"), workers.report()
@@ -165,7 +167,7 @@ def test_a_worker_with_other_settings_or_split_is_named_and_nobody_trains(data_r
     split_run(data_root, other_dir, "train.batch_size=8", "run.seed=99")
     mixed = [s for s in sets if not s.startswith("run.dir=")] + [f"run.dir={other_dir}"]
     workers = Workers(tmp_path / "again", [sets_args(sets, "--fold", "0"), sets_args(mixed, "--fold", "0")])
-    assert workers.wait() == [2, 2], workers.report()
+    assert workers.wait() == [EXIT_ERROR, EXIT_ERROR], workers.report()
     assert "split (folds.csv + train_manifest.csv)" in workers.output(0)[1], workers.report()
 
 
@@ -193,7 +195,7 @@ def test_a_killed_worker_stops_the_other_in_bounded_time_and_resume_finishes(dat
     took = time.monotonic() - killed
     out, err = workers.output(0)
     lines = [line for line in err.splitlines() if line.strip()]
-    assert code == 2 and len(lines) == 1, workers.report()
+    assert code == EXIT_ERROR and len(lines) == 1, workers.report()
     assert lines[0].startswith("error: the chief (127.0.0.1:") and "gave up: worker 1 (127.0.0.1:" in lines[0], err
     assert "--resume" in lines[0]
     print(f"the chief stopped {took:.1f} s after worker 1 was killed")
@@ -211,7 +213,7 @@ def test_a_killed_worker_stops_the_other_in_bounded_time_and_resume_finishes(dat
 
 STUCK = """
 import sys, time
-from amazonmine.cluster import join
+from amazonmine.neural.cluster import join
 import tensorflow as tf
 cluster = join("auto", step_timeout=3)
 with cluster.errors():
@@ -293,9 +295,9 @@ def test_slurm_job_step_is_read_by_tensorflows_resolver(monkeypatch):
 @pytest.mark.slow
 def test_importing_the_package_leaves_tensorflow_unstarted_for_the_strategy():
     # The strategy must configure TensorFlow's runtime before anything starts it (tensorflow#55178).
-    code = ("import amazonmine.cli, amazonmine.train, amazonmine.cluster, amazonmine.model, amazonmine.pipeline, "
-            "amazonmine.keras_parts, amazonmine.fold_policy, amazonmine.device\n"
-            "from amazonmine.config import load_config\nload_config(None, [])\n"
+    code = ("import amazonmine.cli, amazonmine.stages.train, amazonmine.neural.cluster, amazonmine.neural.model, amazonmine.neural.datasets, "
+            "amazonmine.neural.fitting, amazonmine.core.fold_plan, amazonmine.neural.device\n"
+            "from amazonmine.core.config import load_config\nload_config(None, [])\n"
             "import tensorflow as tf\ntf.config.set_visible_devices([], 'GPU')\nprint('unstarted')")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                          env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})

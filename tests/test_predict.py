@@ -7,9 +7,9 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-from amazonmine.data import LABELS, apply_dihedral, matrix_to_tags, read_image
-from amazonmine.errors import AmazonmineError
-from amazonmine.predict import validate_submission
+from amazonmine.core.data import LABELS, apply_dihedral, matrix_to_tags, read_image
+from amazonmine.core.errors import AmazonmineError
+from amazonmine.stages.predict import validate_submission
 
 pytestmark = pytest.mark.slow
 
@@ -22,11 +22,11 @@ TINY = ["dehaze.enabled=false", "split.folds=2", "split.rare_target=4", "train.b
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     """A tiny end-to-end run folder: synth -> split -> train (both folds) -> tune."""
-    from amazonmine.config import load_config
-    from amazonmine.split import run_split
-    from amazonmine.synth import paint_dataset
-    from amazonmine.train import run_train
-    from amazonmine.tune import run_tune
+    from amazonmine.core.config import load_config
+    from amazonmine.stages.split import run_split
+    from amazonmine.stages.synth import paint_dataset
+    from amazonmine.stages.train import run_train
+    from amazonmine.stages.tune import run_tune
 
     base = tmp_path_factory.mktemp("predict")
     paint_dataset(base / "data", n_train=40, n_test=30, size=32, seed=3, progress=False)
@@ -39,8 +39,8 @@ def run(tmp_path_factory):
 
 
 def test_submission_matches_the_sample(run):
-    from amazonmine.config import load_config
-    from amazonmine.predict import run_predict
+    from amazonmine.core.config import load_config
+    from amazonmine.stages.predict import run_predict
 
     base, sets = run
     summary = run_predict(load_config(None, sets), progress=False)
@@ -71,7 +71,7 @@ def test_missing_and_corrupt_chips_are_listed_and_exit_nonzero(run, tmp_path):
                                                                      "--set", f"run.dir={tmp_path / 'run'}"]
     shutil.copytree(base / "run", tmp_path / "run")
     result = CliRunner().invoke(main, args)
-    assert result.exit_code == 1, result.output
+    assert result.exit_code == 3, result.output
     assert "2 chip(s) missing or unreadable" in result.output
     failures = pd.read_csv(tmp_path / "run" / "predict_failures.csv")["problem"].tolist()
     assert any("test_2.jpg: truncated" in f for f in failures) and any("test_1" in f for f in failures)
@@ -83,9 +83,9 @@ def test_missing_and_corrupt_chips_are_listed_and_exit_nonzero(run, tmp_path):
 def test_tta_is_invariant_to_the_chip_orientation():
     import tensorflow as tf
 
-    from amazonmine.config import load_config
-    from amazonmine.model import build_model
-    from amazonmine.pipeline import tta_predict_fn
+    from amazonmine.core.config import load_config
+    from amazonmine.neural.datasets import tta_predict_fn
+    from amazonmine.neural.model import build_model
 
     cfg = load_config(None, ["train.backbone=densenet_mini", "train.mini_blocks=[2,2]", "train.image_size=32"])
     model = build_model(cfg.train)
@@ -109,9 +109,9 @@ def test_inference_functions_of_several_models_do_not_warn_of_retracing():
 
     import tensorflow as tf
 
-    from amazonmine.config import load_config
-    from amazonmine.model import build_model
-    from amazonmine.pipeline import tta_predict_fn
+    from amazonmine.core.config import load_config
+    from amazonmine.neural.datasets import tta_predict_fn
+    from amazonmine.neural.model import build_model
 
     cfg = load_config(None, ["train.backbone=densenet_mini", "train.mini_blocks=[1]", "train.image_size=32"])
     records: list[logging.LogRecord] = []
@@ -147,7 +147,7 @@ def test_validate_submission_catches_the_classic_mistakes(tmp_path):
 
 
 def test_predict_needs_thresholds_and_models(tmp_path, make_cfg, synth_root):
-    from amazonmine.predict import run_predict
+    from amazonmine.stages.predict import run_predict
 
     cfg = make_cfg(synth_root, **{"dehaze.enabled": "false"})
     with pytest.raises(AmazonmineError, match="thresholds.json"):
@@ -155,8 +155,8 @@ def test_predict_needs_thresholds_and_models(tmp_path, make_cfg, synth_root):
 
 
 def test_explicit_folder_keeps_every_chip_in_input_order(run, tmp_path):
-    from amazonmine.config import load_config
-    from amazonmine.predict import FALLBACK_TAGS, run_predict
+    from amazonmine.core.config import load_config
+    from amazonmine.stages.predict import FALLBACK_TAGS, run_predict
 
     base, sets = run
     folder = tmp_path / "chips"
@@ -175,7 +175,7 @@ def test_explicit_folder_keeps_every_chip_in_input_order(run, tmp_path):
 
 def _copy_run(run, tmp_path, *extra):
     """A private copy of the trained run (tests write into it) and its config."""
-    from amazonmine.config import load_config
+    from amazonmine.core.config import load_config
 
     base, sets = run
     shutil.copytree(base / "run", tmp_path / "run")
@@ -184,7 +184,7 @@ def _copy_run(run, tmp_path, *extra):
 
 def test_a_folder_of_only_corrupt_chips_gets_fallback_rows(run, tmp_path):
     from amazonmine.cli import main
-    from amazonmine.predict import FALLBACK_TAGS
+    from amazonmine.stages.predict import FALLBACK_TAGS
 
     base, sets = run
     folder = tmp_path / "chips"
@@ -206,7 +206,7 @@ def test_a_folder_of_only_corrupt_chips_gets_fallback_rows(run, tmp_path):
 def test_chips_of_the_wrong_size_are_refused(run, tmp_path):
     import cv2
 
-    from amazonmine.predict import FALLBACK_TAGS, run_predict
+    from amazonmine.stages.predict import FALLBACK_TAGS, run_predict
 
     base, _ = run
     folder = tmp_path / "chips"
@@ -221,7 +221,7 @@ def test_chips_of_the_wrong_size_are_refused(run, tmp_path):
 
 
 def test_a_clean_rerun_removes_the_stale_failure_list(run, tmp_path):
-    from amazonmine.predict import run_predict
+    from amazonmine.stages.predict import run_predict
 
     cfg = _copy_run(run, tmp_path)
     stale = tmp_path / "run" / "predict_failures.csv"
@@ -233,10 +233,10 @@ def test_a_clean_rerun_removes_the_stale_failure_list(run, tmp_path):
 def test_explicit_inputs_are_dehazed_in_memory_and_kept_apart_from_the_submission(run, tmp_path):
     import cv2
 
-    from amazonmine.decisions import decode
-    from amazonmine.haze import DehazeParams, dehaze_image
-    from amazonmine.predict import run_predict
-    from amazonmine.runfolder import RunFolder
+    from amazonmine.core.decisions import decode
+    from amazonmine.core.haze import DehazeParams, dehaze_image
+    from amazonmine.core.runfolder import RunFolder
+    from amazonmine.stages.predict import run_predict
 
     base, _ = run
     raw, clean = tmp_path / "raw", tmp_path / "clean"
@@ -278,8 +278,8 @@ def test_explicit_inputs_are_dehazed_in_memory_and_kept_apart_from_the_submissio
 
 
 def test_unfinished_folds_are_left_out_and_other_splits_refused(run, tmp_path):
-    from amazonmine.config import load_config
-    from amazonmine.predict import run_predict
+    from amazonmine.core.config import load_config
+    from amazonmine.stages.predict import run_predict
 
     base, sets = run
     copy = tmp_path / "run"
@@ -302,9 +302,9 @@ def test_unfinished_folds_are_left_out_and_other_splits_refused(run, tmp_path):
 def test_the_predictor_in_three_lines_gives_predicts_probabilities(run):
     # The notebook recipe of the README: a run folder in, probabilities for an array of chips out, equal to
     # what the predict stage wrote for the same chips (it rounds to 6 decimals).
-    from amazonmine.config import load_config
-    from amazonmine.predict import run_predict
-    from amazonmine.predictor import Predictor
+    from amazonmine.core.config import load_config
+    from amazonmine.neural.predictor import Predictor
+    from amazonmine.stages.predict import run_predict
 
     base, sets = run
     written = pd.read_csv(run_predict(load_config(None, sets), progress=False).probabilities, dtype={"image_name": str})
@@ -319,7 +319,7 @@ def test_the_predictor_in_three_lines_gives_predicts_probabilities(run):
 
 
 def test_each_model_is_traced_once_whatever_the_batch_sizes(run):
-    from amazonmine.predictor import Predictor
+    from amazonmine.neural.predictor import Predictor
 
     base, _ = run
     predictor = Predictor.from_run(base / "run", batch_size=4)
@@ -345,7 +345,7 @@ def _record_dehaze(run, cfg, enabled: bool) -> None:
 
 
 def test_without_the_sample_submission_predict_says_the_order_was_not_checked(run, tmp_path):
-    from amazonmine.predict import run_predict
+    from amazonmine.stages.predict import run_predict
 
     base, _ = run
     data = tmp_path / "data"

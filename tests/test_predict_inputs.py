@@ -6,9 +6,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from amazonmine.data import LABELS, DataError, PlanetLayout, encode_jpeg, encode_tif, load_matrix_csv, read_image
-from amazonmine.predict import _list_from_csv, write_submission
-from amazonmine.predictor import Predictor
+from amazonmine.core.data import LABELS, DataError, PlanetLayout, encode_jpeg, encode_tif, load_matrix_csv, read_image
+from amazonmine.neural.predictor import Predictor
+from amazonmine.stages.predict import _list_from_csv, write_submission
 
 # Names pandas reads as numbers or as missing unless told not to.
 AWKWARD = ["0001", "NA", "1e3"]
@@ -71,7 +71,7 @@ def test_a_chip_of_the_wrong_size_is_refused(tmp_path):
 
 
 def test_chunk_is_dehazed_in_memory_when_asked(tmp_path):
-    from amazonmine.haze import DehazeParams, dehaze_image
+    from amazonmine.core.haze import DehazeParams, dehaze_image
 
     params = DehazeParams()
     path = chip_file(tmp_path / "a.jpg", 32)
@@ -104,7 +104,7 @@ def test_chip_list_keeps_awkward_names(tmp_path):
 
 
 def test_an_explicit_folder_without_chips_is_an_error(tmp_path, make_cfg):
-    from amazonmine.predict import list_inputs
+    from amazonmine.stages.predict import list_inputs
 
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataError, match="no chip files") as err:

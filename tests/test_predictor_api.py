@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from amazonmine.data import LABELS, DataError, read_image
-from amazonmine.errors import AmazonmineError
+from amazonmine.core.data import LABELS, DataError, read_image
+from amazonmine.core.errors import AmazonmineError
 
 pytestmark = pytest.mark.slow
 
@@ -25,10 +25,10 @@ SETTINGS = {"data.image_format": "jpg", "data.chip_size": 0, "dehaze.enabled": F
 
 @pytest.fixture(scope="module")
 def untrained_run(tmp_path_factory) -> Path:
-    from amazonmine.config import load_config
-    from amazonmine.io import write_json_atomic
-    from amazonmine.model import build_model
-    from amazonmine.runfolder import RunFolder
+    from amazonmine.core.config import load_config
+    from amazonmine.core.io import write_json_atomic
+    from amazonmine.core.runfolder import RunFolder
+    from amazonmine.neural.model import build_model
 
     root = tmp_path_factory.mktemp("api") / "run"
     cfg = load_config(None, ["train.backbone=densenet_mini", "train.mini_blocks=[1]", "train.image_size=32",
@@ -44,7 +44,7 @@ def untrained_run(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def predictor(untrained_run):
-    from amazonmine.predictor import Predictor
+    from amazonmine.neural.predictor import Predictor
 
     loaded = Predictor.from_run(untrained_run)
     loaded.thresholds = np.full(len(LABELS), 0.5)
@@ -74,7 +74,7 @@ def one_line(exc: pytest.ExceptionInfo) -> str:
 ])
 def test_a_summary_with_wrongly_typed_settings_is_one_line_naming_the_file(untrained_run, tmp_path, settings,
                                                                            problem):
-    from amazonmine.predictor import Predictor
+    from amazonmine.neural.predictor import Predictor
 
     run = shutil.copytree(untrained_run, tmp_path / "run")
     summary = run / "fold0" / "summary.json"
@@ -148,3 +148,104 @@ def test_decide_without_thresholds_says_to_tune(predictor, chips):
     untuned = dataclasses.replace(predictor, thresholds=None)
     with pytest.raises(DataError, match="no thresholds.json: run 'amazonmine tune' first"):
         untuned.decide(np.full((1, 17), 0.5))
+
+
+@pytest.mark.parametrize("recorded, problem", [
+    ({"dehaze.patch": 4}, "dehaze.patch = 4: Value error, must be odd"),
+    ({"dehaze.omega": 5.0}, "dehaze.omega = 5.0: Input should be less than or equal to 1"),
+    ({"dehaze.method": "sharpen"}, "dehaze.method = 'sharpen': Input should be 'dark_channel' or 'airlight_subtract'"),
+    ({"dehaze.guided_radius": -3}, "dehaze.guided_radius = -3: Input should be greater than or equal to 1"),
+])
+def test_dehaze_settings_out_of_bounds_in_a_summary_are_one_line_before_any_model_loads(untrained_run, tmp_path,
+                                                                                        monkeypatch, recorded,
+                                                                                        problem):
+    # Of the right type, so only the config's own bounds catch them; unchecked, an even patch or a negative
+    # radius reaches OpenCV at the first chip.
+    import amazonmine.neural.model
+    from amazonmine.neural.predictor import Predictor
+
+    run = shutil.copytree(untrained_run, tmp_path / "run")
+    summary = run / "fold0" / "summary.json"
+    summary.write_text(json.dumps({"settings": {**SETTINGS, "dehaze.enabled": True, **recorded}}))
+    monkeypatch.setattr(amazonmine.neural.model, "load_trained", lambda path: pytest.fail("a model was loaded"))
+    with pytest.raises(AmazonmineError) as err:
+        Predictor.from_run(run)
+    assert one_line(err).startswith(f"{summary}: ") and problem in str(err.value)
+
+
+@pytest.mark.parametrize("arguments, problem", [
+    ({"run": None}, "run: expected a run folder (a path) or a loaded Config, got NoneType"),
+    ({"run": 3}, "got int"),
+    ({"tta": 3}, "tta 3: choose 1, 2, 4 or 8 dihedral views"),
+    ({"tta": True}, "tta True: choose"),
+    ({"batch_size": 0}, "batch_size 0: a whole number of chips from 1 to 8192"),
+    ({"batch_size": 2.5}, "batch_size 2.5: a whole number"),
+    ({"overrides": "train.epochs=3"}, "overrides: expected a list of 'section.key=value' strings, got 'train.epochs=3'"),
+])
+def test_from_run_refuses_arguments_it_cannot_use_in_one_line(untrained_run, arguments, problem):
+    from amazonmine.neural.predictor import Predictor
+
+    with pytest.raises(AmazonmineError) as err:
+        Predictor.from_run(**{"run": untrained_run, **arguments})
+    assert problem in one_line(err)
+
+
+# --- a bundle made by hand: the same untrained model, with its manifest ----------------------------------------
+
+@pytest.fixture(scope="module")
+def untrained_bundle(untrained_run, tmp_path_factory) -> Path:
+    from amazonmine.core.bundle import sha256_of
+    from amazonmine.neural.model import load_trained
+
+    bundle = tmp_path_factory.mktemp("bundle") / "untrained-v1"
+    bundle.mkdir()
+    load_trained(next((untrained_run / "fold0").glob("*.h5"))).save(bundle / "fold0.keras")
+    (bundle / "bundle.json").write_text(json.dumps({"format": 1, "name": "untrained", "version": "1",
+                                                    "labels": list(LABELS), "models": ["fold0.keras"]}))
+    (bundle / "preprocessing.json").write_text(json.dumps(BUNDLE_PRE))
+    (bundle / "decisions.json").write_text(json.dumps({"thresholds": {label: 0.5 for label in LABELS},
+                                                       "weather_decoding": False}))
+    (bundle / "SHA256SUMS").write_text("".join(f"{sha256_of(p)}  {p.name}\n" for p in sorted(bundle.iterdir())))
+    return bundle
+
+
+BUNDLE_PRE = {"image_size": 32, "channels": 3, "image_format": "jpg", "chip_size": 0, "chip_ground_m": 768.0,
+              "dehaze": None, "tta": 1, "batch_size": 16}
+
+
+def _bundle_with(untrained_bundle: Path, tmp_path: Path, **pre) -> Path:
+    from amazonmine.core.bundle import sha256_of
+
+    bundle = shutil.copytree(untrained_bundle, tmp_path / "untrained-v1")
+    (bundle / "preprocessing.json").write_text(json.dumps({**BUNDLE_PRE, **pre}))
+    (bundle / "SHA256SUMS").write_text("".join(f"{sha256_of(p)}  {p.name}\n" for p in sorted(bundle.iterdir())
+                                               if p.name != "SHA256SUMS"))
+    return bundle
+
+
+def test_a_hand_made_bundle_of_the_untrained_model_predicts(untrained_bundle, chips):
+    from amazonmine.neural.predictor import Predictor
+
+    loaded = Predictor.from_bundle(untrained_bundle)
+    assert loaded.batch_size == 16 and loaded.dehaze is None
+    assert loaded.decide(loaded.predict(chips)).shape == (4, len(LABELS))
+
+
+@pytest.mark.parametrize("pre, problem", [
+    ({"batch_size": "256"}, "preprocessing.json: batch_size '256' is not a whole number from 1 to 8192"),
+    ({"batch_size": 10**12}, "batch_size 1000000000000 is not a whole number"),
+    ({"dehaze": {"patch": 4}}, "preprocessing.json: dehaze.patch = 4: Value error, must be odd"),
+    ({"dehaze": {"omega": "lots"}}, "preprocessing.json: dehaze.omega = 'lots': expected a number"),
+    ({"dehaze": {"sharpness": 2}}, "preprocessing.json: dehaze setting sharpness is unknown to this version"),
+])
+def test_a_bundle_with_wrongly_typed_preprocessing_is_one_line_before_any_model_loads(untrained_bundle, tmp_path,
+                                                                                      monkeypatch, pre, problem):
+    # Consistent with its manifest (made again after the edit): only the values themselves can refuse it.
+    import amazonmine.neural.model
+    from amazonmine.neural.predictor import Predictor
+
+    bundle = _bundle_with(untrained_bundle, tmp_path, **pre)
+    monkeypatch.setattr(amazonmine.neural.model, "load_trained", lambda path: pytest.fail("a model was loaded"))
+    with pytest.raises(AmazonmineError) as err:
+        Predictor.from_bundle(bundle)
+    assert problem in one_line(err)

@@ -15,8 +15,8 @@ from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 from hypothesis.extra.numpy import arrays  # noqa: E402
 
-from amazonmine.data import LABELS  # noqa: E402
-from amazonmine.errors import AmazonmineError  # noqa: E402
+from amazonmine.core.data import LABELS  # noqa: E402
+from amazonmine.core.errors import AmazonmineError  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -27,9 +27,9 @@ SIDE = 40  # chips up to 40 px: every side is resized to the model's 32, so bigg
 @pytest.fixture(scope="module")
 def predictor():
     """An untrained tiny model of 3-band JPEG chips: its probabilities mean nothing, but are probabilities."""
-    from amazonmine.config import load_config
-    from amazonmine.model import build_model
-    from amazonmine.predictor import Predictor
+    from amazonmine.core.config import load_config
+    from amazonmine.neural.model import build_model
+    from amazonmine.neural.predictor import Predictor
 
     cfg = load_config(None, ["train.backbone=densenet_mini", "train.mini_blocks=[1]", "train.image_size=32",
                              "train.weights=none"])
@@ -73,3 +73,34 @@ def test_any_array_predicts_probabilities_or_is_refused_in_one_line(predictor, c
     assert np.isfinite(probs).all() and (probs >= 0).all() and (probs <= 1).all()
     if len(probs):
         assert array.dtype.kind in "iu", f"{array.dtype} chips were read as pixels"
+
+
+@st.composite
+def anything_like_probabilities(draw):
+    dtype = np.dtype(draw(st.sampled_from(DTYPES + ["U3", "O"])))
+    if draw(st.booleans()):
+        shape = (draw(st.integers(0, 4)), draw(st.sampled_from([len(LABELS)] * 4 + [1, 16, 18])))
+    else:
+        shape = tuple(draw(st.lists(st.integers(0, 20), max_size=3)))
+    elements = st.floats(0, 1, width=dtype.itemsize * 8) if dtype.kind == "f" and draw(st.booleans()) else None
+    if dtype.kind in "UO":
+        elements = st.sampled_from(["0.5", "x", "", None]) if dtype.kind == "O" else st.sampled_from(["0.5", "x"])
+    return draw(arrays(dtype, shape, elements=elements))
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(probs=anything_like_probabilities())
+def test_decide_takes_probabilities_or_refuses_in_one_line(predictor, probs):
+    import dataclasses
+
+    tuned = dataclasses.replace(predictor, thresholds=np.full(len(LABELS), 0.5))
+    try:
+        decided = tuned.decide(probs)
+    except AmazonmineError as exc:
+        text = str(exc)
+        assert text and "\n" not in text and len(text) < 300, text
+        return
+    assert probs.ndim == 2 and probs.shape[1] == len(LABELS) and probs.dtype.kind in "fiub"
+    assert decided.shape == probs.shape
+    as_float = probs.astype(np.float64)
+    assert np.isfinite(as_float).all() and (as_float >= 0).all() and (as_float <= 1).all()

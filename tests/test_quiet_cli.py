@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from amazonmine.synth import paint_dataset
+from amazonmine.stages.synth import paint_dataset
 
 
 def test_train_prints_only_its_own_lines(tmp_path):

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from amazonmine.bundle import RELEASED, open_bundle, packaged_dir
+from amazonmine.core.bundle import RELEASED, open_bundle, packaged_dir
 
 REAL256 = Path(__file__).resolve().parents[2] / "shared" / "data" / "planet_real_256"
 MAX_WEIGHT_BYTES = 64 * 1024 * 1024
@@ -53,7 +53,7 @@ def test_models_lists_the_released_model_with_its_lockbox_score(released):
 
 def _unseen_real_chips(released) -> list[str]:
     """The real 256-px chips that are on the released model's held-out list: never trained or tuned on."""
-    from amazonmine.data import read_labels
+    from amazonmine.core.data import read_labels
 
     held = set((released.root / "held_out_chips.txt").read_text().split())
     return [n for n in read_labels(REAL256 / "train_v2.csv")["image_name"] if n in held]
@@ -65,9 +65,9 @@ def test_scan_with_nothing_else_maps_a_real_pixel_scene(released, tmp_path, monk
     """A 3 m UTM scene of real Planet chips the model never saw; aligned tiles are decided about as well as the
     card's chips (its lockbox scored ~0.90 mean F2; 40-odd chips are noisy, so the bar is lower)."""
     from amazonmine.cli import main
-    from amazonmine.data import LABELS, read_labels, tags_to_matrix
-    from amazonmine.metrics import mean_f2
-    from amazonmine.scene import mosaic_folder
+    from amazonmine.core.data import LABELS, read_labels, tags_to_matrix
+    from amazonmine.core.metrics import mean_f2
+    from amazonmine.scanning.mosaic import mosaic_folder
 
     names = _unseen_real_chips(released)
     assert len(names) >= 40
@@ -89,6 +89,8 @@ def test_scan_with_nothing_else_maps_a_real_pixel_scene(released, tmp_path, monk
     f2 = mean_f2(tags_to_matrix(truth).astype(bool), decided)
     assert f2 >= 0.75, f"mean F2 {f2:.3f} on {len(chips)} unseen real chips"
     assert "planet32" in json.dumps(record)
+    report = (out / "scan_report.html").read_text()
+    assert f"<b>planet32 v1</b> (model bundle), {released.headline}" in report  # the card's headline
 
 
 @pytest.mark.slow

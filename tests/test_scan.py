@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from amazonmine.data import LABELS, read_image
-from amazonmine.tiling import ChipLook, Grid, SceneError, jpeg_signature, open_scene, read_block, tile_to_chip
+from amazonmine.core.data import LABELS, read_image
+from amazonmine.scanning.tiling import ChipLook, Grid, SceneError, jpeg_signature, open_scene, read_block, tile_to_chip
 
 REPO = Path(__file__).resolve().parents[1]
 MINE = "artisinal_mine"
@@ -33,12 +33,12 @@ def mini(tmp_path_factory):
     """A run trained for one step on 32-px synthetic chips, its predictor, and a 5x4 scene of other chips."""
     import warnings
 
-    from amazonmine.config import load_config
-    from amazonmine.predictor import Predictor
-    from amazonmine.split import run_split
-    from amazonmine.synth import make_synthetic_scene, paint_dataset
-    from amazonmine.train import run_train
-    from amazonmine.tune import run_tune
+    from amazonmine.core.config import load_config
+    from amazonmine.neural.predictor import Predictor
+    from amazonmine.stages.split import run_split
+    from amazonmine.stages.synth import make_synthetic_scene, paint_dataset
+    from amazonmine.stages.train import run_train
+    from amazonmine.stages.tune import run_tune
 
     base = tmp_path_factory.mktemp("scan")
     paint_dataset(base / "data", n_train=24, n_test=0, size=32, seed=3, progress=False)
@@ -54,7 +54,7 @@ def mini(tmp_path_factory):
 
 
 def _cfg(mini, *extra):
-    from amazonmine.config import load_config
+    from amazonmine.core.config import load_config
 
     return load_config(None, mini["sets"] + list(extra))
 
@@ -65,7 +65,7 @@ def _tiles(out: Path) -> dict:
 
 
 def _scan(mini, out, *extra, **kwargs):
-    from amazonmine.scan import run_scan
+    from amazonmine.stages.scan import run_scan
 
     kwargs.setdefault("predictor", mini["predictor"])
     return run_scan(_cfg(mini, *extra), [mini["scene"].tif], out=out, progress=False, **kwargs)
@@ -78,7 +78,7 @@ def test_aligned_tiles_score_like_predict_on_the_same_pixels(mini, tmp_path):
     import rasterio
     from rasterio.windows import Window
 
-    from amazonmine.scene import chip_table
+    from amazonmine.scanning.mosaic import chip_table
 
     summary = _scan(mini, tmp_path / "s", "scan.stride=1.0")
     chips, _ = chip_table(mini["scene"].tif)
@@ -131,7 +131,7 @@ def test_a_chip_meets_a_site_exactly_when_its_tile_clears_the_threshold(mini, tm
 def test_geojson_is_lon_lat_and_areas_are_in_hectares_on_the_ground(mini, tmp_path):
     from shapely.geometry import shape
 
-    from amazonmine.sites import area_ha
+    from amazonmine.scanning.sites import area_ha
 
     _scan(mini, tmp_path / "s", "scan.stride=0.5", f"scan.min_probability={{{MINE}: 0.0}}")
     collection = json.loads((tmp_path / "s" / "tiles.geojson").read_text())
@@ -198,7 +198,7 @@ def _same_outputs(a: Path, b: Path) -> None:
 def test_a_local_dask_cluster_gives_the_local_map_and_loads_the_models_once_per_worker(mini, tmp_path):
     from distributed import Client, LocalCluster
 
-    import amazonmine.scan as scan
+    import amazonmine.stages.scan as scan
 
     extra = ("scan.stride=0.5", "scan.block_tiles=4")
     _scan(mini, tmp_path / "local", *extra)
@@ -220,29 +220,37 @@ def test_a_local_dask_cluster_gives_the_local_map_and_loads_the_models_once_per_
 def test_a_killed_scan_finishes_the_rest_and_writes_the_same_files(mini, tmp_path):
     extra = ["scan.stride=1.0", "scan.block_tiles=1"]
     _scan(mini, tmp_path / "whole", *extra)
-    out = tmp_path / "killed"
-    # The child scores like the real stage, slowed down per block so the kill lands half-way.
+    out, stopped = tmp_path / "killed", tmp_path / "stopped"
+    # The child scores like the real stage, and stops for good in its second scoring call, once it said so:
+    # the block of the first call is kept by then (a block is written before the next is scored), the others
+    # are not. The kill then lands half-way however slow the machine, with no clock to race.
     child = textwrap.dedent(f"""
-        import time
-        from amazonmine.config import load_config
-        from amazonmine.predictor import Predictor
-        from amazonmine.scan import run_scan
+        import pathlib, threading
+        from amazonmine.core.config import load_config
+        from amazonmine.neural.predictor import Predictor
+        from amazonmine.stages.scan import run_scan
         cfg = load_config(None, {mini['sets'] + extra!r})
         p = Predictor.from_run(cfg)
-        slow = p.predict
+        real, calls = p.predict, []
         def predict(chips, dehazed=False):
-            time.sleep(0.4)
-            return slow(chips, dehazed)
+            calls.append(len(chips))
+            if len(calls) == 2:
+                pathlib.Path({str(stopped)!r}).touch()
+                threading.Event().wait()
+            return real(chips, dehazed)
         p.predict = predict
         run_scan(cfg, [{str(mini['scene'].tif)!r}], out={str(out)!r}, predictor=p, progress=False)
     """)
-    proc = subprocess.Popen([sys.executable, "-c", child], cwd=REPO, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 120
-    while not list((out / "blocks").glob("*.npz")) and proc.poll() is None and time.monotonic() < deadline:
+    log = tmp_path / "child.txt"
+    with open(log, "w") as sink:
+        proc = subprocess.Popen([sys.executable, "-c", child], cwd=REPO, stdout=sink, stderr=subprocess.STDOUT)
+    # Waits for the child to say it stopped; the bound only turns a hung child into a failure, never a pass.
+    deadline = time.monotonic() + 900
+    while not stopped.exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
+    assert stopped.exists(), f"the child never reached its second block:\n{log.read_text()[-3000:]}"
     # Kept blocks: a file each for those with tiles scored, a record each in the scene's .empty file for the rest.
     done = len(list((out / "blocks").glob("*.npz"))) + sum(
         (len(data) - data.index(b"\n") - 1) // 24 for data in (p.read_bytes() for p in (out / "blocks").glob("*.empty")))
@@ -307,7 +315,7 @@ def test_an_unreadable_block_is_skipped_and_listed(mini, tmp_path):
     with open(scene, "r+b") as fh:
         fh.seek(offset)
         fh.write(os.urandom(64))
-    from amazonmine.scan import run_scan
+    from amazonmine.stages.scan import run_scan
 
     summary = run_scan(_cfg(mini, "scan.stride=1.0", "scan.block_tiles=4"), [scene], out=tmp_path / "out",
                        predictor=mini["predictor"], progress=False)
@@ -321,7 +329,7 @@ def test_an_unreadable_block_is_skipped_and_listed(mini, tmp_path):
 # --- tiling without a model -----------------------------------------------------------------------------------
 
 def test_blocks_cover_every_tile_once_and_windows_stay_inside():
-    from amazonmine.tiling import Scene
+    from amazonmine.scanning.tiling import Scene
 
     scene = Scene("x.tif", "x", "", (3.0, 0, 600000, 0, -3.0, 9310000), 1000, 700, "uint8", (3.0, 3.0), [1, 2, 3], "",
                   True)
@@ -340,7 +348,7 @@ def test_blocks_cover_every_tile_once_and_windows_stay_inside():
 def test_web_mercator_tiles_are_768_m_on_the_ground(tmp_path):
     from affine import Affine
 
-    from amazonmine.tiling import ground_resolution
+    from amazonmine.scanning.tiling import ground_resolution
 
     # A NICFI-like quad at 6.3 S: 4.77 m of Web Mercator is 4.77 * cos(lat) ~ 4.74 m across on the ground.
     t = Affine(4.77, 0, -6_244_583.0, 0, -4.77, -696_157.0)
@@ -376,7 +384,7 @@ def test_the_tile_path_reproduces_the_public_thumbnails(real256):
 def test_analytic_scenes_give_tif_models_their_four_bands_and_jpeg_models_a_stretch(synth_root, tmp_path):
     import tifffile
 
-    from amazonmine.scene import mosaic_scene
+    from amazonmine.scanning.mosaic import mosaic_scene
 
     tifs = sorted((synth_root / "train-tif-v2").glob("*.tif"))[:6]
     made = mosaic_scene(tifs, [""] * 6, tmp_path / "analytic.tif", cols=3, rows=2, kind="analytic")
@@ -385,7 +393,7 @@ def test_analytic_scenes_give_tif_models_their_four_bands_and_jpeg_models_a_stre
     grid = Grid.for_scene(scene, 768.0, 1.0)
     tiles = read_block(scene, grid, (0, 2, 0, 3), ChipLook("tif", 64, "none", 0))
     chips = {(r, c): chip for r, c, chip in zip(tiles.rows, tiles.cols, tiles.chips)}
-    from amazonmine.scene import chip_table
+    from amazonmine.scanning.mosaic import chip_table
 
     table, _ = chip_table(made.tif)
     for row in table.itertuples():

@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from amazonmine.errors import AmazonmineError
-from amazonmine.tiling import ChipLook, SceneError, check_scene_file, open_scene
+from amazonmine.core.errors import AmazonmineError
+from amazonmine.scanning.tiling import ChipLook, SceneError, check_scene_file, open_scene
 
 LOOK = ChipLook("jpg", 32, "cmyk", 75)
 
@@ -65,14 +65,14 @@ def _scene(path: Path, size: int = 96, res: float = 24.0, crs="EPSG:32721", orig
 
 
 def _cfg(tmp_path, *extra):
-    from amazonmine.config import load_config
+    from amazonmine.core.config import load_config
 
     return load_config(None, [f"run.dir={tmp_path / 'run'}", f"data.root={tmp_path / 'no-data'}",
                               "data.chip_size=32", *extra])
 
 
 def _scan(tmp_path, scenes, out, *extra, model=None, **kwargs):
-    from amazonmine.scan import run_scan
+    from amazonmine.stages.scan import run_scan
 
     return run_scan(_cfg(tmp_path, *extra), [str(s) for s in scenes], out=out, progress=False,
                     predictor=model or BrightnessModel(), **kwargs)
@@ -145,13 +145,13 @@ def test_the_cli_says_a_malformed_previous_scan_in_one_line_before_loading_model
                                        f"run.dir={tmp_path / 'run'}", "--out", str(tmp_path / "out"),
                                        "--since", str(previous)])
     lines = result.output.strip().splitlines()
-    assert result.exit_code == 2 and len(lines) == 1, result.output
+    assert result.exit_code == 1 and len(lines) == 1, result.output
     assert lines[0].startswith("error: ") and "sites.geojson" in lines[0] and "properties" in lines[0]
     assert not (tmp_path / "out").exists()
 
 
 def test_an_unknown_scheduler_address_is_refused_before_any_work(tmp_path):
-    from amazonmine.scan import check_scheduler_address
+    from amazonmine.stages.scan import check_scheduler_address
 
     scene = _scene(tmp_path / "scene.tif")
     for address in ("foo://x", "http://10.0.0.5:8786", "tcp://", "tcp://host", "host:port", "host:99999",
@@ -170,7 +170,7 @@ def test_an_unknown_scheduler_address_is_refused_before_any_work(tmp_path):
 # --- 2. a scan's outputs are replaced as a set -------------------------------------------------------------
 
 def test_a_failed_report_leaves_the_previous_scan_byte_identical(tmp_path, monkeypatch):
-    import amazonmine.scanmap as scanmap
+    import amazonmine.scanning.report_page as scanmap
 
     scene = _scene(tmp_path / "scene.tif")
     out = tmp_path / "out"
@@ -211,7 +211,7 @@ def test_reusing_an_output_folder_without_since_drops_the_old_new_sites(tmp_path
 def test_a_swap_killed_half_way_is_completed_before_the_next_scan_writes(tmp_path):
     """The staged set is committed by one marker; a scan killed after it (some files moved, some not) leaves a
     folder that the next scan (under the folder's lock, before it writes) makes whole: never a mix."""
-    from amazonmine.io import finish_staged_set
+    from amazonmine.core.io import finish_staged_set
 
     scene = _scene(tmp_path / "scene.tif")
     out = tmp_path / "out"
@@ -235,7 +235,7 @@ def test_a_swap_killed_half_way_is_completed_before_the_next_scan_writes(tmp_pat
 # --- 3. special files, and outputs inside a scanned folder -----------------------------------------------
 
 def test_special_files_given_as_scenes_are_refused_by_name(tmp_path):
-    from amazonmine.scan import list_scenes
+    from amazonmine.stages.scan import list_scenes
 
     os.mkfifo(tmp_path / "fifo.tif")
     (tmp_path / "zero.tif").symlink_to("/dev/zero")
@@ -251,7 +251,7 @@ def test_special_files_given_as_scenes_are_refused_by_name(tmp_path):
 
 
 def test_a_folder_listing_refuses_a_special_tif_by_name_instead_of_hanging(tmp_path):
-    from amazonmine.scan import list_scenes
+    from amazonmine.stages.scan import list_scenes
 
     folder = tmp_path / "scenes"
     folder.mkdir()
@@ -270,7 +270,7 @@ def test_a_folder_listing_refuses_a_special_tif_by_name_instead_of_hanging(tmp_p
 
 
 def test_an_output_folder_inside_a_scanned_folder_is_refused(tmp_path):
-    from amazonmine.scan import plan_scan
+    from amazonmine.stages.scan import plan_scan
 
     folder = tmp_path / "scenes"
     folder.mkdir()
@@ -351,7 +351,7 @@ def test_a_16_bit_scene_with_no_valid_pixels_is_counted_as_nodata_not_refused(tm
 # --- 7. long values are cut in error lines -----------------------------------------------------------------
 
 def test_a_huge_name_is_cut_in_the_error_line(tmp_path):
-    from amazonmine.scan import list_scenes
+    from amazonmine.stages.scan import list_scenes
 
     huge = "x" * 5_000_000
     with pytest.raises(AmazonmineError) as refused:

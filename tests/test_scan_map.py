@@ -78,7 +78,7 @@ def test_the_page_refers_to_nothing_outside_itself_and_shows_names_escaped(scann
     assert "<script src" not in markup and "<script " not in markup and "sourceMappingURL" not in page
     # The scripts name no address but those in Leaflet's own code (its SVG namespace, its home page as the
     # default attribution, which the page replaces); what a browser asks for is checked in Chromium below.
-    from amazonmine.scanmap import leaflet_assets
+    from amazonmine.scanning.report_page import leaflet_assets
 
     vendored = set(re.findall(r"https?://[^\s\"'<>)]+", str(leaflet_assets()[0])))
     assert set(re.findall(r"https?://[^\s\"'<>)]+", page)) <= vendored
@@ -140,7 +140,7 @@ def test_a_broken_page_is_caught_by_the_same_checks(scanned, tmp_path):
 
 
 def test_the_probability_layer_has_each_tiles_colour_at_its_centre(scanned):
-    from amazonmine.gisfiles import probability_rgba
+    from amazonmine.scanning.gisfiles import probability_rgba
 
     made, out = scanned
     data = _map_data((out / "scan_report.html").read_text())
@@ -200,9 +200,9 @@ def test_a_grid_wider_than_the_preview_keeps_its_hot_cells():
 
     from pyproj import CRS
 
-    from amazonmine.gisfiles import probability_rgba
-    from amazonmine.scanmap import PREVIEW_PX, _probability_layers, block_maximum
-    from amazonmine.tiling import Grid, Scene
+    from amazonmine.scanning.gisfiles import probability_rgba
+    from amazonmine.scanning.report_page import PREVIEW_PX, _probability_layers, block_maximum
+    from amazonmine.scanning.tiling import Grid, Scene
 
     cells = np.array([[0.2, np.nan, 0.1], [0.9, np.nan, np.nan], [np.nan, np.nan, np.nan]], np.float32)
     np.testing.assert_array_equal(block_maximum(cells, 2), np.array([[0.9, 0.1], [np.nan, np.nan]], np.float32))

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from scan_standin import MINE, BrightnessModel, WebServer, median_threshold, scan, synthetic_scene
 
-from amazonmine.errors import AmazonmineError
+from amazonmine.core.errors import AmazonmineError
 
 
 def _geojson(path: Path) -> list[dict]:
@@ -67,7 +67,7 @@ def test_gpkg_and_fgb_hold_the_same_sites_and_tiles_as_the_geojson(tmp_path, fmt
 def test_the_cli_takes_format_by_name_or_extension_and_refuses_others_before_any_work(tmp_path, monkeypatch):
     from click.testing import CliRunner
 
-    import amazonmine.predictor as predictor
+    import amazonmine.neural.predictor as predictor
     from amazonmine.cli import main
 
     made = synthetic_scene(tmp_path / "scene")
@@ -83,7 +83,7 @@ def test_the_cli_takes_format_by_name_or_extension_and_refuses_others_before_any
 
 
 def test_qgis_styles_sit_beside_every_layer_and_say_what_the_map_says(tmp_path):
-    from amazonmine.gisfiles import COLOURS, NEW_COLOURS, probability_ramp
+    from amazonmine.scanning.gisfiles import COLOURS, NEW_COLOURS, probability_ramp
 
     made = synthetic_scene(tmp_path / "scene")
     high = median_threshold(tmp_path, made.tif)
@@ -157,7 +157,7 @@ def test_a_stac_item_scans_to_the_same_sites_as_its_cog(tmp_path):
 
 
 def test_a_stac_item_takes_visual_then_analytic_and_is_refused_in_one_line_otherwise(tmp_path):
-    from amazonmine.scan import list_scenes
+    from amazonmine.stages.scan import list_scenes
 
     scene = tmp_path / "a.tif"
     scene.write_bytes(b"not read here")
@@ -187,8 +187,8 @@ def test_a_stac_item_takes_visual_then_analytic_and_is_refused_in_one_line_other
 def test_remote_cogs_are_opened_without_directory_listings_or_sidecar_probes(tmp_path):
     import rasterio
 
-    from amazonmine.scan import list_scenes
-    from amazonmine.tiling import ChipLook, open_raster, open_scene
+    from amazonmine.scanning.tiling import ChipLook, open_raster, open_scene
+    from amazonmine.stages.scan import list_scenes
 
     made = synthetic_scene(tmp_path / "site")
     for name in ("a.tif", "b.tif", "c.tif"):

@@ -48,10 +48,10 @@ evaluate: {gallery_size: 2, thumbnail: 32}
 def tiny_run(synth_root, tmp_path_factory):
     """split (2 folds, 20% lockbox) -> train fold 0 only -> evaluate: a run folder with one finished fold, its
     OOF file and its lockbox probabilities."""
-    from amazonmine.config import load_config
-    from amazonmine.evaluate import run_evaluate
-    from amazonmine.split import run_split
-    from amazonmine.train import run_train
+    from amazonmine.core.config import load_config
+    from amazonmine.stages.evaluate import run_evaluate
+    from amazonmine.stages.split import run_split
+    from amazonmine.stages.train import run_train
 
     base = tmp_path_factory.mktemp("scripts")
     (base / "tiny.yaml").write_text(TINY_CONFIG)
@@ -119,7 +119,7 @@ def test_compare_runs_pairs_identical_runs_to_zero_and_refuses_another_split(scr
 @ON_TINY_RUN
 def test_score_only_refuses_an_unfinished_fold_by_name(scripts, tiny_run):
     bench_real32, _ = scripts
-    from amazonmine.runfolder import RunFolder
+    from amazonmine.core.runfolder import RunFolder
 
     run = RunFolder(tiny_run)
     bench_real32.check_finished(run, [0])  # the finished fold passes

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from amazonmine.site_scores import SITE_SCORES_JSON, score_scan
+from amazonmine.stages.score_sites import SITE_SCORES_JSON, score_scan
 
 X0, Y0, KM = 600_000.0, 9_310_000.0, 1000.0
 UTM = "EPSG:32721"
@@ -140,5 +140,5 @@ def test_score_sites_refuses_what_is_not_a_scan_in_one_line(tmp_path):
 
     (tmp_path / "empty").mkdir()
     result = CliRunner().invoke(main, ["score-sites", str(tmp_path / "empty"), "--truth", str(_truth(tmp_path))])
-    assert result.exit_code == 2 and result.output.startswith("error: ") and "scan.json" in result.output
+    assert result.exit_code == 1 and result.output.startswith("error: ") and "scan.json" in result.output
     np.testing.assert_equal(result.output.count("\n"), 1)

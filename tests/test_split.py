@@ -11,10 +11,10 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-from amazonmine.config import ConfigError, load_config
-from amazonmine.data import LABELS, PLANET_RARE_LABELS, DataError, read_labels, tags_to_matrix
-from amazonmine.runfolder import RunFolder
-from amazonmine.split import (
+from amazonmine.core.config import ConfigError, load_config
+from amazonmine.core.data import LABELS, PLANET_RARE_LABELS, DataError, read_labels, tags_to_matrix
+from amazonmine.core.runfolder import RunFolder
+from amazonmine.stages.split import (
     SplitWarning,
     choose_rare_labels,
     make_folds,
@@ -182,7 +182,7 @@ def test_real_summary_shows_rare_counts_per_fold(real_run):
 
 # --- the stage end to end ----------------------------------------------------------------------------------
 
-@pytest.mark.filterwarnings("ignore::amazonmine.split.SplitWarning")  # the synthetic set has labels on < k chips
+@pytest.mark.filterwarnings("ignore::amazonmine.stages.split.SplitWarning")  # the synthetic set has labels on < k chips
 def test_cli_split_on_synthetic_set(synth_root, tmp_path):
     from amazonmine.cli import main
 
@@ -222,7 +222,7 @@ def test_cli_split_on_synthetic_set(synth_root, tmp_path):
         assert carrying.sum() == min(8, 4 * chips)
 
 
-@pytest.mark.filterwarnings("ignore::amazonmine.split.SplitWarning")  # the synthetic set has labels on < k chips
+@pytest.mark.filterwarnings("ignore::amazonmine.stages.split.SplitWarning")  # the synthetic set has labels on < k chips
 def test_split_is_reproducible(synth_root, make_cfg, tmp_path):
     cfg = make_cfg(synth_root, **{"split.folds": 2, "split.rare_labels": "artisinal_mine", "split.rare_target": 9})
     run_split(cfg)
@@ -233,7 +233,7 @@ def test_split_is_reproducible(synth_root, make_cfg, tmp_path):
 
 
 def test_split_never_imports_tensorflow():
-    code = ("import sys, amazonmine.cli, amazonmine.split, iterstrat.ml_stratifiers; "
+    code = ("import sys, amazonmine.cli, amazonmine.stages.split, iterstrat.ml_stratifiers; "
             "sys.exit('tensorflow' in sys.modules)")
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
 
@@ -245,7 +245,7 @@ def test_unknown_rare_label_is_a_one_line_cli_error(synth_root, tmp_path):
 
     result = CliRunner().invoke(main, ["split", "--set", f"data.root={synth_root}", "--set",
                                        f"run.dir={tmp_path / 'run'}", "--set", "split.rare_labels=artisanal_mine"])
-    assert result.exit_code == 2
+    assert result.exit_code == 1
     assert "error: split.rare_labels: unknown label 'artisanal_mine'; did you mean 'artisinal_mine'?" in result.output
     assert not (tmp_path / "run" / "folds.csv").exists()
 
@@ -289,7 +289,7 @@ def test_readers_ask_for_the_split_first(tmp_path):
         load_training_manifest(tmp_path, 0)
 
 
-@pytest.mark.filterwarnings("ignore::amazonmine.split.SplitWarning")  # the synthetic set has labels on < k chips
+@pytest.mark.filterwarnings("ignore::amazonmine.stages.split.SplitWarning")  # the synthetic set has labels on < k chips
 def test_manifest_reader_refuses_a_bad_fold_or_a_stale_manifest(synth_root, make_cfg):
     cfg = make_cfg(synth_root, **{"split.folds": 3})
     run_split(cfg)
@@ -305,7 +305,7 @@ def test_manifest_reader_refuses_a_bad_fold_or_a_stale_manifest(synth_root, make
 # --- the hold-out (lockbox) --------------------------------------------------------------------------------
 
 def test_holdout_is_stratified_and_the_folds_split_the_rest(real_matrix):
-    from amazonmine.split import make_folds_with_holdout
+    from amazonmine.stages.split import make_folds_with_holdout
 
     folds = make_folds_with_holdout(real_matrix, 5, 42, 0.1)
     held = folds == -1
@@ -322,15 +322,15 @@ def test_holdout_is_stratified_and_the_folds_split_the_rest(real_matrix):
 
 
 def test_no_holdout_is_the_plain_split(real_matrix):
-    from amazonmine.split import make_folds_with_holdout
+    from amazonmine.stages.split import make_folds_with_holdout
 
     np.testing.assert_array_equal(make_folds_with_holdout(real_matrix[:3000], 4, 7, 0.0),
                                   make_folds(real_matrix[:3000], 4, 7))
 
 
-@pytest.mark.filterwarnings("ignore::amazonmine.split.SplitWarning")  # the synthetic set has labels on < k chips
+@pytest.mark.filterwarnings("ignore::amazonmine.stages.split.SplitWarning")  # the synthetic set has labels on < k chips
 def test_holdout_chips_are_in_no_fold_and_no_training_manifest(synth_root, make_cfg):
-    from amazonmine.fold_policy import load_fold_plan
+    from amazonmine.core.fold_plan import load_fold_plan
 
     cfg = make_cfg(synth_root, **{"split.folds": 2, "dehaze.enabled": "false"})
     cfg.split.holdout = 0.2  # set directly: works whether or not the config section declares the field yet

@@ -11,10 +11,10 @@ from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from amazonmine.config import ConfigError, load_config
-from amazonmine.data import LABELS, DataError
-from amazonmine.runfolder import HOLDOUT_FOLD, RunFolder
-from amazonmine.split import deal_groups, make_group_folds, make_group_folds_with_holdout, run_split
+from amazonmine.core.config import ConfigError, load_config
+from amazonmine.core.data import LABELS, DataError
+from amazonmine.core.runfolder import HOLDOUT_FOLD, RunFolder
+from amazonmine.stages.split import deal_groups, make_group_folds, make_group_folds_with_holdout, run_split
 
 
 @st.composite
@@ -125,8 +125,8 @@ def test_split_groups_the_chips_of_amazonmine_chips_by_spatial_block(tmp_path):
     import rasterio
     from rasterio.transform import from_origin
 
-    from amazonmine.chips import run_chips
     from amazonmine.cli import main
+    from amazonmine.stages.chips import run_chips
 
     x0, y0 = 600_000.0, 9_310_000.0
     scene = tmp_path / "scene.tif"  # 768 m x 576 m at 3 m in UTM 21S; 96 m chips of 32 px (SMALL)

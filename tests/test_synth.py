@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from amazonmine.data import LABELS, WEATHER_LABELS
+from amazonmine.core.data import LABELS, WEATHER_LABELS
 
 RARE = ("artisinal_mine", "blooming", "blow_down", "conventional_mine", "selective_logging", "slash_burn")
 LAND = tuple(label for label in LABELS if label not in WEATHER_LABELS)
@@ -18,7 +18,7 @@ SEED = 4  # gives haze chips in train and test, and cloudy ones (checked in the 
 
 
 def _make(root: Path, **kwargs) -> dict:
-    from amazonmine.synth import paint_dataset
+    from amazonmine.stages.synth import paint_dataset
 
     kwargs.setdefault("progress", False)
     return paint_dataset(root, **kwargs)
@@ -88,8 +88,8 @@ def test_sample_submission_is_in_kaggles_order(synth):
 
 
 def test_data_layer_loads_the_synthetic_set(synth):
-    from amazonmine.config import load_config
-    from amazonmine.data import PlanetLayout, read_image, read_labels
+    from amazonmine.core.config import load_config
+    from amazonmine.core.data import PlanetLayout, read_image, read_labels
 
     root, _ = synth
     cfg = load_config(None, [f"data.root={root}", f"data.chip_size={SIZE}"])
@@ -125,7 +125,7 @@ def test_exactly_one_weather_label_and_cloudy_chips_have_no_land(synth):
 
 
 def test_label_combinations_follow_the_real_distribution(plain, real_labels_csv):
-    from amazonmine.synth import normalise_tags
+    from amazonmine.stages.synth import normalise_tags
 
     train = pd.read_csv(plain / "train_v2.csv", dtype=str)
     tags = train["tags"].str.split()
@@ -144,7 +144,7 @@ def test_label_combinations_follow_the_real_distribution(plain, real_labels_csv)
 
 
 def test_bundled_combinations_match_the_real_labels(real_labels_csv):
-    from amazonmine.synth import load_label_combos
+    from amazonmine.stages.synth import load_label_combos
 
     combos, counts = load_label_combos()
     real = pd.read_csv(real_labels_csv, dtype=str, keep_default_na=False)["tags"].value_counts()
@@ -197,7 +197,7 @@ def test_haze_truth_reproduces_the_hazy_jpeg(synth):
 
 
 def test_paint_chip_follows_the_scattering_model():
-    from amazonmine.synth import paint_chip
+    from amazonmine.stages.synth import paint_chip
 
     chip = paint_chip(["haze", "primary", "water"], 24, np.random.default_rng(0))
     assert chip.bands.shape == chip.clean.shape == (24, 24, 4) and chip.transmission.shape == (24, 24)
@@ -286,8 +286,8 @@ def test_cli_synth_too_small_is_a_one_line_error(tmp_path):
 
 
 def test_synth_refuses_bad_counts_and_a_non_empty_folder(tmp_path):
-    from amazonmine.data import DataError
-    from amazonmine.synth import paint_dataset
+    from amazonmine.core.data import DataError
+    from amazonmine.stages.synth import paint_dataset
 
     with pytest.raises(DataError, match="--n-test must be 0 or more"):
         paint_dataset(tmp_path / "a", n_train=4, n_test=-3, size=16, progress=False)

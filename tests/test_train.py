@@ -6,9 +6,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from amazonmine.data import LABELS, tags_to_matrix
-from amazonmine.errors import AmazonmineError
-from amazonmine.metrics import mean_f2
+from amazonmine.core.data import LABELS, tags_to_matrix
+from amazonmine.core.errors import AmazonmineError
+from amazonmine.core.metrics import mean_f2
 
 pytestmark = pytest.mark.slow
 
@@ -22,7 +22,7 @@ TINY = {
 
 @pytest.fixture(scope="module")
 def learn_root(tmp_path_factory):
-    from amazonmine.synth import paint_dataset
+    from amazonmine.stages.synth import paint_dataset
 
     root = tmp_path_factory.mktemp("learn") / "planet"
     paint_dataset(root, n_train=240, n_test=10, size=32, seed=5, rare_boost=1.0, progress=False)
@@ -30,7 +30,7 @@ def learn_root(tmp_path_factory):
 
 
 def tiny_cfg(make_cfg, root, **extra):
-    from amazonmine.split import run_split
+    from amazonmine.stages.split import run_split
 
     cfg = make_cfg(root, **{**TINY, **extra})
     run_split(cfg)
@@ -57,9 +57,9 @@ def best_constant_f2(y: np.ndarray) -> float:
 
 @pytest.fixture(scope="module")
 def trained(learn_root, tmp_path_factory):
-    from amazonmine.config import load_config
-    from amazonmine.split import run_split
-    from amazonmine.train import run_train
+    from amazonmine.core.config import load_config
+    from amazonmine.stages.split import run_split
+    from amazonmine.stages.train import run_train
 
     run_dir = tmp_path_factory.mktemp("run")
     sets = [f"{k}={v}" for k, v in TINY.items()] + [f"data.root={learn_root}", f"run.dir={run_dir}",
@@ -99,7 +99,7 @@ def test_artifacts_of_a_fold(trained):
 
 
 def test_the_kept_model_says_which_epoch_and_score_it_is(trained):
-    from amazonmine.io import read_h5_stamp
+    from amazonmine.core.io import read_h5_stamp
 
     cfg, result = trained
     history = pd.read_csv(cfg.run_dir / "fold0" / "history.csv")
@@ -113,8 +113,8 @@ def test_the_kept_model_says_which_epoch_and_score_it_is(trained):
 def test_a_keras_archive_model_trains_and_loads(learn_root, make_cfg):
     import zipfile
 
-    from amazonmine.model import load_trained
-    from amazonmine.train import run_train
+    from amazonmine.neural.model import load_trained
+    from amazonmine.stages.train import run_train
 
     cfg = tiny_cfg(make_cfg, learn_root, **{"train.epochs": 1, "train.steps_per_epoch": 3,
                                             "train.artifact_name": "b01.keras"})
@@ -126,7 +126,7 @@ def test_a_keras_archive_model_trains_and_loads(learn_root, make_cfg):
 def test_h5_loads_in_safe_mode_and_predicts_the_same(trained, learn_root):
     import keras
 
-    from amazonmine.pipeline import read_chip
+    from amazonmine.neural.datasets import read_chip
 
     cfg, result = trained
     model = keras.models.load_model(result.model_path, safe_mode=True)
@@ -136,7 +136,7 @@ def test_h5_loads_in_safe_mode_and_predicts_the_same(trained, learn_root):
 
 
 def test_same_seed_same_first_epoch_loss(learn_root, make_cfg, tmp_path):
-    from amazonmine.train import run_train
+    from amazonmine.stages.train import run_train
 
     losses = []
     for attempt in range(2):
@@ -151,7 +151,7 @@ def test_same_seed_same_first_epoch_loss(learn_root, make_cfg, tmp_path):
 def test_interrupted_run_resumes_at_the_right_epoch_with_its_optimizer(learn_root, make_cfg, monkeypatch, ema):
     import keras
 
-    import amazonmine.train as train
+    import amazonmine.stages.train as train
 
     cfg = tiny_cfg(make_cfg, learn_root, **{"train.epochs": 3, "train.steps_per_epoch": 5, "train.ema": ema})
     saved = {}
@@ -214,9 +214,9 @@ def _tiny_trained_model():
 def test_a_kill_between_the_resume_files_neither_repeats_an_epoch_nor_forgets_the_best(learn_root, make_cfg):
     """Each epoch ends with three writes: the best checkpoint, the resume weights, state.json. A kill between
     any two leaves them disagreeing; a resume goes by the furthest each one got."""
-    from amazonmine.fold_policy import ResumeState
-    from amazonmine.io import atomic_path, read_h5_stamp, stamp_h5
-    from amazonmine.runfolder import RunFolder
+    from amazonmine.core.fold_plan import ResumeState
+    from amazonmine.core.io import atomic_path, read_h5_stamp, stamp_h5
+    from amazonmine.core.runfolder import RunFolder
 
     cfg = tiny_cfg(make_cfg, learn_root)
     files = RunFolder.from_config(cfg).fold(0)
@@ -261,7 +261,7 @@ def test_a_kill_between_the_resume_files_neither_repeats_an_epoch_nor_forgets_th
 
 
 def test_gpu_flag_without_gpu_is_a_clear_error(learn_root, make_cfg):
-    from amazonmine.train import run_train
+    from amazonmine.stages.train import run_train
 
     cfg = tiny_cfg(make_cfg, learn_root)
     with pytest.raises(AmazonmineError, match="--gpu given but TensorFlow sees no GPU"):
@@ -271,8 +271,8 @@ def test_gpu_flag_without_gpu_is_a_clear_error(learn_root, make_cfg):
 def test_corrupt_training_chip_stops_before_training(learn_root, make_cfg, tmp_path):
     import shutil
 
-    from amazonmine.data import DataError
-    from amazonmine.train import run_train
+    from amazonmine.core.data import DataError
+    from amazonmine.stages.train import run_train
 
     root = tmp_path / "planet"
     shutil.copytree(learn_root, root)
@@ -285,8 +285,8 @@ def test_corrupt_training_chip_stops_before_training(learn_root, make_cfg, tmp_p
 
 
 def test_missing_dehazed_folder_says_what_to_do(learn_root, make_cfg):
-    from amazonmine.data import DataError
-    from amazonmine.train import run_train
+    from amazonmine.core.data import DataError
+    from amazonmine.stages.train import run_train
 
     cfg = tiny_cfg(make_cfg, learn_root, **{"dehaze.enabled": "true"})
     with pytest.raises(DataError, match="run 'amazonmine dehaze' first"):
@@ -294,8 +294,8 @@ def test_missing_dehazed_folder_says_what_to_do(learn_root, make_cfg):
 
 
 def test_imagenet_weights_offline_or_bad_path_give_advice(tmp_path):
-    from amazonmine.config import load_config
-    from amazonmine.model import WeightsError, build_model
+    from amazonmine.core.config import load_config
+    from amazonmine.neural.model import WeightsError, build_model
 
     cfg = load_config(None, ["train.weights=" + str(tmp_path / "missing_notop.h5"), "train.image_size=32"])
     with pytest.raises(WeightsError, match="missing_notop.h5 not found"):
@@ -316,8 +316,8 @@ def test_summary_records_the_recalibration(trained):
 def test_init_from_starts_at_the_saved_weights(trained, learn_root, make_cfg):
     import keras
 
-    from amazonmine.errors import AmazonmineError
-    from amazonmine.train import run_train
+    from amazonmine.core.errors import AmazonmineError
+    from amazonmine.stages.train import run_train
 
     cfg0, result = trained
     cfg = tiny_cfg(make_cfg, learn_root, **{"train.epochs": 1, "train.steps_per_epoch": 2,
@@ -346,7 +346,7 @@ def _md5(path):
 
 
 def test_a_finished_fold_is_kept_unless_retrain(learn_root, make_cfg):
-    from amazonmine.train import run_train
+    from amazonmine.stages.train import run_train
 
     cfg = tiny_cfg(make_cfg, learn_root, **{"train.epochs": 1, "train.steps_per_epoch": 2,
                                              "train.bn_recalibration_batches": 0})
@@ -369,7 +369,7 @@ def test_a_finished_fold_is_kept_unless_retrain(learn_root, make_cfg):
 
 
 def test_a_fold_trained_on_another_split_is_trained_again(learn_root, make_cfg):
-    from amazonmine.train import run_train
+    from amazonmine.stages.train import run_train
 
     cfg = tiny_cfg(make_cfg, learn_root, **{"train.epochs": 1, "train.steps_per_epoch": 2,
                                              "train.bn_recalibration_batches": 0})
@@ -384,7 +384,7 @@ def test_a_fold_trained_on_another_split_is_trained_again(learn_root, make_cfg):
 
 
 def test_an_interrupted_fold_is_not_restarted_by_accident(learn_root, make_cfg):
-    from amazonmine.train import run_train
+    from amazonmine.stages.train import run_train
 
     cfg = tiny_cfg(make_cfg, learn_root)
     resume = cfg.run_dir / "fold0" / "resume"
@@ -399,7 +399,7 @@ def test_an_interrupted_fold_is_not_restarted_by_accident(learn_root, make_cfg):
 def test_ctrl_c_before_the_first_epoch_ends_leaves_nothing_unloadable(learn_root, make_cfg, monkeypatch):
     import keras
 
-    import amazonmine.train as train
+    import amazonmine.stages.train as train
 
     cfg = tiny_cfg(make_cfg, learn_root, **{"train.epochs": 1, "train.steps_per_epoch": 2,
                                              "train.bn_recalibration_batches": 0})
@@ -422,9 +422,9 @@ def test_ctrl_c_before_the_first_epoch_ends_leaves_nothing_unloadable(learn_root
 def test_batchnorm_recalibration_that_lowers_val_f2_is_not_kept(learn_root, make_cfg, monkeypatch):
     import keras
 
-    import amazonmine.train as train
-    from amazonmine.keras_parts import batchnorm_layers
-    from amazonmine.model import load_trained
+    import amazonmine.stages.train as train
+    from amazonmine.neural.fitting import batchnorm_layers
+    from amazonmine.neural.model import load_trained
 
     def sabotage(model, dataset, batches):
         bns = batchnorm_layers(model)
@@ -450,8 +450,8 @@ def test_batchnorm_recalibration_that_lowers_val_f2_is_not_kept(learn_root, make
 
 
 def test_resume_refuses_another_split_or_other_settings(learn_root, make_cfg):
-    from amazonmine.runfolder import RunFolder
-    from amazonmine.train import run_train
+    from amazonmine.core.runfolder import RunFolder
+    from amazonmine.stages.train import run_train
 
     cfg = tiny_cfg(make_cfg, learn_root)
     resume = cfg.run_dir / "fold0" / "resume"
@@ -472,7 +472,7 @@ def test_resume_refuses_another_split_or_other_settings(learn_root, make_cfg):
 
 
 def test_a_fold_finished_by_an_earlier_version_is_kept_with_a_note(learn_root, make_cfg):
-    from amazonmine.train import run_train
+    from amazonmine.stages.train import run_train
 
     cfg = tiny_cfg(make_cfg, learn_root)
     fold = cfg.run_dir / "fold0"
@@ -484,7 +484,7 @@ def test_a_fold_finished_by_an_earlier_version_is_kept_with_a_note(learn_root, m
 
 
 def test_ctrl_c_after_training_resumes_without_training_further(learn_root, make_cfg, monkeypatch):
-    import amazonmine.train as train
+    import amazonmine.stages.train as train
 
     cfg = tiny_cfg(make_cfg, learn_root, **{"train.epochs": 2, "train.steps_per_epoch": 2,
                                              "train.bn_recalibration_batches": 1})
@@ -507,8 +507,8 @@ def test_ctrl_c_after_training_resumes_without_training_further(learn_root, make
 
 def test_weight_averaging_validates_and_keeps_the_average_and_resumes_from_raw_weights(learn_root, make_cfg,
                                                                                       monkeypatch):
-    import amazonmine.train as train
-    from amazonmine.model import load_trained
+    import amazonmine.stages.train as train
+    from amazonmine.neural.model import load_trained
 
     cfg = tiny_cfg(make_cfg, learn_root, **{"train.epochs": 2, "train.steps_per_epoch": 6, "train.ema": 0.8,
                                             "train.bn_recalibration_batches": 0})
@@ -534,8 +534,8 @@ def test_weight_averaging_validates_and_keeps_the_average_and_resumes_from_raw_w
 
 def test_averaged_weights_are_validated_and_kept_with_batchnorm_statistics_of_their_own(learn_root, make_cfg,
                                                                                          monkeypatch):
-    import amazonmine.train as train
-    from amazonmine.keras_parts import batchnorm_layers
+    import amazonmine.stages.train as train
+    from amazonmine.neural.fitting import batchnorm_layers
 
     def statistics(model):
         return [v.numpy().copy() for bn in batchnorm_layers(model) for v in (bn.moving_mean, bn.moving_variance)]
@@ -572,8 +572,8 @@ def test_ctrl_c_during_validation_of_averaged_weights_resumes_from_the_raw_weigh
         learn_root, make_cfg, monkeypatch):
     import keras
 
-    import amazonmine.train as train
-    from amazonmine.keras_parts import batchnorm_layers
+    import amazonmine.stages.train as train
+    from amazonmine.neural.fitting import batchnorm_layers
 
     def state_of(model):
         return [v.numpy().copy() for v in model.trainable_variables] + [
@@ -619,9 +619,9 @@ def test_ctrl_c_during_validation_of_averaged_weights_resumes_from_the_raw_weigh
 
 def test_progressive_resizing_trains_small_first_then_at_full_size(learn_root, make_cfg, monkeypatch):
 
-    import amazonmine.pipeline as pipeline
-    from amazonmine.predictor import Predictor
-    from amazonmine.train import run_train
+    import amazonmine.neural.datasets as pipeline
+    from amazonmine.neural.predictor import Predictor
+    from amazonmine.stages.train import run_train
 
     cfg = tiny_cfg(make_cfg, learn_root, **{"train.image_size": 48, "train.small_size": 32, "train.small_epochs": 1,
                                             "train.epochs": 2, "train.steps_per_epoch": 4})
@@ -645,7 +645,7 @@ def test_progressive_resizing_trains_small_first_then_at_full_size(learn_root, m
 def test_xla_on_the_cpu_trains_and_traces_its_step_once(learn_root, make_cfg, monkeypatch):
     from keras.src.backend.tensorflow.trainer import TensorFlowTrainer
 
-    from amazonmine.train import run_train
+    from amazonmine.stages.train import run_train
 
     settings = {"train.xla": "true", "train.epochs": 2, "train.steps_per_epoch": 2, "train.bn_recalibration_batches": 0}
     # Op determinism would turn XLA off with only a Keras warning: refused, before anything is written.
@@ -669,9 +669,9 @@ def test_xla_on_the_cpu_trains_and_traces_its_step_once(learn_root, make_cfg, mo
 def test_validation_bn_batches_validates_and_keeps_the_epochs_own_statistics(learn_root, make_cfg, monkeypatch):
     import keras
 
-    import amazonmine.keras_parts as keras_parts
-    from amazonmine.model import load_trained
-    from amazonmine.train import run_train
+    import amazonmine.neural.fitting as keras_parts
+    from amazonmine.neural.model import load_trained
+    from amazonmine.stages.train import run_train
 
     after_recalibration = []  # each validation's BatchNorm statistics, as validated
 
@@ -692,7 +692,7 @@ def test_validation_bn_batches_validates_and_keeps_the_epochs_own_statistics(lea
             if batch == 0:
                 events.append(f"validation {len(after_recalibration)}")
 
-    import amazonmine.train as train
+    import amazonmine.stages.train as train
 
     original_callbacks = train.fold_callbacks
     monkeypatch.setattr(train, "fold_callbacks",
@@ -715,7 +715,7 @@ def test_validation_bn_batches_validates_and_keeps_the_epochs_own_statistics(lea
 
 
 def test_validation_bn_batches_beside_ema_is_refused_before_anything_is_written(learn_root, make_cfg):
-    from amazonmine.train import run_train
+    from amazonmine.stages.train import run_train
 
     cfg = tiny_cfg(make_cfg, learn_root, **{"train.validation_bn_batches": 2, "train.ema": 0.9})
     with pytest.raises(AmazonmineError, match="applies without train.ema only"):
@@ -725,8 +725,8 @@ def test_validation_bn_batches_beside_ema_is_refused_before_anything_is_written(
 
 def test_a_resume_inside_the_small_epochs_redoes_the_cut_epoch_small(learn_root, make_cfg, monkeypatch):
 
-    import amazonmine.pipeline as pipeline
-    import amazonmine.train as train
+    import amazonmine.neural.datasets as pipeline
+    import amazonmine.stages.train as train
 
     cfg = tiny_cfg(make_cfg, learn_root, **{"train.image_size": 48, "train.small_size": 32, "train.small_epochs": 2,
                                             "train.epochs": 3, "train.steps_per_epoch": 3,
@@ -767,7 +767,7 @@ def test_an_interrupted_and_resumed_fold_ends_with_the_uninterrupted_weights(lea
     """The training stream is a function of the seed and the step, and the resume state holds the rest (with
     dropout's random state): a Ctrl-C and --resume change nothing in the trained weights."""
 
-    import amazonmine.train as train
+    import amazonmine.stages.train as train
 
     settings = {"train.epochs": 3, "train.steps_per_epoch": 5, "train.bn_recalibration_batches": 0, **recipe}
     key = tuple(sorted((k, str(v)) for k, v in settings.items()))
@@ -822,7 +822,7 @@ def test_an_interrupt_after_early_stopping_ended_the_fold_resumes_without_traini
                                                                                         monkeypatch, tmp_path):
     import keras
 
-    import amazonmine.train as train
+    import amazonmine.stages.train as train
 
     settings = {"train.epochs": 8, "train.steps_per_epoch": 3, "train.early_stopping_patience": 1,
                 "train.bn_recalibration_batches": 0}
@@ -876,7 +876,7 @@ def record_training_sides(monkeypatch, pipeline) -> list[int]:
 
     def spy(*args, **kwargs):
         ds = original(*args, **kwargs)
-        if not kwargs.get("training"):
+        if kwargs.get("stream") is None:  # not a training input
             return ds
         # The recorded side is passed through a control dependency, so the call is never pruned.
         def record(x, y):

@@ -16,22 +16,22 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from amazonmine.errors import AmazonmineError
-from amazonmine.io import LockedError
-from amazonmine.runfolder import FoldState, RunFolder
+from amazonmine.core.errors import AmazonmineError
+from amazonmine.core.io import LockedError
+from amazonmine.core.runfolder import FoldState, RunFolder
 
 TINY = ["dehaze.enabled=false", "split.folds=2", "split.rare_target=4", "train.backbone=densenet_mini",
         "train.mini_blocks=[2]", "train.image_size=32", "train.batch_size=16", "train.epochs=1",
         "train.steps_per_epoch=3", "train.verbose=0", "train.cache=true", "train.bn_recalibration_batches=0",
         "predict.tta=1", "predict.batch_size=64"]
 
-HOLD = ("import sys, time\nfrom amazonmine.runfolder import RunFolder\nfrom pathlib import Path\n"
+HOLD = ("import sys, time\nfrom amazonmine.core.runfolder import RunFolder\nfrom pathlib import Path\n"
         "with RunFolder(Path(sys.argv[1])).lock('train'):\n    print('held', flush=True)\n    time.sleep(60)\n")
 
 
 @pytest.fixture(scope="module")
 def small_root(tmp_path_factory) -> Path:
-    from amazonmine.synth import paint_dataset
+    from amazonmine.stages.synth import paint_dataset
 
     root = tmp_path_factory.mktemp("faults") / "planet"
     paint_dataset(root, n_train=40, n_test=4, size=32, seed=3, progress=False)
@@ -43,7 +43,7 @@ def _sets(root: Path, run_dir: Path, *extra: str) -> list[str]:
 
 
 def _cfg(sets: list[str]):
-    from amazonmine.config import load_config
+    from amazonmine.core.config import load_config
 
     return load_config(None, sets)
 
@@ -51,8 +51,8 @@ def _cfg(sets: list[str]):
 @pytest.fixture(scope="module")
 def finished_run(small_root, tmp_path_factory) -> Path:
     """A run folder whose fold 0 is finished (split, train)."""
-    from amazonmine.split import run_split
-    from amazonmine.train import run_train
+    from amazonmine.stages.split import run_split
+    from amazonmine.stages.train import run_train
 
     run_dir = tmp_path_factory.mktemp("finished") / "run"
     cfg = _cfg(_sets(small_root, run_dir))
@@ -85,7 +85,7 @@ def _assert_usable_as_before(run_dir: Path, before: dict) -> None:
 
 
 def _with_callback(monkeypatch, callback):
-    import amazonmine.train as train
+    import amazonmine.stages.train as train
 
     original = train.fold_callbacks
     monkeypatch.setattr(train, "fold_callbacks",
@@ -103,8 +103,8 @@ def _error_lines(result) -> list[str]:
 def test_a_refused_retrain_leaves_the_finished_fold_usable(run_dir, small_root, tmp_path):
     import keras
 
-    from amazonmine.model import build_model
-    from amazonmine.train import run_train
+    from amazonmine.neural.model import build_model
+    from amazonmine.stages.train import run_train
 
     before = _fold0(run_dir)
     junk = tmp_path / "junk.h5"
@@ -130,7 +130,7 @@ def test_a_refused_retrain_leaves_the_finished_fold_usable(run_dir, small_root, 
 def test_a_retrain_is_made_beside_the_fold_and_swapped_in_when_finished(run_dir, small_root, monkeypatch):
     import keras
 
-    from amazonmine.train import run_train
+    from amazonmine.stages.train import run_train
 
     before = _fold0(run_dir)
     seen = []
@@ -159,7 +159,7 @@ def test_an_interrupted_retrain_resumes_in_its_own_place(run_dir, small_root, mo
     import keras
     import pandas as pd
 
-    import amazonmine.train as train
+    import amazonmine.stages.train as train
 
     before = _fold0(run_dir)
     sets = _sets(small_root, run_dir, "train.epochs=3")
@@ -196,7 +196,7 @@ def test_an_interrupted_retrain_resumes_in_its_own_place(run_dir, small_root, mo
 def test_a_retrain_killed_by_sigkill_keeps_the_fold_and_resumes(run_dir, small_root):
     import pandas as pd
 
-    from amazonmine.train import run_train
+    from amazonmine.stages.train import run_train
 
     before = _fold0(run_dir)
     sets = _sets(small_root, run_dir, "train.epochs=4", "train.steps_per_epoch=6")
@@ -242,7 +242,7 @@ def _staged_fold(run_dir: Path):
 
 
 def test_the_swap_killed_after_any_step_leaves_a_usable_fold_and_is_completed(tmp_path):
-    from amazonmine.fold_policy import finish_retrain, swap_steps
+    from amazonmine.core.fold_plan import finish_retrain, swap_steps
 
     n_steps = len(swap_steps(RunFolder(tmp_path / "probe").fold(0)))
     for killed_after in range(n_steps + 1):
@@ -295,7 +295,7 @@ def test_disk_full_while_saving_the_checkpoint_is_one_line_and_keeps_the_finishe
     for fold, flags in ((0, ["--retrain"]), (1, [])):  # a retrain of a finished fold; a first training
         result = CliRunner().invoke(main, ["train", "--fold", str(fold), *flags, *sets])
         _assert_usable_as_before(run_dir, before)
-        assert result.exit_code == 2, result.output
+        assert result.exit_code == 1, result.output
         lines = _error_lines(result)
         assert len(lines) == 1 and lines[0].startswith("error:"), lines
         assert RunFolder(run_dir).fold(fold).model.name in lines[0]
@@ -313,7 +313,7 @@ def _hold(run_dir: Path) -> subprocess.Popen:
 
 def test_a_second_train_is_refused_at_once_naming_the_holder(small_root, tmp_path):
     from amazonmine.cli import main
-    from amazonmine.split import run_split
+    from amazonmine.stages.split import run_split
 
     run_dir = tmp_path / "run"
     sets = _sets(small_root, run_dir)
@@ -329,7 +329,7 @@ def test_a_second_train_is_refused_at_once_naming_the_holder(small_root, tmp_pat
         for flags in ([], ["--resume"], ["--retrain"]):
             result = CliRunner().invoke(main, ["train", "--fold", "0", *flags,
                                                *[a for s in sets for a in ("--set", s)]])
-            assert result.exit_code == 2, result.output
+            assert result.exit_code == 1, result.output
             lines = _error_lines(result)
             assert len(lines) == 1 and f"in use by pid {holder.pid}" in lines[0], lines
             assert "amazonmine train" in lines[0] and str(run_dir) in lines[0]
@@ -341,7 +341,7 @@ def test_a_second_train_is_refused_at_once_naming_the_holder(small_root, tmp_pat
 
 
 def test_dehaze_locks_the_run_folder_only_when_writing_into_it(synth_root, tmp_path, make_cfg):
-    from amazonmine.dehaze import run_dehaze
+    from amazonmine.stages.dehaze import run_dehaze
 
     chips = tmp_path / "chips"
     chips.mkdir()

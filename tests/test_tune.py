@@ -10,12 +10,21 @@ import pandas as pd
 import pytest
 from sklearn.metrics import fbeta_score
 
-from amazonmine.data import LABEL_INDEX, LABELS, LAND_INDEX, WEATHER_INDEX, DataError, matrix_to_tags, tags_to_matrix
-from amazonmine.decisions import decode, fit_thresholds, threshold_curve
-from amazonmine.metrics import mean_f2
-from amazonmine.runfolder import RunFolder
-from amazonmine.synth import load_label_combos
-from amazonmine.tune import run_tune, simulate_oof
+from amazonmine.core.data import (
+    LABEL_INDEX,
+    LABELS,
+    LAND_INDEX,
+    WEATHER_INDEX,
+    DataError,
+    matrix_to_tags,
+    tags_to_matrix,
+)
+from amazonmine.core.decisions import decode, fit_thresholds, threshold_curve
+from amazonmine.core.metrics import mean_f2
+from amazonmine.core.runfolder import RunFolder
+from amazonmine.stages.synth import load_label_combos
+from amazonmine.stages.tune import run_tune
+from amazonmine.testing import simulate_oof
 
 CLOUDY = LABEL_INDEX["cloudy"]
 
@@ -34,7 +43,7 @@ def combo_labels(n: int, seed: int = 0) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def real_y(real_labels_csv) -> np.ndarray:
-    from amazonmine.data import read_labels
+    from amazonmine.core.data import read_labels
 
     return tags_to_matrix(read_labels(real_labels_csv)["tags"]).astype(bool)
 
@@ -243,7 +252,7 @@ def test_cli_tune(tmp_path):
     assert ok.exit_code == 0, ok.output
     assert "OOF mean F2" in ok.output and (run / "thresholds.json").is_file()
     empty = CliRunner().invoke(main, ["tune", "--set", f"data.root={root}", "--set", f"run.dir={tmp_path / 'none'}"])
-    assert empty.exit_code == 2
+    assert empty.exit_code == 1
     assert "error: no out-of-fold predictions" in empty.output
 
 
@@ -319,7 +328,7 @@ def test_expected_f2_decoder_is_written_and_followed_by_decode(tmp_path, make_cf
 
 
 def test_bad_tune_settings_are_one_line_config_errors(tmp_path, make_cfg):
-    from amazonmine.config import ConfigError
+    from amazonmine.core.config import ConfigError
 
     root, run, _, _ = write_run(tmp_path, n=50)
     cfg = make_cfg(root)
