@@ -62,6 +62,7 @@ from amazonmine.core.data import LABELS, WEATHER_LABELS, site_labels, weather_co
 from amazonmine.core.decisions import OperatingPoint
 from amazonmine.core.errors import AmazonmineError
 from amazonmine.core.io import staged_set, write_bytes_atomic, write_json_atomic
+from amazonmine.scanning.report_page import REPORT_HTML  # one name for the page that score-sites fills too
 from amazonmine.scanning.tiling import (
     ChipLook,
     Grid,
@@ -79,7 +80,6 @@ from amazonmine.scanning.tiling import (
 TILES_GEOJSON = "tiles.geojson"
 SITES_GEOJSON = "sites.geojson"
 NEW_SITES_GEOJSON = "new_sites.geojson"
-REPORT_HTML = "scan_report.html"
 SCAN_JSON = "scan.json"
 BLOCKS_DIR = "blocks"
 SCENE_SUFFIXES = (".tif", ".tiff")
