@@ -142,3 +142,14 @@ def test_score_sites_refuses_what_is_not_a_scan_in_one_line(tmp_path):
     result = CliRunner().invoke(main, ["score-sites", str(tmp_path / "empty"), "--truth", str(_truth(tmp_path))])
     assert result.exit_code == 1 and result.output.startswith("error: ") and "scan.json" in result.output
     np.testing.assert_equal(result.output.count("\n"), 1)
+
+
+def test_component_labels_join_chains_and_keep_lone_nodes_apart():
+    import numpy as np
+
+    from amazonmine.scanning.sites import component_labels
+
+    # 0-1-2 is one chain (joined through 1), 3-5 a pair given backwards, 4 touches nothing.
+    labels = component_labels(6, np.array([0, 2, 5]), np.array([1, 1, 3]))
+    assert labels.tolist() == [0, 0, 0, 1, 2, 1]
+    assert component_labels(3, np.array([], int), np.array([], int)).tolist() == [0, 1, 2]

@@ -154,6 +154,16 @@ class Site:
                 "centroid_lon": round(c.x, COORD_DECIMALS), "centroid_lat": round(c.y, COORD_DECIMALS)}
 
 
+def component_labels(n: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Connected-component label of each of ``n`` nodes joined by the edges ``(a[k], b[k])``; labels are numbered
+    in the order of each component's smallest node."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    edges = coo_matrix((np.ones(len(a), np.int8), (np.asarray(a, np.int64), np.asarray(b, np.int64))), shape=(n, n))
+    return connected_components(edges, directed=False)[1].astype(np.int64)
+
+
 def connected_groups(polys: list) -> list[list[int]]:
     """Indexes of polygons grouped by overlap or touch (edges or corners), each group sorted, groups ordered by
     their first index: the same input always gives the same groups."""
@@ -162,24 +172,11 @@ def connected_groups(polys: list) -> list[list[int]]:
     n = len(polys)
     if n == 0:
         return []
-    tree = shapely.STRtree(polys)
-    left, right = tree.query(polys, predicate="intersects")
-    parent = np.arange(n)
-
-    def find(i):
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
-    for a, b in zip(left.tolist(), right.tolist()):
-        ra, rb = find(a), find(b)
-        if ra != rb:
-            parent[max(ra, rb)] = min(ra, rb)
+    left, right = shapely.STRtree(polys).query(polys, predicate="intersects")
     groups: dict[int, list[int]] = {}
-    for i in range(n):
-        groups.setdefault(find(i), []).append(i)
-    return [groups[k] for k in sorted(groups)]
+    for i, label in enumerate(component_labels(n, left, right).tolist()):
+        groups.setdefault(label, []).append(i)
+    return list(groups.values())
 
 
 def dissolve(label: str, polys: list, probs: np.ndarray, scene_of: list[str], scene_order: list[str],

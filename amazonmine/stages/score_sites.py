@@ -48,6 +48,7 @@ from amazonmine.scanning.polygon_labels import (
     read_label_polygons,
 )
 from amazonmine.scanning.report_page import REPORT_HTML, add_site_scores
+from amazonmine.scanning.sites import component_labels
 
 SITE_SCORES_JSON = "site_scores.json"
 ANY = "any"
@@ -101,23 +102,6 @@ def _overlaps(left: list, right: list) -> tuple[np.ndarray, np.ndarray]:
         return i, j
     shared = shapely.area(shapely.intersection(np.asarray(left, dtype=object)[i], right_arr[j])) > 0
     return i[shared], j[shared]
-
-
-def _union_find(n: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Component label (the smallest member) of each of n nodes joined by edges (a[k], b[k])."""
-    parent = np.arange(n)
-
-    def find(x: int) -> int:
-        while parent[x] != x:
-            parent[x] = parent[parent[x]]
-            x = parent[x]
-        return x
-
-    for x, y in zip(a.tolist(), b.tolist()):
-        rx, ry = find(x), find(y)
-        if rx != ry:
-            parent[max(rx, ry)] = min(rx, ry)
-    return np.array([find(x) for x in range(n)], np.int64)
 
 
 def _ratio(num: float, den: float) -> float | None:
@@ -258,7 +242,7 @@ def score_target(inputs: TargetInputs, settings: ScoringSettings) -> TargetScore
         elif decided[t] and tile_first_site[t] >= 0:
             a.append(np.array([node]))
             b.append(np.array([n_truth + tile_first_site[t]]))
-    unit = _union_find(n_truth + n_sites + n_tiles, np.concatenate(a), np.concatenate(b))
+    unit = component_labels(n_truth + n_sites + n_tiles, np.concatenate(a), np.concatenate(b))
     tp_t = scored & positive & decided
     fp_t = scored & ~positive & decided
     fn_t = scored & positive & ~decided
@@ -345,7 +329,7 @@ def _curve(tiles: list, probs: np.ndarray, scored: np.ndarray, positive: np.ndar
     for threshold in settings.thresholds:
         on = probs >= threshold
         both = on[left] & on[right]
-        group = _union_find(n, left[both], right[both])
+        group = component_labels(n, left[both], right[both])
         found = np.zeros(n_truth, bool)
         sites = false = 0
         chosen = np.flatnonzero(on)
