@@ -15,7 +15,7 @@ tuned thresholds. The runs must share the split (the
 summaries' ``split_sha256``), or their scores are not on the same chips: that is checked.
 
 ``--lockbox`` adds a second table for runs whose split set chips aside (``split.holdout``): each run's fold
-model on those chips (``fold{K}/holdout_probabilities.csv``, written by ``amazonmine evaluate``), decided by
+model on those chips (``fold{K}/holdout_probabilities.csv``, written by ``amazonmine predict``), decided by
 the thresholds fitted on the fold's out-of-fold chips (the Kaggle F2 point), with 95% intervals and each run's
 difference to the first run, paired over the chips. ``--average`` adds the runs' probabilities averaged, out
 of fold and on the lockbox, as one more model: do two recipes gain by being ensembled?
@@ -56,7 +56,7 @@ def lockbox_table(cfgs: list, names: list[str], fold: int, average: bool) -> lis
         keep = keep[np.argsort([oof.names[i] for i in keep])]  # the same chip order in every run
         path = run.fold(fold).holdout
         if not path.is_file():
-            raise AmazonmineError(f"{path}: no lockbox predictions of fold {fold}; run 'amazonmine evaluate' on "
+            raise AmazonmineError(f"{path}: no lockbox predictions of fold {fold}; run 'amazonmine predict' on "
                                   f"{run.root} (its split needs split.holdout > 0)")
         box_names, box = read_probabilities(path)
         unknown = [n for n in box_names if n not in row_of]

@@ -22,6 +22,19 @@ def test_the_import_contracts_hold():
     assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-2000:]
 
 
+def test_evaluate_and_the_light_stages_never_reach_the_model_code():
+    # evaluate reports on what predict wrote (the lockbox included) and never runs a model: no import of
+    # amazonmine.neural anywhere in it, a lazy one inside a function included (grimp reads every import line).
+    grimp = pytest.importorskip("grimp", reason="grimp comes with import-linter (pip install -e '.[test]')")
+    graph = grimp.build_graph("amazonmine")
+    reaching = [stage for stage in ("evaluate", "split", "tune", "dehaze")
+                if graph.chain_exists(importer=f"amazonmine.stages.{stage}", imported="amazonmine.neural",
+                                      as_packages=True)]
+    assert reaching == [], f"these stages import amazonmine.neural: {reaching}"
+    assert graph.chain_exists(importer="amazonmine.stages.predict", imported="amazonmine.neural",
+                              as_packages=True)  # the check sees a lazy import where there is one
+
+
 def test_cli_and_the_light_stages_do_not_import_tensorflow():
     # `amazonmine --help`, split, tune and the dehaze workers start in well under a second. import-linter sees
     # imports, not which of them run: this imports the modules and looks.

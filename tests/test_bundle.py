@@ -28,10 +28,11 @@ pytestmark = pytest.mark.xdist_group("bundle")
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-    """A two-fold tiny run with a lockbox, tuned and evaluated, exported as a bundle."""
+    """A two-fold tiny run with a lockbox, tuned, its lockbox predicted, evaluated, exported as a bundle."""
     from amazonmine.core.config import load_config
     from amazonmine.stages.evaluate import run_evaluate
     from amazonmine.stages.export import run_export
+    from amazonmine.stages.predict import run_predict_lockbox
     from amazonmine.stages.split import run_split
     from amazonmine.stages.synth import paint_dataset
     from amazonmine.stages.train import run_train
@@ -46,6 +47,7 @@ def exported(tmp_path_factory):
         run_split(cfg)
         list(run_train(cfg, folds=[0, 1]))
         run_tune(cfg)
+        run_predict_lockbox(cfg, progress=False)  # the set has no test chips for a full predict
         run_evaluate(cfg)
     notes = base / "notes.md"
     notes.write_text("## Data and licence\nPainted synthetic chips (amazonmine synth), no licence needed.\n")

@@ -248,10 +248,12 @@ def test_report_shows_intervals_operating_points_and_pr_curves(synth_cfg):
 @pytest.mark.slow
 @pytest.mark.filterwarnings("ignore::amazonmine.stages.split.SplitWarning")  # the synthetic set has labels on < k chips
 def test_lockbox_is_scored_once_by_the_fold_models_and_reported_apart(synth_root, make_cfg):
-    """split with a hold-out -> train one tiny fold -> tune -> evaluate: the held-out chips get probabilities
-    from the fold model, are scored with the tuned decisions and reported beside (not inside) the OOF scores."""
+    """split with a hold-out -> train one tiny fold -> tune -> predict -> evaluate: predict gives the held-out
+    chips probabilities from the fold model; evaluate scores them with the tuned decisions and reports them
+    beside (not inside) the OOF scores."""
     import os
 
+    from amazonmine.stages.predict import run_predict
     from amazonmine.stages.split import run_split
     from amazonmine.stages.train import run_train
 
@@ -269,6 +271,8 @@ def test_lockbox_is_scored_once_by_the_fold_models_and_reported_apart(synth_root
     held = folds.loc[folds["fold"] == -1, "image_name"].tolist()
     assert len(held) == 12
 
+    predicted = run_predict(cfg, progress=False)
+    assert "lockbox: scored the 12 held-out chips with each of the 1 fold model(s)" in predicted.headline()
     result = run_evaluate(cfg)
     probs_csv = run / "holdout_probabilities.csv"
     written = pd.read_csv(probs_csv, dtype={"image_name": str})
@@ -303,25 +307,35 @@ def test_lockbox_is_scored_once_by_the_fold_models_and_reported_apart(synth_root
     assert record["looks"] == 1 and record["first_look"]["mean_f2"] == pytest.approx(box.f2, abs=1e-6)
     assert "look 1" not in text and "This is look" not in text
 
-    # Scored once: a second report reuses the probabilities; a fold trained since makes them stale.
+    # Scored once: a second report and a second predict reuse the probabilities; a fold trained since makes
+    # them stale, which evaluate reports (naming the command) and predict, not evaluate, puts right.
     stamp = probs_csv.stat().st_mtime_ns
     run_evaluate(cfg)
+    assert run_predict(cfg, progress=False).lockbox == ""  # current: nothing predicted again
     assert probs_csv.stat().st_mtime_ns == stamp
-    summary = run / "fold0" / "summary.json"
-    later = probs_csv.stat().st_mtime + 10
-    os.utime(summary, (later, later))
-    again = run_evaluate(cfg)
+    trained = (run / "fold0" / "summary.json").stat().st_mtime - 1  # as if the fold was retrained since
+    for path in (probs_csv, run / "fold0" / "holdout_probabilities.csv"):
+        os.utime(path, (trained, trained))
+    stamp = probs_csv.stat().st_mtime_ns
+    stale = run_evaluate(cfg)
+    assert stale.lockbox is None and probs_csv.stat().st_mtime_ns == stamp
+    assert "holdout_probabilities.csv is older than" in stale.headline()
+    assert f"run 'amazonmine predict --run {run}'" in stale.headline()
+    assert "lockbox: scored the 12 held-out chips" in run_predict(cfg, progress=False).headline()
     assert probs_csv.stat().st_mtime_ns != stamp
+    again = run_evaluate(cfg)
     # The same model and decisions again: the same look, not a second one.
     assert len(again.lockbox.looks) == 1 and "look 2" not in again.headline()
 
 
 @pytest.mark.filterwarnings("ignore::amazonmine.stages.split.SplitWarning")
 def test_lockbox_scores_each_fold_alone_and_the_ensemble_gain(synth_root, make_cfg):
-    """Two folds: each model alone on the lockbox, the ensemble file is their mean, and the reported gain is
-    the ensemble's per-chip F2 minus the average fold's."""
+    """Two folds: predict writes each model alone on the lockbox and the ensemble file, their mean (predicting
+    the user's own chips does not); evaluate reports the gain, the ensemble's per-chip F2 minus the average
+    fold's."""
     from amazonmine.core.metrics import per_image_f2
     from amazonmine.core.runfolder import RunFolder
+    from amazonmine.stages.predict import run_predict
     from amazonmine.stages.split import run_split
     from amazonmine.stages.train import run_train
 
@@ -334,8 +348,12 @@ def test_lockbox_scores_each_fold_alone_and_the_ensemble_gain(synth_root, make_c
     run_split(cfg)
     list(run_train(cfg, folds=[0, 1]))
     run_tune(cfg)
-    result = run_evaluate(cfg)
     run = RunFolder(Path(cfg.run.dir))
+    own = run_predict(cfg, inputs=[synth_root / "test-jpg"], progress=False)
+    assert not own.lockbox and not run.holdout_probabilities.exists() and not run.fold(0).holdout.exists()
+    predicted = run_predict(cfg, progress=False)
+    assert predicted.lockbox.startswith("scored the 12 held-out chips with each of the 2 fold model(s)")
+    result = run_evaluate(cfg)
     ensemble = pd.read_csv(run.holdout_probabilities, dtype={"image_name": str})
     alone = [pd.read_csv(run.fold(k).holdout, dtype={"image_name": str}) for k in (0, 1)]
     assert all(a["image_name"].equals(ensemble["image_name"]) for a in alone)
@@ -364,16 +382,48 @@ def test_lockbox_scores_each_fold_alone_and_the_ensemble_gain(synth_root, make_c
 
 
 @pytest.mark.filterwarnings("ignore::amazonmine.stages.split.SplitWarning")
-def test_lockbox_without_models_is_reported_missing(synth_root, make_cfg):
+def test_evaluate_only_reads_the_lockbox_and_names_the_command_when_it_is_missing_or_stale(synth_root, make_cfg,
+                                                                                          monkeypatch):
+    """No lockbox probabilities, or older than the split: the report says so and names predict, and writes
+    nothing (the model code cannot even be imported here); current ones, predict's, are scored as they are."""
+    import html
+    import os
+    import sys
+
+    from amazonmine.core.runfolder import RunFolder
     from amazonmine.stages.split import run_split
 
-    cfg = make_cfg(synth_root, **{"dehaze.enabled": "false", "split.folds": 2})
+    for blocked in ("tensorflow", "keras", "amazonmine.neural", "amazonmine.neural.predictor"):
+        monkeypatch.setitem(sys.modules, blocked, None)  # an import of it now fails
+    cfg = make_cfg(synth_root, **{"dehaze.enabled": "false", "split.folds": 2, "evaluate.gallery_size": 2,
+                                  "evaluate.thumbnail": 32, "tune.bootstrap": 100})
     cfg.split.holdout = 0.2
     run_split(cfg)
-    write_oof(cfg)
+    _, _, probs = write_oof(cfg)
+    run = RunFolder.from_config(cfg)
+    command = f"run 'amazonmine predict --run {run.root}'"
     result = run_evaluate(cfg)
-    assert "lockbox" in result.headline() and result.lockbox is None
-    assert "12 chips are held out but could not be scored" in result.path.read_text()
+    text = html.unescape(result.path.read_text())
+    assert result.lockbox is None and not run.holdout_probabilities.exists()
+    assert "12 chips are held out, but their probabilities are not current: holdout_probabilities.csv has not " \
+           "been written" in text and command in text
+    assert "not shown: lockbox (holdout_probabilities.csv has not been written: " + command in result.headline()
+
+    held = run.held_out_chips()
+    frame = pd.DataFrame(probs[:len(held)], columns=list(LABELS))
+    frame.insert(0, "image_name", held)
+    frame.to_csv(run.holdout_probabilities, index=False, float_format="%.6f")
+    split_time = run.folds_csv.stat().st_mtime
+    os.utime(run.holdout_probabilities, (split_time + 10, split_time + 10))
+    scored = run_evaluate(cfg)
+    assert scored.lockbox is not None and scored.lockbox.n == 12 and "lockbox mean F2" in scored.headline()
+
+    written = run.holdout_probabilities.read_bytes()
+    os.utime(run.folds_csv, (split_time + 20, split_time + 20))  # split again since
+    stale = run_evaluate(cfg)
+    assert stale.lockbox is None and run.holdout_probabilities.read_bytes() == written
+    assert f"holdout_probabilities.csv is older than folds.csv: {command}" in stale.headline()
+    assert not (run.report_dir / "lockbox.json").exists()  # the scored look's figures are not passed off as current
 
 
 def test_report_follows_the_expected_f2_decoder(synth_cfg):

@@ -25,7 +25,7 @@ TINY = ["dehaze.enabled=false", "data.chip_size=32", "split.folds=2", "split.rar
         "train.backbone=densenet_mini", "train.mini_blocks=[1]", "train.mini_growth=8", "train.image_size=32",
         "train.batch_size=16", "train.epochs=1", "train.verbose=0", "train.cache=true",
         "train.bn_recalibration_batches=0", "predict.tta=1", "predict.batch_size=64", "train.folds=[0]",
-        "scan.stride=1.0"]
+        "scan.stride=1.0", "split.holdout=0.2", "evaluate.gallery_size=2"]
 
 
 def _polygons(chips_geojson: Path, out: Path, keep) -> int:
@@ -76,6 +76,15 @@ def test_chips_from_one_scene_train_a_model_that_scans_and_is_scored_on_another(
     assert folds.groupby("block")["fold"].nunique().max() == 1, "a spatial block is in two folds"
     _cli("train", *sets)
     _cli("tune", *sets)
+    # Chips of one's own come without a test set: predict scores the lockbox (whole blocks) for evaluate.
+    held = folds.loc[folds["fold"] == "-1", "image_name"]
+    assert len(held) and folds.loc[folds["fold"] == "-1", "block"].isin(
+        folds.loc[folds["fold"] != "-1", "block"]).sum() == 0, "the lockbox shares a block with the folds"
+    predicted = _cli("predict", *sets)
+    assert f"scored the {len(held)} held-out chips" in predicted and "no submission written" in predicted
+    assert sorted(pd.read_csv(run / "holdout_probabilities.csv", dtype=str)["image_name"]) == sorted(held)
+    _cli("evaluate", *sets)
+    assert (run / "report" / "lockbox.json").is_file()
 
     scan_out = tmp_path / "scan_b"
     _cli("scan", str(scene_b.tif), "--out", str(scan_out), *sets)

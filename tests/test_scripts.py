@@ -46,10 +46,11 @@ evaluate: {gallery_size: 2, thumbnail: 32}
 
 @pytest.fixture(scope="module")
 def tiny_run(synth_root, tmp_path_factory):
-    """split (2 folds, 20% lockbox) -> train fold 0 only -> evaluate: a run folder with one finished fold, its
-    OOF file and its lockbox probabilities."""
+    """split (2 folds, 20% lockbox) -> train fold 0 only -> predict's lockbox step -> evaluate: a run folder with
+    one finished fold, its OOF file and its lockbox probabilities."""
     from amazonmine.core.config import load_config
     from amazonmine.stages.evaluate import run_evaluate
+    from amazonmine.stages.predict import run_predict_lockbox
     from amazonmine.stages.split import run_split
     from amazonmine.stages.train import run_train
 
@@ -60,7 +61,8 @@ def tiny_run(synth_root, tmp_path_factory):
         warnings.simplefilter("ignore")  # the tiny split's rare-label warnings are not under test
         run_split(cfg)
     list(run_train(cfg, folds=[0]))
-    run_evaluate(cfg)  # writes fold0's lockbox probabilities
+    run_predict_lockbox(cfg, progress=False)  # fold0's lockbox probabilities (a full predict needs tune first)
+    run_evaluate(cfg)
     return base / "run_a"
 
 

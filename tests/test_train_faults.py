@@ -269,7 +269,7 @@ def test_the_swap_killed_after_any_step_leaves_a_usable_fold_and_is_completed(tm
         assert [f.read_text() for f in (files.model, files.history, files.oof)] == [
             "new model", "new history", "new oof"]
         assert [p.name for p in files.tensorboard.iterdir()] == ["new.events"]
-        assert not files.holdout.exists()  # evaluate predicts the lockbox again, with the new model
+        assert not files.holdout.exists()  # predict predicts the lockbox again, with the new model
         assert not files.staged.dir.exists() and run.fold_state(0) is FoldState.FINISHED
         assert finish_retrain(files) is False
 

@@ -13,6 +13,7 @@ folder, as the stages leave it::
               oof_fold{K}.csv                                                  train (out-of-fold probabilities)
               thresholds.json                                                  tune
               submission.csv, test_probabilities.csv, predict_failures.csv     predict (the Kaggle test set)
+              holdout_probabilities.csv, fold{K}/holdout_probabilities.csv     predict (the lockbox chips)
               predictions/labels.csv, predictions/probabilities.csv            predict INPUTS...
               report/index.html (+ PNG/JPEG)                                    evaluate
               scans/<name>/...                                                  scan
@@ -79,7 +80,7 @@ class FoldFiles:
     resume_weights: Path
     resume_meta: Path
     oof: Path
-    holdout: Path  # this fold's model alone on the lockbox chips (evaluate)
+    holdout: Path  # this fold's model alone on the lockbox chips (predict writes it, evaluate scores it)
 
     @property
     def name(self) -> str:
@@ -213,7 +214,7 @@ class RunFolder:
 
     @property
     def holdout_probabilities(self) -> Path:
-        """The fold models' probabilities for the lockbox chips (evaluate)."""
+        """The fold models' probabilities for the lockbox chips (predict writes it, evaluate scores it)."""
         return self.root / HOLDOUT_PROBABILITIES_CSV
 
     @property
@@ -347,6 +348,39 @@ class RunFolder:
             raise AmazonmineError(f"{self.root}: no finished fold ({', '.join(unfinished)} have no summary.json); "
                                   f"finish training with 'amazonmine train --resume'")
         return FinishedModels(finished, unfinished)
+
+    # --- the lockbox ---------------------------------------------------------------------------------------
+    def held_out_chips(self) -> list[str]:
+        """The chips split set aside as the lockbox (fold -1 in folds.csv); none without a split."""
+        if not self.folds_csv.is_file():
+            return []
+        folds = self.read_folds()
+        return folds.loc[folds["fold"] == HOLDOUT_FOLD, "image_name"].tolist()
+
+    def lockbox_staleness(self, held: list[str], labels=LABELS) -> str | None:
+        """Why the lockbox probabilities (:attr:`holdout_probabilities` and each finished fold's own file)
+        must be computed again, in words; None when they are current. Stale: absent, older than the split or
+        a finished fold's summary (a fold retrained or added since), or listing chips no longer held out.
+        Predict recomputes them; evaluate only reads them."""
+        path = self.holdout_probabilities
+        if not path.is_file():
+            return f"{path.name} has not been written"
+        try:
+            finished = self.finished_models().folds
+        except AmazonmineError:  # no model left to recompute with: the file is the best there is
+            finished = []
+        missing = [files.name for files in finished if not files.holdout.is_file()]
+        if missing:
+            return f"{', '.join(missing)} {'has' if len(missing) == 1 else 'have'} no {path.name} of its own"
+        written = min([path.stat().st_mtime] + [files.holdout.stat().st_mtime for files in finished])
+        newer = [p for p in [self.folds_csv] + [files.summary for files in finished]
+                 if p.is_file() and p.stat().st_mtime > written]
+        if newer:
+            return f"{path.name} is older than {newer[0].relative_to(self.root)}"
+        names, _ = load_matrix_csv(path, labels=labels)
+        if not set(names) <= set(held):
+            return f"{path.name} lists chips that are no longer held out"
+        return None
 
     # --- tune's inputs and outputs -------------------------------------------------------------------------
     def read_oof(self, layout: PlanetLayout) -> OofSet:

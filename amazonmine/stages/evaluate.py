@@ -9,10 +9,11 @@ zipped and mailed. Sections, in the order a reviewer asks the questions:
    (the rule tune wrote to thresholds.json, else the flat ``tune.start`` threshold), each precision and recall
    with its bootstrap 95% interval (chips resampled): a rare label's recall moves by a whole chip per positive;
 2. the lockbox: the chips ``split.holdout`` set aside, which no fold trained or tuned on, scored with the
-   same decisions and reported apart from the out-of-fold figures. Their probabilities come from the run's
-   finished fold models (``holdout_probabilities.csv``), recomputed when absent or older than a model or the
-   split. Each distinct set of predictions scored there is logged (``lockbox_looks.json``), and from the
-   second the report says which look this is and what the first scored;
+   same decisions and reported apart from the out-of-fold figures. Their probabilities are the ones ``predict``
+   wrote with the run's finished fold models (``holdout_probabilities.csv``); when that file is absent or older
+   than a model or the split, the section says so and names the command to run: evaluate never runs a model
+   (it does not import amazonmine.neural). Each distinct set of predictions scored there is logged
+   (``lockbox_looks.json``), and from the second the report says which look this is and what the first scored;
 3. precision-recall curves of the mine labels with the operating point marked (and its objective, when tune
    was given one);
 4. threshold curves: the dataset's mean F2 as each label's threshold moves, the others held (what ``tune``
@@ -60,7 +61,6 @@ from amazonmine.core.io import (
     atomic_path,
     read_json,
     write_bytes_atomic,
-    write_csv_atomic,
     write_json_atomic,
     write_text_atomic,
 )
@@ -483,52 +483,6 @@ def _submission(run: RunFolder, train_matrix: np.ndarray, labels) -> tuple[dict,
     return {"problem": None, "notes": notes, "columns": list(columns), "rows": rows}, True
 
 
-def _holdout_is_stale(run: RunFolder, held: list[str], labels) -> bool:
-    """Absent, older than the split or a finished fold's summary (a fold retrained or added since), or listing
-    chips that are no longer held out."""
-    path = run.holdout_probabilities
-    if not path.is_file():
-        return True
-    try:
-        finished = run.finished_models().folds
-    except AmazonmineError:  # no model left to recompute with: the file is the best there is
-        finished = []
-    if any(not files.holdout.is_file() for files in finished):
-        return True
-    sources = [run.folds_csv] + [files.summary for files in finished]
-    written = min([path.stat().st_mtime] + [files.holdout.stat().st_mtime for files in finished])
-    if any(p.is_file() and p.stat().st_mtime > written for p in sources):
-        return True
-    names, _ = load_matrix_csv(path, labels=labels)
-    return not set(names) <= set(held)
-
-
-def _predict_holdout(cfg, run: RunFolder, layout: PlanetLayout, held: list[str]) -> None:
-    import pandas as pd
-
-    from amazonmine.neural.predictor import Predictor
-
-    subdir = cfg.data.tif_dir if cfg.data.image_format == "tif" else cfg.data.train_dir
-    folder = run.require_chip_dir(subdir)
-    chips = [(name, folder / f"{name}{layout.ext}") for name in held]
-    predictor = Predictor.from_run(cfg)
-    folds = run.finished_models().folds
-    # Each fold's model alone (so the ensemble's gain can be measured), then their mean: exactly what the
-    # predictor's own average over the folds gives. Chips in chip_dir are already dehazed when dehazing is on;
-    # the predictor dehazes raw ones itself when the folds learnt from dehazed chips.
-    frames = []
-    for files in folds:
-        predictor.one_fold(files.model).predict_files(chips, files.holdout, dehazed=run.dehaze_enabled,
-                                                      expected_size=cfg.data.chip_size, progress=False)
-        frames.append(pd.read_csv(files.holdout, dtype={"image_name": str}, keep_default_na=False))
-    if any(not frame["image_name"].equals(frames[0]["image_name"]) for frame in frames[1:]):
-        raise AmazonmineError(f"{run.root}: the folds' lockbox predictions list different chips")
-    ensemble = frames[0].copy()
-    labels = list(layout.labels)
-    ensemble[labels] = np.mean([frame[labels].to_numpy() for frame in frames], axis=0)
-    write_csv_atomic(run.holdout_probabilities, ensemble, float_format="%.6f")
-
-
 def _lockbox_decoders(cfg, oof: OofSet, rule, y: np.ndarray, probs: np.ndarray, draws: int, seed: int):
     """(decoders, difference, table rows): both decoders on the lockbox with the run's thresholds and operating
     points, the one the run does not use fitted on the OOF chips as tune would fit it; None without tuning."""
@@ -597,17 +551,23 @@ def _looks_html(looks: list[dict]) -> str:
 def _lockbox(cfg, run: RunFolder, layout: PlanetLayout, frame, matrix, rule, weather: bool,
              draws: int, seed: int, oof: OofSet) -> tuple[dict, Lockbox | None, bool]:
     """The lockbox section's values, its scores, and whether a hold-out that exists could be scored."""
-    folds = run.read_folds() if run.folds_csv.is_file() else None
-    held = [] if folds is None else folds.loc[folds["fold"] == HOLDOUT_FOLD, "image_name"].tolist()
+    held = run.held_out_chips()
     if not held:
         return {"state": "none"}, None, True
     try:
-        if _holdout_is_stale(run, held, layout.labels):
-            _predict_holdout(cfg, run, layout, held)
-        names, probs = load_matrix_csv(run.holdout_probabilities, labels=layout.labels)
+        stale = run.lockbox_staleness(held, layout.labels)
+        if stale is None:
+            names, probs = load_matrix_csv(run.holdout_probabilities, labels=layout.labels)
     except (AmazonmineError, OSError) as exc:
         return {"state": "failed", "problem": f"{len(held)} chips are held out but could not be scored: {exc}"}, \
             None, False
+    if stale is not None:
+        # Predict writes the lockbox probabilities; a report only reads them (it never runs a model).
+        command = f"amazonmine predict --run {run.root}"
+        return {"state": "failed", "hint": f"lockbox ({stale}: run '{command}')",
+                "problem": f"{len(held)} chips are held out, but their probabilities are not current: {stale}. "
+                           f"Evaluate scores what predict wrote and runs no model itself: run '{command}' "
+                           "to score them with the fold models, then evaluate again."}, None, False
     row_of = {name: i for i, name in enumerate(frame["image_name"])}
     keep = [i for i, name in enumerate(names) if name in row_of]
     y = matrix[[row_of[names[i]] for i in keep]]
@@ -721,7 +681,7 @@ def _evaluate(cfg, run: RunFolder) -> EvaluateResult:
     missing = []
     lockbox_section, lockbox, ok = _lockbox(cfg, run, layout, frame, matrix, rule, weather, draws, seed, oof)
     if not ok:
-        missing.append("lockbox")
+        missing.append(lockbox_section.get("hint", "lockbox"))
     gallery, ok = _gallery(out, cfg, oof, pred, labels)
     if not ok:
         missing.append("some gallery chips")

@@ -6,7 +6,7 @@ data, and writes them as one self-checking folder that ``scan --model``, ``predi
 :meth:`amazonmine.neural.predictor.Predictor.from_bundle` read without the run or its data.
 
 The card's figures are measured here, not copied: on the lockbox (the chips ``split.holdout`` set aside, as
-``evaluate`` scored them, ``holdout_probabilities.csv``) when the run has one, else on the pooled out-of-fold
+``predict`` wrote them, ``holdout_probabilities.csv``) when the run has one, else on the pooled out-of-fold
 chips, and the card says which. For each mine label two operating points are given: the one tune chose (the
 Kaggle F2 point, or the run's objective), and a *monitoring* point whose threshold is fitted on the
 out-of-fold chips to reach a recall floor (``--monitoring-recall``, default 0.9), then scored on the held-out
@@ -168,7 +168,7 @@ def _held_out(cfg, run: RunFolder, layout: PlanetLayout, predictor) -> HeldOut:
         newest_model = max(p.stat().st_mtime for p in predictor.model_paths)
         if not path.is_file() or path.stat().st_mtime < newest_model:
             raise AmazonmineError(f"{path}: the lockbox has not been scored with the current models; run "
-                                  f"'amazonmine evaluate' before exporting")
+                                  f"'amazonmine predict' before exporting")
         names, probs = load_matrix_csv(path, labels=layout.labels)
         keep = [i for i, n in enumerate(names) if n in row_of]
         names = [names[i] for i in keep]

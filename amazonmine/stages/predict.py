@@ -11,6 +11,10 @@ Explicit inputs (folders or CSV lists) are not the competition's test set: their
 ``predictions/labels.csv`` (same format and checks) and ``predictions/probabilities.csv`` in the run folder,
 leaving the run's Kaggle files alone, and with dehazing on each chip is dehazed in memory as it is read,
 since only the configured test folders have dehazed copies on disk.
+
+The run's own predict (no explicit inputs) also scores the lockbox when the split set chips aside
+(``split.holdout``): each finished fold's model alone, then their mean, into ``holdout_probabilities.csv``,
+computed again only when missing or stale. ``evaluate`` scores that file and never runs a model itself.
 """
 
 from __future__ import annotations
@@ -53,14 +57,17 @@ class PredictSummary:
     label_counts: dict = field(default_factory=dict)
     not_in_sample: int = 0
     note: str = ""
+    lockbox: str = ""  # what was done for the run's held-out chips ('' when nothing was)
 
     def headline(self) -> str:
         rate = self.n_chips / self.seconds if self.seconds else 0.0
         lines = [f"labelled {self.n_chips} chips with {self.n_models} model(s) x {self.tta} TTA view(s) "
-                 f"({rate:.0f} chips/s) -> {self.submission}"]
+                 f"({rate:.0f} chips/s) -> {self.submission}"] if self.n_chips else []
         mines = {k: v for k, v in self.label_counts.items() if "mine" in k}
         if mines:
             lines.append("mines flagged: " + ", ".join(f"{k} {v}" for k, v in mines.items()))
+        if self.lockbox:
+            lines.append(f"lockbox: {self.lockbox}")
         if self.note:
             lines.append(f"note: {self.note}")
         if self.not_in_sample:
@@ -193,7 +200,32 @@ def run_predict(cfg, inputs: list[Path] | None = None, allow_missing: bool = Fal
                 progress: bool = True) -> PredictSummary:
     run = RunFolder.from_config(cfg)
     with run.lock("predict"):
+        if not (inputs or cfg.predict.inputs) and not _any_test_chip(cfg, run) and run.held_out_chips():
+            # A run of one's own chips ('amazonmine chips' writes no test set): its lockbox is what there is
+            # to predict, and evaluate needs those probabilities.
+            return _lockbox_only(cfg, run, gpu, progress)
         return _predict(cfg, run, inputs, gpu, progress)
+
+
+def _any_test_chip(cfg, run: RunFolder) -> bool:
+    """Whether the configured test folders hold a chip, raw or dehazed."""
+    layout = PlanetLayout.from_config(cfg.data)
+    if layout.list_test():
+        return True
+    layout.test_dirs = [run.chip_dir(d) for d in cfg.data.test_dirs]
+    return bool(layout.list_test())
+
+
+def _lockbox_only(cfg, run: RunFolder, gpu: bool, progress: bool) -> PredictSummary:
+    from amazonmine.neural.predictor import Predictor
+
+    held = run.held_out_chips()
+    folders = ", ".join(str(Path(cfg.data.root) / d) for d in cfg.data.test_dirs)
+    stale = run.lockbox_staleness(held, cfg.data.labels)
+    line = (_score_lockbox(cfg, run, Predictor.from_run(cfg, gpu=gpu), progress) if stale is not None else
+            f"the {len(held)} held-out chips' probabilities are current -> {run.holdout_probabilities}")
+    return PredictSummary(run.submission, run.test_probabilities, 0, len(run.finished_models().folds), 0, 0.0,
+                          note=f"no test chips in {folders}: no submission written", lockbox=line)
 
 
 def run_predict_bundle(inputs: list[Path], out: Path, model=None, gpu: bool = False, progress: bool = True,
@@ -282,4 +314,55 @@ def _predict(cfg, run: RunFolder, inputs: list[Path] | None, gpu: bool, progress
         notes.append(f"no {sample.name} in {sample.parent}: the submission's row order and count were not checked "
                      f"against Kaggle's sample")
     summary.note = "; ".join(notes)
+    if not explicit:  # the user's own chips say nothing about the lockbox: only the run's own predict scores it
+        summary.lockbox = _score_lockbox(cfg, run, predictor, progress)
     return summary
+
+
+# --- the lockbox -------------------------------------------------------------------------------------------
+
+def run_predict_lockbox(cfg, gpu: bool = False, progress: bool = True) -> str:
+    """Only the lockbox step of the run's predict (no test chips or thresholds needed): what was done, '' when
+    the lockbox probabilities were current or the run holds no chips out."""
+    run = RunFolder.from_config(cfg)
+    with run.lock("predict"):
+        held = run.held_out_chips()
+        if not held or run.lockbox_staleness(held, cfg.data.labels) is None:
+            return ""  # before the models load: nothing to do costs nothing
+        from amazonmine.neural.predictor import Predictor
+
+        return _score_lockbox(cfg, run, Predictor.from_run(cfg, gpu=gpu), progress)
+
+
+def _score_lockbox(cfg, run: RunFolder, predictor, progress: bool) -> str:
+    """The lockbox probabilities evaluate scores, computed again when missing or stale
+    (:meth:`RunFolder.lockbox_staleness`): each finished fold's model alone on the held-out chips (its
+    ``holdout_probabilities.csv``, so evaluate can measure the ensemble's gain), then their mean in the run's
+    ``holdout_probabilities.csv``, exactly the predictor's own average over the folds. A line saying what was
+    done; '' when nothing was."""
+    import pandas as pd
+
+    held = run.held_out_chips()
+    layout = PlanetLayout.from_config(cfg.data)
+    reason = run.lockbox_staleness(held, layout.labels) if held else None
+    if reason is None:
+        return ""
+    subdir = cfg.data.tif_dir if cfg.data.image_format == "tif" else cfg.data.train_dir
+    folder = run.require_chip_dir(subdir)
+    chips = [(name, folder / f"{name}{layout.ext}") for name in held]
+    folds = run.finished_models().folds
+    # Chips in chip_dir are already dehazed when dehazing is on; the predictor dehazes raw ones itself when
+    # the folds learnt from dehazed chips.
+    frames = []
+    for files in folds:
+        predictor.one_fold(files.model).predict_files(chips, files.holdout, dehazed=run.dehaze_enabled,
+                                                      expected_size=cfg.data.chip_size, progress=progress)
+        frames.append(pd.read_csv(files.holdout, dtype={"image_name": str}, keep_default_na=False))
+    if any(not frame["image_name"].equals(frames[0]["image_name"]) for frame in frames[1:]):
+        raise AmazonmineError(f"{run.root}: the folds' lockbox predictions list different chips")
+    ensemble = frames[0].copy()
+    labels = list(layout.labels)
+    ensemble[labels] = np.mean([frame[labels].to_numpy() for frame in frames], axis=0)
+    write_csv_atomic(run.holdout_probabilities, ensemble, float_format="%.6f")
+    return (f"scored the {len(held)} held-out chips with each of the {len(folds)} fold model(s) and their mean "
+            f"({reason}) -> {run.holdout_probabilities}")
