@@ -283,8 +283,8 @@ def swap_steps(files: FoldFiles) -> list[Callable[[], None]]:
         lambda: _remove_tree(new.resume_dir),
         # From here until the last move the fold reads as unfinished, never as a mix of old and new.
         lambda: _remove_file(files.summary),
-        # The old model's lockbox predictions (predict writes it, evaluate reads it); a moved summary keeps its time, so age alone would
-        # not tell them stale.
+        # The old model's lockbox predictions (predict writes them, evaluate reads them); a moved summary keeps
+        # its time, so age alone would not tell them stale.
         lambda: _remove_file(files.holdout),
         lambda: _remove_tree(files.resume_dir),
         lambda: _move(new.model, files.model),
