@@ -653,7 +653,7 @@ class DecisionRule:
                    labels)
 
 
-def fit_rule(y_true, probs, weather_decoding: bool, decoder: str = "thresholds", calibration: str = "none",
+def fit_rule(y_true, probs, weather_decoding: bool, decoder: str = "thresholds", calibration: str = "none",  # noqa: PLR0913 - public: each keyword is one tune.* setting with its default
              objectives: dict[int, Objective] | None = None, start: float = 0.2, passes: int = 3,
              grid: int = 101, labels=LABELS) -> tuple[DecisionRule, dict[int, OperatingPoint]]:
     """The whole fit tune makes: each label with an objective at its operating point, the others' thresholds

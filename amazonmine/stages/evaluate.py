@@ -209,8 +209,25 @@ def _label_curve(y, probs, thresholds, j, candidates, weather_decoding, labels) 
 
 # --- sections ----------------------------------------------------------------------------------------------
 
-def _summary(cfg, oof: OofSet, pred: np.ndarray, source: str, weather: bool, f2: float, f2_flat: float,
-             interval: tuple[float, float], saved: dict, lockbox: Lockbox | None) -> list[list[str]]:
+@dataclass(frozen=True)
+class Scoring:
+    """How evaluate decides and scores, the same in every section: the run's rule (thresholds, or the
+    expected-F2 decoder) with weather decoding on or off over the run's labels, and the bootstrap's draws and
+    seed behind every interval."""
+
+    rule: object
+    weather: bool
+    labels: list
+    draws: int
+    seed: int
+
+    def decide(self, probs: np.ndarray) -> np.ndarray:
+        return decode(probs, self.rule, self.weather, self.labels)
+
+
+def _summary(cfg, oof: OofSet, pred: np.ndarray, source: str, weather: bool, interval: tuple[float, float],
+             saved: dict, lockbox: Lockbox | None) -> list[list[str]]:
+    f2, f2_flat = mean_f2(oof.y_true, pred), mean_f2(oof.y_true, oof.probs >= cfg.tune.start)
     rows = [
         ["run folder", str(Path(cfg.run.dir).resolve())],
         ["out-of-fold chips", f"{len(oof.names)} of {oof.n_labelled} labelled, folds {', '.join(map(str, oof.folds))}"],
@@ -296,12 +313,13 @@ def _curves(out: Path, oof: OofSet, thresholds, weather: bool, grid: int, labels
     _save_figure(fig, out / "curves.png")
 
 
-def _pr_curves(out: Path, oof: OofSet, rule, thresholds: np.ndarray, weather: bool, pred: np.ndarray,
-               objectives: dict[int, Objective], lockbox: Lockbox | None, labels) -> None:
+def _pr_curves(out: Path, oof: OofSet, scoring: Scoring, thresholds: np.ndarray, pred: np.ndarray,
+               objectives: dict[int, Objective], lockbox: Lockbox | None) -> None:
     """Precision against recall of the labels scan maps (the mine labels of the Planet 17)."""
     from matplotlib.figure import Figure
 
-    decoder = getattr(rule, "decoder", "thresholds")
+    labels, weather = scoring.labels, scoring.weather
+    decoder = getattr(scoring.rule, "decoder", "thresholds")
     shown = site_labels(labels)
     fig = Figure(figsize=(6 * len(shown), 5))
     axes = np.atleast_1d(fig.subplots(1, len(shown)))
@@ -548,8 +566,8 @@ def _looks_html(looks: list[dict]) -> str:
     return "" if warning is None else str(_templates().get_template(MACROS_TEMPLATE).module.missing(warning))
 
 
-def _lockbox(cfg, run: RunFolder, layout: PlanetLayout, frame, matrix, rule, weather: bool,
-             draws: int, seed: int, oof: OofSet) -> tuple[dict, Lockbox | None, bool]:
+def _lockbox(cfg, run: RunFolder, layout: PlanetLayout, frame, matrix, scoring: Scoring,
+             oof: OofSet) -> tuple[dict, Lockbox | None, bool]:
     """The lockbox section's values, its scores, and whether a hold-out that exists could be scored."""
     held = run.held_out_chips()
     if not held:
@@ -572,8 +590,8 @@ def _lockbox(cfg, run: RunFolder, layout: PlanetLayout, frame, matrix, rule, wea
     keep = [i for i, name in enumerate(names) if name in row_of]
     y = matrix[[row_of[names[i]] for i in keep]]
     y = y if (y < 0).any() else y.astype(bool)  # never-annotated entries (-1) stay for the scores to leave out
-    pred = decode(probs[keep], rule, weather, layout.labels)
-    intervals = bootstrap_intervals(y, pred, draws, seed)
+    pred = scoring.decide(probs[keep])
+    intervals = bootstrap_intervals(y, pred, scoring.draws, scoring.seed)
     scored = {names[i] for i in keep}
     box = Lockbox(len(y), mean_f2(y, pred), intervals["mean_f2"], y, pred, intervals,
                   sorted(set(held) - scored))
@@ -582,12 +600,12 @@ def _lockbox(cfg, run: RunFolder, layout: PlanetLayout, frame, matrix, rule, wea
                "f2": box.f2, "interval": box.interval, "looks_warning": _looks_warning(box.looks), "alone": None,
                "decoders": None, "unscored": box.unscored,
                "rows": _score_rows(y, pred, intervals, lambda j, name: [], layout.labels)}
-    alone = _each_fold_alone(run, names, keep, y, pred, box.interval, rule, weather, draws, seed, layout.labels)
+    alone = _each_fold_alone(run, names, keep, y, pred, box.interval, scoring)
     if alone is not None:
         box.single, box.gain, alone_rows = alone
         if box.single:
             section["alone"] = {"gain": box.gain, "rows": alone_rows}
-    decoders = _lockbox_decoders(cfg, oof, rule, y, probs[keep], draws, seed)
+    decoders = _lockbox_decoders(cfg, oof, scoring.rule, y, probs[keep], scoring.draws, scoring.seed)
     if decoders is not None:
         box.decoders, box.decoder_difference, decoder_rows = decoders
         section["decoders"] = {"difference": box.decoder_difference, "rows": decoder_rows}
@@ -595,7 +613,7 @@ def _lockbox(cfg, run: RunFolder, layout: PlanetLayout, frame, matrix, rule, wea
 
 
 def _each_fold_alone(run: RunFolder, names: list[str], keep: list[int], y: np.ndarray, pred: np.ndarray,
-                     interval: tuple[float, float], rule, weather: bool, draws: int, seed: int, labels):
+                     interval: tuple[float, float], scoring: Scoring):
     """(single, gain, table rows): every fold's model alone on the lockbox with the same decisions, and the
     ensemble's gain over the average fold alone; None with fewer than two folds' files."""
     try:
@@ -607,15 +625,15 @@ def _each_fold_alone(run: RunFolder, names: list[str], keep: list[int], y: np.nd
     ensemble_chip = per_image_f2(y, pred)
     single, fold_chip = [], []
     for files in folds:
-        fold_names, probs = load_matrix_csv(files.holdout, labels=labels)
+        fold_names, probs = load_matrix_csv(files.holdout, labels=scoring.labels)
         if list(fold_names) != list(names):
             return None
-        decided = decode(probs[keep], rule, weather, labels)
+        decided = scoring.decide(probs[keep])
         per_chip = per_image_f2(y, decided)
-        lo, hi = bootstrap_intervals(y, decided, draws, seed)["mean_f2"]
+        lo, hi = bootstrap_intervals(y, decided, scoring.draws, scoring.seed)["mean_f2"]
         single.append((files.fold, float(per_chip.mean()), (float(lo), float(hi))))
         fold_chip.append(per_chip)
-    gain = paired_mean(ensemble_chip - np.mean(fold_chip, axis=0), draws, seed)
+    gain = paired_mean(ensemble_chip - np.mean(fold_chip, axis=0), scoring.draws, scoring.seed)
     rows = [[f"fold {k} alone", f"{f2:.4f}", f"{a:.4f}-{b:.4f}"] for k, f2, (a, b) in single]
     rows.append([f"the {len(single)} folds averaged (what predict uses)", f"{ensemble_chip.mean():.4f}",
                  f"{interval[0]:.4f}-{interval[1]:.4f}"])
@@ -674,12 +692,12 @@ def _evaluate(cfg, run: RunFolder) -> EvaluateResult:
     saved, objectives = _tuned(run, labels)
     pred = decode(oof.probs, rule, weather, labels)
     f2 = mean_f2(oof.y_true, pred)
-    f2_flat = mean_f2(oof.y_true, oof.probs >= cfg.tune.start)
     draws, seed = _bootstrap_settings(cfg)
+    scoring = Scoring(rule, weather, labels, draws, seed)
     intervals = bootstrap_intervals(oof.y_true, pred, draws, seed)
 
     missing = []
-    lockbox_section, lockbox, ok = _lockbox(cfg, run, layout, frame, matrix, rule, weather, draws, seed, oof)
+    lockbox_section, lockbox, ok = _lockbox(cfg, run, layout, frame, matrix, scoring, oof)
     if not ok:
         missing.append(lockbox_section.get("hint", "lockbox"))
     gallery, ok = _gallery(out, cfg, oof, pred, labels)
@@ -691,12 +709,12 @@ def _evaluate(cfg, run: RunFolder) -> EvaluateResult:
     submission, ok = _submission(run, matrix, labels)
     if not ok:
         missing.append("submission")
-    _pr_curves(out, oof, rule, thresholds, weather, pred, objectives, lockbox, labels)
+    _pr_curves(out, oof, scoring, thresholds, pred, objectives, lockbox)
     _curves(out, oof, thresholds, weather, cfg.tune.grid, labels)
     _cooccurrence(out, oof.y_true, pred, labels)
     page = _templates().get_template(REPORT_TEMPLATE).render(
         run_name=run_dir.name,
-        summary_rows=_summary(cfg, oof, pred, source, weather, f2, f2_flat, intervals["mean_f2"], saved, lockbox),
+        summary_rows=_summary(cfg, oof, pred, source, weather, intervals["mean_f2"], saved, lockbox),
         scores=_scores(oof, pred, thresholds, weather, intervals, objectives, labels),
         count_header=_COUNT_HEADER, lockbox=lockbox_section,
         expected_f2_decoding=getattr(rule, "decoder", "thresholds") != "thresholds", weather_decoding=weather,

@@ -245,18 +245,32 @@ def run_predict_bundle(inputs: list[Path], out: Path, model=None, gpu: bool = Fa
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     with exclusive_lock(out / ".lock", "amazonmine predict"):
-        summary = _label_inputs(predictor, chips, out, expected_size=0, dehazed=False, progress=progress)
+        summary = _label_inputs(predictor, chips, _Outputs.in_folder(out), expected_size=0, dehazed=False,
+                                progress=progress)
     summary.note = f"model {predictor.bundle.name}"
     return summary
 
 
-def _label_inputs(predictor, chips, out_dir: Path, expected_size: int, dehazed: bool, progress: bool,
-                  sample: Path | None = None, probs_csv: Path | None = None,
-                  submission: Path | None = None) -> PredictSummary:
+@dataclass(frozen=True)
+class _Outputs:
+    """Where labelling writes: the folder (with its predict_failures.csv), the probabilities, the decisions in
+    the submission format, and the Kaggle sample that orders them (None: the chips' own order)."""
+
+    folder: Path
+    probabilities: Path
+    labels: Path
+    sample: Path | None = None
+
+    @classmethod
+    def in_folder(cls, folder: Path) -> "_Outputs":
+        return cls(folder, folder / "probabilities.csv", folder / "labels.csv")
+
+
+def _label_inputs(predictor, chips, outputs: _Outputs, expected_size: int, dehazed: bool,
+                  progress: bool) -> PredictSummary:
     """Probabilities, then decisions in the submission format, checked; unreadable chips listed beside them."""
+    out_dir, probs_csv, submission, sample = outputs.folder, outputs.probabilities, outputs.labels, outputs.sample
     out_dir.mkdir(parents=True, exist_ok=True)
-    probs_csv = probs_csv or out_dir / "probabilities.csv"
-    submission = submission or out_dir / "labels.csv"
     started = time.perf_counter()
     failures = predictor.predict_files(chips, probs_csv, dehazed=dehazed, expected_size=expected_size,
                                        progress=progress)
@@ -300,11 +314,11 @@ def _predict(cfg, run: RunFolder, inputs: list[Path] | None, gpu: bool, progress
     # the competition's test set: the run's Kaggle files stay as they are) are dehazed in memory by the
     # predictor when the folds learnt from dehazed chips.
     if explicit:
-        summary = _label_inputs(predictor, chips, run.predictions_dir, cfg.data.chip_size, False, progress)
+        summary = _label_inputs(predictor, chips, _Outputs.in_folder(run.predictions_dir), cfg.data.chip_size, False,
+                                progress)
     else:
-        summary = _label_inputs(predictor, chips, run.root, cfg.data.chip_size, True, progress,
-                                sample=layout.sample_submission, probs_csv=run.test_probabilities,
-                                submission=run.submission)
+        outputs = _Outputs(run.root, run.test_probabilities, run.submission, layout.sample_submission)
+        summary = _label_inputs(predictor, chips, outputs, cfg.data.chip_size, True, progress)
     notes = []
     if predictor.unfinished:
         notes.append(f"left out {', '.join(predictor.unfinished)}: not finished (no summary.json); "

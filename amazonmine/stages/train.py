@@ -438,7 +438,7 @@ def _calibration(cfg, data: FoldData, fold: int):
     return data.dataset(order, cfg.train.image_size, cfg.train.batch_size)
 
 
-def _finish_fold(cfg, data: FoldData, files: FoldFiles, state: ResumeState, *, meter, wall: float,
+def _finish_fold(cfg, data: FoldData, files: FoldFiles, state: ResumeState, *, meter, wall: float,  # noqa: PLR0913 - keyword-only, what the fit measured, named at its one call; the summary writes each
                  replicas: int, gpu: bool, note: str | None, model_path: Path, cluster: dict,
                  started_from: dict | None = None) -> TrainResult:
     """BatchNorm recalibration, out-of-fold predictions and the summary of a trained fold.

@@ -101,13 +101,17 @@ def run_tune(cfg) -> TuneResult:
 
 @dataclass
 class _Settings:
-    """tune's settings, checked once: the decoder, calibration, operating points and bootstrap."""
+    """tune's settings, checked once: the decoder, calibration, operating points, bootstrap, and the threshold
+    search (start, passes, grid)."""
 
     decoder: str
     calibration: str
     objectives: dict[int, Objective]
     draws: int
     seed: int
+    start: float = 0.2
+    passes: int = 3
+    grid: int = 101
 
     @classmethod
     def from_config(cls, tc, labels=LABELS) -> "_Settings":
@@ -124,19 +128,20 @@ class _Settings:
         draws = int(tc.bootstrap)
         if draws < 1:
             raise ConfigError(f"tune.bootstrap must be at least 1 draw, got {draws}")
-        return cls(decoder, calibration, objectives, draws, int(tc.bootstrap_seed))
+        return cls(decoder, calibration, objectives, draws, int(tc.bootstrap_seed), float(tc.start), int(tc.passes),
+                   int(tc.grid))
 
 
-def crossfit(y, p, weather_decoding: bool, settings: _Settings, start: float, passes: int, grid: int,
-             seed: int, labels=LABELS) -> dict[str, float]:
-    """Mean F2 of each decoder fitted on one random half of the chips and scored on the other, both ways round."""
-    half = np.random.default_rng(seed).permutation(len(y)) < len(y) // 2
+def crossfit(y, p, weather_decoding: bool, settings: _Settings, labels=LABELS) -> dict[str, float]:
+    """Mean F2 of each decoder fitted on one random half of the chips and scored on the other, both ways round
+    (the halves drawn with the bootstrap's seed)."""
+    half = np.random.default_rng(settings.seed).permutation(len(y)) < len(y) // 2
     if half.all() or not half.any():
         return {}
     scores = {decoder: np.zeros(len(y)) for decoder in DECODERS}
     for fit in (half, ~half):
         rule, _ = fit_rule(y[fit], p[fit], weather_decoding, "thresholds", "none", settings.objectives,
-                           start, passes, grid, labels)
+                           settings.start, settings.passes, settings.grid, labels)
         for decoder in DECODERS:
             decided = rule.with_decoder(decoder, settings.calibration, y[fit], p[fit]).decide(p[~fit])
             scores[decoder][~fit] = per_image_f2(y[~fit], decided)
@@ -165,7 +170,7 @@ def _tune(cfg, folder: RunFolder) -> TuneResult:
     f2_tuned = mean_f2(y, pred)
     scores = per_label_scores(y, pred)
     intervals = bootstrap_intervals(y, pred, settings.draws, settings.seed)
-    cross = crossfit(y, p, tc.weather_decoding, settings, tc.start, tc.passes, tc.grid, settings.seed, labels)
+    cross = crossfit(y, p, tc.weather_decoding, settings, labels)
     objective_of = {labels[j]: o for j, o in settings.objectives.items()}
     point_of = {labels[j]: pt for j, pt in points.items()}
     recall = {name: float(scores["recall"][j]) for j, name in enumerate(labels)}
