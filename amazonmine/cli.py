@@ -213,8 +213,8 @@ def synth(out, config_path, overrides, n_train, n_test, size, seed, rare_boost, 
 @main.command(short_help="Cut labelled training chips from scenes and polygons (Kaggle layout).")
 @click.argument("scenes", nargs=-1, required=True, metavar="SCENE...")
 @click.option("--labels", "labels_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
-              metavar="LABELS.geojson|.gpkg", help="Polygons with a 'label' property (a Planet label, or "
-                                                   "unlabelled/ignore for places to leave out).")
+              metavar="LABELS.geojson|.gpkg", help="Polygons with a 'label' property (a label of data.labels, "
+                                                   "or unlabelled/ignore for places to leave out).")
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="The dataset folder to write (train_v2.csv, train-jpg/, chips.csv, chips.geojson, chips.json).")
 @_config_options
