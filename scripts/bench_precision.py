@@ -5,7 +5,7 @@
                                                 [--chips 2048] [--backbone densenet121] [--settings ...]
 
 One model per setting (``amazonmine.neural.model.build_model`` under that Keras dtype policy, compiled as
-``amazonmine.stages.train`` compiles it, with ``jit_compile`` for the XLA rows and the weight average of ``train.ema``
+``amazonmine.neural.trainer`` compiles it, with ``jit_compile`` for the XLA rows and the weight average of ``train.ema``
 for the EMA rows, which ``--settings`` can add) trains on the same pre-decoded chips
 held in memory, so the input pipeline is out of the figure. The settings are measured in turn, round after
 round (``--rounds``), so that a change in the machine's load hits all of them alike; the table shows the median

@@ -5,7 +5,7 @@
                                             [--rounds 1] [--deterministic]
 
 For each input size, one model (``amazonmine.neural.model.build_model``, DenseNet121 from scratch by default) is
-compiled as ``amazonmine.stages.train`` compiles it (AdamW + the configured schedule, binary cross-entropy, the mean-F2
+compiled as ``amazonmine.neural.trainer`` compiles it (AdamW + the configured schedule, binary cross-entropy, the mean-F2
 metric, from ``amazonmine.neural.fitting``) and trained with ``model.fit`` on, in turn:
 
 * pipeline    -- ``amazonmine.neural.datasets.preflight`` + ``make_dataset(..., stream=TrainingStream(...))``: every chip

@@ -15,9 +15,9 @@ MAX_LINES = 80
 
 # "<module file stem>.<qualified name>": why it is longer. The key has no folder, so it survives a move.
 LONG_FUNCTIONS = {
-    "train.train_fold": "in flight, refactored with the move (a parameter object; the Keras fit moves to the model's "
+    "trainer.train_fold": "in flight, refactored with the move (a parameter object; the Keras fit moves to the model's "
                         "modules)",
-    "train._finish_fold": "in flight, refactored with the move",
+    "trainer._finish_fold": "in flight, refactored with the move",
     "dehaze._dehaze_folders": "in flight, refactored with the move",
 }
 

@@ -151,6 +151,7 @@ def test_same_seed_same_first_epoch_loss(learn_root, make_cfg, tmp_path):
 def test_interrupted_run_resumes_at_the_right_epoch_with_its_optimizer(learn_root, make_cfg, monkeypatch, ema):
     import keras
 
+    import amazonmine.neural.trainer as trainer
     import amazonmine.stages.train as train
 
     cfg = tiny_cfg(make_cfg, learn_root, **{"train.epochs": 3, "train.steps_per_epoch": 5, "train.ema": ema})
@@ -164,16 +165,16 @@ def test_interrupted_run_resumes_at_the_right_epoch_with_its_optimizer(learn_roo
         def on_epoch_begin(self, epoch, logs=None):
             self._epoch = epoch
 
-    original_callbacks = train.fold_callbacks
-    monkeypatch.setattr(train, "fold_callbacks", lambda *a, **k: (lambda cbs: (cbs[0] + [CtrlC()], *cbs[1:]))(original_callbacks(*a, **k)))
-    original_save = train.ResumeState.save
+    original_callbacks = trainer.fold_callbacks
+    monkeypatch.setattr(trainer, "fold_callbacks", lambda *a, **k: (lambda cbs: (cbs[0] + [CtrlC()], *cbs[1:]))(original_callbacks(*a, **k)))
+    original_save = trainer.ResumeState.save
 
     def spy_save(self, model, epoch):
         original_save(self, model, epoch)
         saved.update(epoch=epoch, iterations=int(model.optimizer.iterations.numpy()),
                      slots=[v.numpy().copy() for v in model.optimizer.variables])
 
-    monkeypatch.setattr(train.ResumeState, "save", spy_save)
+    monkeypatch.setattr(trainer.ResumeState, "save", spy_save)
     with pytest.raises(AmazonmineError, match="interrupted: resume state saved"):
         list(train.run_train(cfg, folds=[0]))
     assert saved["epoch"] == 1  # epoch 2 was cut short: it will be redone
@@ -182,9 +183,9 @@ def test_interrupted_run_resumes_at_the_right_epoch_with_its_optimizer(learn_roo
     assert state["epoch"] == 1 and state["best_val_f2"] > 0
 
     at_interrupt = dict(saved)
-    monkeypatch.setattr(train, "fold_callbacks", original_callbacks)
+    monkeypatch.setattr(trainer, "fold_callbacks", original_callbacks)
     restored = {}
-    original_restore = train.ResumeState.restore
+    original_restore = trainer.ResumeState.restore
 
     def spy_restore(self, model):
         epoch = original_restore(self, model)
@@ -192,7 +193,7 @@ def test_interrupted_run_resumes_at_the_right_epoch_with_its_optimizer(learn_roo
                         slots=[v.numpy().copy() for v in model.optimizer.variables])
         return epoch
 
-    monkeypatch.setattr(train.ResumeState, "restore", spy_restore)
+    monkeypatch.setattr(trainer.ResumeState, "restore", spy_restore)
     (result,) = train.run_train(cfg, folds=[0], resume=True)
     assert restored["epoch"] == 1 and restored["iterations"] == at_interrupt["iterations"]
     for a, b in zip(at_interrupt["slots"], restored["slots"]):
@@ -399,6 +400,7 @@ def test_an_interrupted_fold_is_not_restarted_by_accident(learn_root, make_cfg):
 def test_ctrl_c_before_the_first_epoch_ends_leaves_nothing_unloadable(learn_root, make_cfg, monkeypatch):
     import keras
 
+    import amazonmine.neural.trainer as trainer
     import amazonmine.stages.train as train
 
     cfg = tiny_cfg(make_cfg, learn_root, **{"train.epochs": 1, "train.steps_per_epoch": 2,
@@ -408,13 +410,13 @@ def test_ctrl_c_before_the_first_epoch_ends_leaves_nothing_unloadable(learn_root
         def on_train_batch_begin(self, batch, logs=None):
             raise KeyboardInterrupt  # before the optimizer's first step
 
-    original_callbacks = train.fold_callbacks
-    monkeypatch.setattr(train, "fold_callbacks",
+    original_callbacks = trainer.fold_callbacks
+    monkeypatch.setattr(trainer, "fold_callbacks",
                         lambda *a, **k: (lambda cbs: ([CtrlCAtStart()] + cbs[0], *cbs[1:]))(original_callbacks(*a, **k)))
     with pytest.raises(AmazonmineError, match="interrupted during the first epoch of fold 0: nothing to resume"):
         list(train.run_train(cfg, folds=[0]))
     assert not (cfg.run_dir / "fold0" / "resume").exists()
-    monkeypatch.setattr(train, "fold_callbacks", original_callbacks)
+    monkeypatch.setattr(trainer, "fold_callbacks", original_callbacks)
     (result,) = train.run_train(cfg, folds=[0], resume=True)  # nothing to resume: the fold simply trains
     assert result.model_path.is_file()
 
@@ -422,6 +424,7 @@ def test_ctrl_c_before_the_first_epoch_ends_leaves_nothing_unloadable(learn_root
 def test_batchnorm_recalibration_that_lowers_val_f2_is_not_kept(learn_root, make_cfg, monkeypatch):
     import keras
 
+    import amazonmine.neural.trainer as trainer
     import amazonmine.stages.train as train
     from amazonmine.neural.fitting import batchnorm_layers
     from amazonmine.neural.model import load_trained
@@ -432,12 +435,12 @@ def test_batchnorm_recalibration_that_lowers_val_f2_is_not_kept(learn_root, make
             bn.moving_mean.assign(bn.moving_mean.numpy() + 50.0)  # statistics that wreck every prediction
         return len(bns)
 
-    monkeypatch.setattr(train, "recalibrate_batchnorm", sabotage)
+    monkeypatch.setattr(trainer, "recalibrate_batchnorm", sabotage)
     # A tiny model's F2 may not move at all, so the two validation scores (before, after) are set here; the
     # weights really are wrecked, and the saved model must be the checkpoint as trained.
     scores = iter([0.8, 0.5])
-    real_f2 = train.mean_f2
-    monkeypatch.setattr(train, "mean_f2", lambda y, p: next(scores, None) or real_f2(y, p))
+    real_f2 = trainer.mean_f2
+    monkeypatch.setattr(trainer, "mean_f2", lambda y, p: next(scores, None) or real_f2(y, p))
     cfg = tiny_cfg(make_cfg, learn_root, **{"train.epochs": 1, "train.steps_per_epoch": 6,
                                              "train.bn_recalibration_batches": 2})
     (result,) = train.run_train(cfg, folds=[0])
@@ -484,22 +487,23 @@ def test_a_fold_finished_by_an_earlier_version_is_kept_with_a_note(learn_root, m
 
 
 def test_ctrl_c_after_training_resumes_without_training_further(learn_root, make_cfg, monkeypatch):
+    import amazonmine.neural.trainer as trainer
     import amazonmine.stages.train as train
 
     cfg = tiny_cfg(make_cfg, learn_root, **{"train.epochs": 2, "train.steps_per_epoch": 2,
                                              "train.bn_recalibration_batches": 1})
-    real = train.recalibrate_batchnorm
+    real = trainer.recalibrate_batchnorm
 
     def interrupted(*args):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(train, "recalibrate_batchnorm", interrupted)
+    monkeypatch.setattr(trainer, "recalibrate_batchnorm", interrupted)
     with pytest.raises(AmazonmineError, match="finishes them without training further"):
         list(train.run_train(cfg, folds=[0]))
     fold = cfg.run_dir / "fold0"
     assert json.loads((fold / "resume" / "state.json").read_text())["epoch"] == 2
     assert not (fold / "summary.json").exists()
-    monkeypatch.setattr(train, "recalibrate_batchnorm", real)
+    monkeypatch.setattr(trainer, "recalibrate_batchnorm", real)
     (result,) = train.run_train(cfg, folds=[0], resume=True)
     assert len(pd.read_csv(fold / "history.csv")) == 2 and result.summary["epochs_run"] == 2
     assert (fold / "summary.json").is_file() and not (fold / "resume").exists()
@@ -507,20 +511,21 @@ def test_ctrl_c_after_training_resumes_without_training_further(learn_root, make
 
 def test_weight_averaging_validates_and_keeps_the_average_and_resumes_from_raw_weights(learn_root, make_cfg,
                                                                                       monkeypatch):
+    import amazonmine.neural.trainer as trainer
     import amazonmine.stages.train as train
     from amazonmine.neural.model import load_trained
 
     cfg = tiny_cfg(make_cfg, learn_root, **{"train.epochs": 2, "train.steps_per_epoch": 6, "train.ema": 0.8,
                                             "train.bn_recalibration_batches": 0})
     saved = []
-    original_save = train.ResumeState.save
+    original_save = trainer.ResumeState.save
 
     def spy_save(self, model, epoch):
         original_save(self, model, epoch)
         saved.append({"raw": [v.numpy().copy() for v in model.trainable_variables],
                       "average": [v.numpy().copy() for v in model.optimizer._model_variables_moving_average]})
 
-    monkeypatch.setattr(train.ResumeState, "save", spy_save)
+    monkeypatch.setattr(trainer.ResumeState, "save", spy_save)
     (result,) = train.run_train(cfg, folds=[0])
     assert len(saved) == 2
     at_best = saved[result.summary["best_epoch"] - 1]
@@ -534,6 +539,7 @@ def test_weight_averaging_validates_and_keeps_the_average_and_resumes_from_raw_w
 
 def test_averaged_weights_are_validated_and_kept_with_batchnorm_statistics_of_their_own(learn_root, make_cfg,
                                                                                          monkeypatch):
+    import amazonmine.neural.trainer as trainer
     import amazonmine.stages.train as train
     from amazonmine.neural.fitting import batchnorm_layers
 
@@ -543,7 +549,7 @@ def test_averaged_weights_are_validated_and_kept_with_batchnorm_statistics_of_th
     cfg = tiny_cfg(make_cfg, learn_root, **{"train.epochs": 2, "train.steps_per_epoch": 6, "train.ema": 0.8,
                                             "train.bn_recalibration_batches": 2})
     raw_at_save, final_recalibration = [], {}
-    original_save, original_recalibrate = train.ResumeState.save, train.recalibrate_batchnorm
+    original_save, original_recalibrate = trainer.ResumeState.save, trainer.recalibrate_batchnorm
 
     def spy_save(self, model, epoch):
         original_save(self, model, epoch)
@@ -555,8 +561,8 @@ def test_averaged_weights_are_validated_and_kept_with_batchnorm_statistics_of_th
         final_recalibration["after"] = statistics(model)
         return done
 
-    monkeypatch.setattr(train.ResumeState, "save", spy_save)
-    monkeypatch.setattr(train, "recalibrate_batchnorm", spy_recalibrate)
+    monkeypatch.setattr(trainer.ResumeState, "save", spy_save)
+    monkeypatch.setattr(trainer, "recalibrate_batchnorm", spy_recalibrate)
     (result,) = train.run_train(cfg, folds=[0])
     kept = final_recalibration["before"]
     raw = raw_at_save[result.summary["best_epoch"] - 1]
@@ -572,6 +578,7 @@ def test_ctrl_c_during_validation_of_averaged_weights_resumes_from_the_raw_weigh
         learn_root, make_cfg, monkeypatch):
     import keras
 
+    import amazonmine.neural.trainer as trainer
     import amazonmine.stages.train as train
     from amazonmine.neural.fitting import batchnorm_layers
 
@@ -596,16 +603,16 @@ def test_ctrl_c_during_validation_of_averaged_weights_resumes_from_the_raw_weigh
                 seen["validated"] = state_of(self.model)
                 raise KeyboardInterrupt
 
-    original_callbacks = train.fold_callbacks
-    monkeypatch.setattr(train, "fold_callbacks",
+    original_callbacks = trainer.fold_callbacks
+    monkeypatch.setattr(trainer, "fold_callbacks",
                         lambda *a, **k: (lambda cbs: (cbs[0] + [CtrlCInValidation()], *cbs[1:]))(original_callbacks(*a, **k)))
-    original_save = train.ResumeState.save
+    original_save = trainer.ResumeState.save
 
     def spy_save(self, model, epoch):
         seen["saved"].append((epoch, state_of(model)))
         original_save(self, model, epoch)
 
-    monkeypatch.setattr(train.ResumeState, "save", spy_save)
+    monkeypatch.setattr(trainer.ResumeState, "save", spy_save)
     with pytest.raises(AmazonmineError, match="interrupted: resume state saved in .* after epoch 1;"):
         list(train.run_train(cfg, folds=[0]))
     # Validation ran on other weights and statistics (the averages); the state resumed from is the one saved at
@@ -692,10 +699,10 @@ def test_validation_bn_batches_validates_and_keeps_the_epochs_own_statistics(lea
             if batch == 0:
                 events.append(f"validation {len(after_recalibration)}")
 
-    import amazonmine.stages.train as train
+    import amazonmine.neural.trainer as trainer
 
-    original_callbacks = train.fold_callbacks
-    monkeypatch.setattr(train, "fold_callbacks",
+    original_callbacks = trainer.fold_callbacks
+    monkeypatch.setattr(trainer, "fold_callbacks",
                         lambda *a, **k: (lambda cbs: (cbs[0] + [Validation()], *cbs[1:]))(original_callbacks(*a, **k)))
     monkeypatch.setattr(keras_parts, "recalibrate_batchnorm", spy)
     cfg = tiny_cfg(make_cfg, learn_root, **{"train.validation_bn_batches": 2, "train.epochs": 3,
@@ -726,17 +733,18 @@ def test_validation_bn_batches_beside_ema_is_refused_before_anything_is_written(
 def test_a_resume_inside_the_small_epochs_redoes_the_cut_epoch_small(learn_root, make_cfg, monkeypatch):
 
     import amazonmine.neural.datasets as pipeline
+    import amazonmine.neural.trainer as trainer
     import amazonmine.stages.train as train
 
     cfg = tiny_cfg(make_cfg, learn_root, **{"train.image_size": 48, "train.small_size": 32, "train.small_epochs": 2,
                                             "train.epochs": 3, "train.steps_per_epoch": 3,
                                             "train.bn_recalibration_batches": 0})
 
-    original_callbacks = train.fold_callbacks
-    ctrl_c_at(monkeypatch, train, epoch=1, batch=1)
+    original_callbacks = trainer.fold_callbacks
+    ctrl_c_at(monkeypatch, trainer, epoch=1, batch=1)
     with pytest.raises(AmazonmineError, match="interrupted: resume state saved"):
         list(train.run_train(cfg, folds=[0]))
-    monkeypatch.setattr(train, "fold_callbacks", original_callbacks)
+    monkeypatch.setattr(trainer, "fold_callbacks", original_callbacks)
 
     seen = record_training_sides(monkeypatch, pipeline)
     train.run_train(cfg, folds=[0], resume=True)
@@ -767,6 +775,7 @@ def test_an_interrupted_and_resumed_fold_ends_with_the_uninterrupted_weights(lea
     """The training stream is a function of the seed and the step, and the resume state holds the rest (with
     dropout's random state): a Ctrl-C and --resume change nothing in the trained weights."""
 
+    import amazonmine.neural.trainer as trainer
     import amazonmine.stages.train as train
 
     settings = {"train.epochs": 3, "train.steps_per_epoch": 5, "train.bn_recalibration_batches": 0, **recipe}
@@ -778,9 +787,9 @@ def test_an_interrupted_and_resumed_fold_ends_with_the_uninterrupted_weights(lea
     uninterrupted = _UNINTERRUPTED[key]
 
     cut_cfg = tiny_cfg(make_cfg, learn_root, **{**settings, "run.dir": tmp_path / "cut"})
-    original_callbacks, original_save = train.fold_callbacks, train.ResumeState.save
+    original_callbacks, original_save = trainer.fold_callbacks, trainer.ResumeState.save
     if cut == "mid-epoch":  # three batches into epoch 2: resumed from epoch 1's end
-        ctrl_c_at(monkeypatch, train, epoch=1, batch=2)
+        ctrl_c_at(monkeypatch, trainer, epoch=1, batch=2)
         resumes_from = 1
     elif cut == "before-the-counters":
         # Epoch 2's history row is written, but early stopping and the plateau schedule have not counted it
@@ -797,7 +806,7 @@ def test_an_interrupted_and_resumed_fold_ends_with_the_uninterrupted_weights(lea
             at = next(i for i, cb in enumerate(callbacks) if isinstance(cb, keras.callbacks.EarlyStopping))
             return (callbacks[:at] + [CtrlCBeforeTheCounters()] + callbacks[at:], *rest)
 
-        monkeypatch.setattr(train, "fold_callbacks", cut_before_the_counters)
+        monkeypatch.setattr(trainer, "fold_callbacks", cut_before_the_counters)
         resumes_from = 1
     else:  # epoch 2's history row is written, its resume state not yet: saved by the interrupt itself
         def ctrl_c_once(self, model, epoch):
@@ -806,12 +815,12 @@ def test_an_interrupted_and_resumed_fold_ends_with_the_uninterrupted_weights(lea
                 raise KeyboardInterrupt
             original_save(self, model, epoch)
 
-        monkeypatch.setattr(train.ResumeState, "save", ctrl_c_once)
+        monkeypatch.setattr(trainer.ResumeState, "save", ctrl_c_once)
         resumes_from = 2
     with pytest.raises(AmazonmineError, match=f"resume state saved in .* after epoch {resumes_from};"):
         list(train.run_train(cut_cfg, folds=[0]))
-    monkeypatch.setattr(train, "fold_callbacks", original_callbacks)
-    monkeypatch.setattr(train.ResumeState, "save", original_save)
+    monkeypatch.setattr(trainer, "fold_callbacks", original_callbacks)
+    monkeypatch.setattr(trainer.ResumeState, "save", original_save)
     (resumed,) = train.run_train(cut_cfg, folds=[0], resume=True)
     assert resumed.summary["weights_sha256"] == uninterrupted["weights_sha256"]
     assert resumed.summary["best_val_f2"] == uninterrupted["best_val_f2"]
@@ -822,6 +831,7 @@ def test_an_interrupt_after_early_stopping_ended_the_fold_resumes_without_traini
                                                                                         monkeypatch, tmp_path):
     import keras
 
+    import amazonmine.neural.trainer as trainer
     import amazonmine.stages.train as train
 
     settings = {"train.epochs": 8, "train.steps_per_epoch": 3, "train.early_stopping_patience": 1,
@@ -836,18 +846,18 @@ def test_an_interrupt_after_early_stopping_ended_the_fold_resumes_without_traini
                 raise KeyboardInterrupt
 
     cut_cfg = tiny_cfg(make_cfg, learn_root, **{**settings, "run.dir": tmp_path / "cut"})
-    original = train.fold_callbacks
-    monkeypatch.setattr(train, "fold_callbacks",
+    original = trainer.fold_callbacks
+    monkeypatch.setattr(trainer, "fold_callbacks",
                         lambda *a, **k: (lambda cbs: (cbs[0] + [CtrlCOnceStopped()], *cbs[1:]))(original(*a, **k)))
     with pytest.raises(AmazonmineError, match="interrupted after training: .* without training further"):
         list(train.run_train(cut_cfg, folds=[0]))
-    monkeypatch.setattr(train, "fold_callbacks", original)
+    monkeypatch.setattr(trainer, "fold_callbacks", original)
     (resumed,) = train.run_train(cut_cfg, folds=[0], resume=True)
     assert resumed.summary["epochs_run"] == uninterrupted.summary["epochs_run"]
     assert resumed.summary["weights_sha256"] == uninterrupted.summary["weights_sha256"]
 
 
-def ctrl_c_at(monkeypatch, train, epoch: int, batch: int) -> None:
+def ctrl_c_at(monkeypatch, trainer, epoch: int, batch: int) -> None:
     """Make the next training's fit raise KeyboardInterrupt after batch ``batch`` of epoch ``epoch`` (0-based)."""
     import keras
 
@@ -859,8 +869,8 @@ def ctrl_c_at(monkeypatch, train, epoch: int, batch: int) -> None:
             if self._epoch == epoch and b == batch:
                 raise KeyboardInterrupt
 
-    original = train.fold_callbacks
-    monkeypatch.setattr(train, "fold_callbacks", lambda *a, **k: (lambda cbs: (cbs[0] + [CtrlC()], *cbs[1:]))(original(*a, **k)))
+    original = trainer.fold_callbacks
+    monkeypatch.setattr(trainer, "fold_callbacks", lambda *a, **k: (lambda cbs: (cbs[0] + [CtrlC()], *cbs[1:]))(original(*a, **k)))
 
 
 def record_training_sides(monkeypatch, pipeline) -> list[int]:

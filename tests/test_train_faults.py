@@ -85,10 +85,10 @@ def _assert_usable_as_before(run_dir: Path, before: dict) -> None:
 
 
 def _with_callback(monkeypatch, callback):
-    import amazonmine.stages.train as train
+    import amazonmine.neural.trainer as trainer
 
-    original = train.fold_callbacks
-    monkeypatch.setattr(train, "fold_callbacks",
+    original = trainer.fold_callbacks
+    monkeypatch.setattr(trainer, "fold_callbacks",
                         lambda *a, **k: (lambda cbs: (cbs[0] + [callback], *cbs[1:]))(original(*a, **k)))
     return original
 
@@ -159,6 +159,7 @@ def test_an_interrupted_retrain_resumes_in_its_own_place(run_dir, small_root, mo
     import keras
     import pandas as pd
 
+    import amazonmine.neural.trainer as trainer
     import amazonmine.stages.train as train
 
     before = _fold0(run_dir)
@@ -180,10 +181,10 @@ def test_an_interrupted_retrain_resumes_in_its_own_place(run_dir, small_root, mo
     with pytest.raises(AmazonmineError, match=r"interrupted retrain is saved in \.next/resume/ \(after epoch 1\)"):
         train.run_train(_cfg(sets), folds=[0])  # not skipped silently, not restarted by accident
 
-    monkeypatch.setattr(train, "fold_callbacks", original)
+    monkeypatch.setattr(trainer, "fold_callbacks", original)
     restored = []
-    real_restore = train.ResumeState.restore
-    monkeypatch.setattr(train.ResumeState, "restore",
+    real_restore = trainer.ResumeState.restore
+    monkeypatch.setattr(trainer.ResumeState, "restore",
                         lambda self, model: restored.append(self.folder) or real_restore(self, model))
     (result,) = train.run_train(_cfg(sets), folds=[0], resume=True)
     files = RunFolder(run_dir).fold(0)

@@ -51,3 +51,17 @@ def configure_devices(gpu: bool) -> int:
             pass
     keras.mixed_precision.set_global_policy("mixed_float16")
     return len(gpus)
+
+
+def set_op_determinism(deterministic: bool) -> None:
+    """Same seed, same data -> same numbers (tf.data order and kernels included), or not."""
+    import tensorflow as tf
+
+    if deterministic:
+        tf.config.experimental.enable_op_determinism()
+    else:
+        # The setting is process-wide: an earlier run in this process (a notebook, the tests) may have turned
+        # it on, and it would turn this run's XLA off.
+        from tensorflow.python.framework import config as tf_config
+
+        tf_config.disable_op_determinism()

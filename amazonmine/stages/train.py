@@ -15,8 +15,9 @@ folder gets (names from :class:`amazonmine.core.runfolder.RunFolder`)::
 Resume (``--resume``) restores weights, optimizer state and epoch from ``resume/`` and the best score so far,
 so the best checkpoint is not overwritten by a worse epoch after a restart (the trap of combining Keras'
 BackupAndRestore with ModelCheckpoint(save_best_only)). A resume starts at an epoch's end (Ctrl-C or SIGTERM in an
-epoch keeps the state of the one before) and continues the same stream of chips (:func:`make_dataset`'s
-``start``) with dropout's random state restored: it ends with the weights of the uninterrupted run.
+epoch keeps the state of the one before) and continues the same stream of chips (the ``start`` of
+:func:`amazonmine.neural.datasets.make_dataset`) with dropout's random state restored: it ends with the weights
+of the uninterrupted run.
 
 A fold that is trained again (``--retrain``, or a new split) is trained in ``fold{K}/.next/`` with files of its
 own and swapped in only when finished, so a refused, failed or interrupted retrain leaves the fold as it was
@@ -25,6 +26,7 @@ the resume state) is checked before the fold's folder is written. The run folder
 
 This module is the fold loop; the rest of training lives by concern:
 
+* :mod:`amazonmine.neural.trainer` -- one fold: the Keras fit, its interrupt handling, the fold's finish;
 * :mod:`amazonmine.core.fold_plan` -- skip / resume / retrain, the resume state, settings, a fold's rows;
 * :mod:`amazonmine.neural.fitting` -- metric, loss, optimizer, callbacks, BatchNorm recalibration;
 * :mod:`amazonmine.neural.device` -- CPU or GPUs, precision, distribution strategy.
@@ -35,91 +37,22 @@ This module is the fold loop; the rest of training lives by concern:
 from __future__ import annotations
 
 import contextlib
-import time
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
-import numpy as np
-
-from amazonmine.core.data import LABELS
 from amazonmine.core.errors import AmazonmineError
-from amazonmine.core.fold_plan import (
-    FoldAction,
-    FoldPlan,
-    ResumeState,
-    discard_retrain,
-    finish_retrain,
-    fold_action,
-    load_fold_plan,
-    model_settings,
-    resolve_folds,
-    seed_generator_states,
-    training_files,
-)
-from amazonmine.core.io import atomic_path, read_h5_stamp, stamp_h5, write_csv_atomic, write_json_atomic
-from amazonmine.core.metrics import mean_f2
-from amazonmine.core.runfolder import FoldFiles, RunFolder
-from amazonmine.neural.device import setup_device
-from amazonmine.neural.fitting import (
-    FLAT_THRESHOLD,
-    epoch_boundary,
-    fold_callbacks,
-    make_loss,
-    make_metric,
-    make_optimizer,
-    recalibrate_batchnorm,
-    trim_history,
-)
+from amazonmine.core.fold_plan import FoldAction, finish_retrain, fold_action, resolve_folds
+from amazonmine.core.runfolder import RunFolder
+from amazonmine.neural.device import set_op_determinism, setup_device
+from amazonmine.neural.trainer import TrainResult, train_fold
 
 if TYPE_CHECKING:
     from amazonmine.neural.cluster import Cluster
-    from amazonmine.neural.datasets import ChipSet
+
+__all__ = ["CLUSTER_RESUME", "TrainResult", "run_train"]
 
 # What a worker that lost the cluster is told to do.
 CLUSTER_RESUME = ("once every worker can run again, start the same command with --resume on each of them: "
                   "training continues from the last finished epoch")
-
-
-@dataclass
-class TrainResult:
-    fold: int
-    model_path: Path
-    summary: dict = field(default_factory=dict)
-
-    def headline(self) -> str:
-        s = self.summary
-        if s.get("follower"):
-            return (f"fold {self.fold}: trained by {s['follower']} with the other workers (weights sha256 "
-                    f"{s['weights_sha256'][:16]}); the chief wrote its artifacts")
-        if s.get("skipped"):
-            line = f"fold {self.fold}: already trained ({self.model_path}), kept; --retrain trains it again"
-            return line + (f"\n  note: {s['note']}" if s.get("note") else "")
-        speed = (f"{s['train_images_per_s']:.0f} img/s" if s.get("train_images_per_s")
-                 else "no epoch trained in this session")  # a resume that only finished the fold
-        line = (f"fold {self.fold}: best epoch {s['best_epoch']} val F2@0.2 {s['best_val_f2']:.4f} "
-                f"(OOF with TTA {s['oof_f2_flat']:.4f}), {speed} -> {self.model_path}")
-        if s.get("workers", 1) > 1:
-            line += (f"\n  {s['workers']} workers, global batch {s['global_batch']}, weights sha256 "
-                     f"{s['weights_sha256'][:16]}")
-        return line + (f"\n  note: {s['note']}" if s.get("note") else "")
-
-
-@dataclass
-class FoldData:
-    """One fold's chips as the input pipeline serves them: its plan, the chips it reads (only those, so row
-    indices of the labels table are remapped into them), and the pixel scale of their format."""
-
-    plan: FoldPlan
-    chips: ChipSet
-    remap: np.ndarray  # labels-table row -> index into chips (-1: not read by this fold)
-    scale: float
-
-    def dataset(self, rows: np.ndarray, image_size: int, batch_size: int):
-        """Unaugmented, unlabelled batches of ``rows`` in order: for predictions and recalibration."""
-        from amazonmine.neural.datasets import Batching, make_dataset
-
-        return make_dataset(self.chips, self.remap[rows], None, None, Batching(image_size, batch_size, self.scale))
 
 
 # --- the stage ---------------------------------------------------------------------------------------------
@@ -200,17 +133,7 @@ def _train_folds(cfg, chosen: list[int], gpu: bool, resume: bool, retrain: bool,
             shared = cluster.from_chief({str(k): list(a) for k, a in decided.items()} if decided else None)
             actions = {int(k): FoldAction(*a) for k, a in shared.items()}
             strategy = cluster.strategy
-        import tensorflow as tf
-
-        if not gpu and cfg.train.deterministic:
-            # Same seed, same data -> same numbers on the CPU (tf.data order and kernels included).
-            tf.config.experimental.enable_op_determinism()
-        else:
-            # The setting is process-wide: an earlier run in this process (a notebook, the tests) may have turned
-            # it on, and it would turn this run's XLA off.
-            from tensorflow.python.framework import config as tf_config
-
-            tf_config.disable_op_determinism()
+        set_op_determinism(not gpu and cfg.train.deterministic)  # train.deterministic holds on the CPU
         if lead:
             run.prepare(cfg)
         results = []
@@ -224,331 +147,6 @@ def _train_folds(cfg, chosen: list[int], gpu: bool, resume: bool, retrain: bool,
     return results
 
 
-def train_fold(cfg, fold: int, strategy, gpu: bool = False, action: str = "train",
-               note: str | None = None, cluster: Cluster | None = None) -> TrainResult:
-    """Train one fold (``action`` "train" or "resume" from :func:`fold_action`; "skip" returns at once).
-
-    In a ``cluster`` each worker trains on its own share of the fold's training rows; the chief alone reads
-    and writes the fold's files and finishes the fold (BatchNorm recalibration, out-of-fold predictions).
-    """
-    import keras
-
-    from amazonmine.neural.cluster import weights_digest
-    from amazonmine.neural.datasets import Batching, TrainingStream, make_dataset, preflight
-    from amazonmine.neural.model import build_model, check_backbone, pixel_scale
-
-    tc = cfg.train
-    run = RunFolder.from_config(cfg)
-    lead = cluster is None or cluster.is_chief
-    final = (run if cluster is None else cluster.writable(run)).fold(fold)  # another worker's is private
-    if action == "skip":
-        return TrainResult(fold, run.fold(fold).model, {"skipped": True, "note": note})
-    resume = action == "resume"
-    files = training_files(final, action)  # the fold itself, or .next/ beside a fold to keep
-    staged = files.dir != final.dir
-    state = ResumeState(files, run.split_fingerprint(), model_settings(cfg))
-    check_backbone(tc)
-
-    plan = load_fold_plan(cfg, fold)
-    # A worker trains on every n-th row of the manifest, from its own position in the cluster.
-    share = slice(0, None, 1) if cluster is None else slice(cluster.index, None, cluster.num_workers)
-    # Preflight reads only the chips this worker uses; row indices are remapped into that subset. The chief
-    # finishes the fold alone (recalibration, out-of-fold predictions), so it reads all of them.
-    used = plan.used_rows() if lead else np.union1d(np.unique(plan.train_rows[share]), plan.val_rows)
-    remap = -np.ones(len(plan.names), dtype=np.int64)
-    remap[used] = np.arange(len(used))
-
-    def check_chips():
-        return preflight(plan.chip_paths(used), tc.image_size, cache=tc.cache, expected_size=cfg.data.chip_size,
-                         progress=tc.verbose > 0)
-
-    chips = check_chips() if cluster is None else cluster.settle(check_chips)
-    data = FoldData(plan, chips, remap, pixel_scale(cfg.data.image_format))
-    labels_used = plan.labels[used]
-
-    keras.utils.set_random_seed(cfg.run.seed + fold)
-    replicas = strategy.num_replicas_in_sync
-    batch = tc.batch_size * replicas  # the global batch: train.batch_size on each replica of each worker
-
-    def stream(part: int, parts: int, part_batch: int, size: int, first_batch: int):
-        rows = slice(part, None, parts)
-        return make_dataset(chips, remap[plan.train_rows[rows]], labels_used, plan.transforms[rows],
-                            Batching(tc.image_size, part_batch, data.scale, size),
-                            stream=TrainingStream.from_config(tc, (cfg.run.seed + fold) * parts + part,
-                                                              start=first_batch * part_batch))
-
-    def training_input(part: int, parts: int, part_batch: int, first_epoch: int, batches_per_step: int = 1):
-        """Endless, from the first step of ``first_epoch`` on, exactly as the uninterrupted run had it: one
-        stream of chips, shrunk (progressive resizing) for the steps of the first ``train.small_epochs``.
-        ``batches_per_step``: a worker's pipeline feeds each of its local replicas one batch per step."""
-        first_batch = first_epoch * steps * batches_per_step
-        small_batches = max(0, tc.small_epochs * steps * batches_per_step - first_batch) if tc.small_size else 0
-        full = stream(part, parts, part_batch, tc.image_size, first_batch + small_batches)
-        if small_batches == 0:
-            return full
-        return stream(part, parts, part_batch, tc.small_size, first_batch).take(small_batches).concatenate(full)
-
-    val_ds = make_dataset(chips, remap[plan.val_rows], labels_used, None,
-                          Batching(tc.image_size, cfg.predict.batch_size, data.scale))
-    steps = tc.steps_per_epoch or int(np.ceil(len(plan.train_rows) / batch))
-
-    with strategy.scope():
-        model = build_model(tc, channels=chips.channels, image_format=cfg.data.image_format,
-                            num_labels=len(cfg.data.labels))
-
-    def compile_model(optimizer):
-        with strategy.scope():
-            # XLA stays off across workers, as in TensorFlow's multi-worker recipe.
-            model.compile(optimizer=optimizer, loss=make_loss(tc), metrics=[make_metric()],
-                          jit_compile=(bool(gpu) or tc.xla) and cluster is None)
-
-    started_from = None
-    if cluster is None and tc.init_from and not resume:
-        from amazonmine.neural.finetune import resolve_source, start_from, train_head
-
-        started_from = start_from(model, resolve_source(tc.init_from, fold), cfg.data.labels, tc)
-        if tc.head_epochs:  # before the fold is written: like the rest of the start, redone on a re-run
-            started_from["head_phase"] = train_head(model, tc, compile_model, training_input(0, 1, batch, 0),
-                                                    val_ds, steps)
-    with strategy.scope():
-        compile_model(make_optimizer(tc, steps))
-    if cluster is None:
-        # The optimizer's slots are made now, not inside the first traced step (Keras' default without a
-        # distribution strategy): a tf.function that creates variables is traced twice, seconds per fold.
-        with strategy.scope():
-            model.optimizer.build(model.trainable_variables)
-        initial_epoch = state.restore(model) if resume else 0
-    else:
-        cluster.prepare_model(model)
-        initial_epoch = _start_from_chief(cluster, model, state, tc, resume, cfg.data.labels, fold)
-    # The input starts where training starts: a resume continues the stream at its first unfinished epoch.
-    if cluster is None:
-        train_ds = training_input(0, 1, batch, initial_epoch)
-    else:
-        # Endless on every worker, so all of them take the same steps whatever the size of their share.
-        train_ds = cluster.distribute(lambda part, parts, size: training_input(part, parts, size, initial_epoch,
-                                                                               cluster.local_replicas), batch)
-        val_ds = cluster.evaluation_input(val_ds)
-    # Every check has passed; only now is the fold written (a refused run leaves no fold folder, and a
-    # refused retrain leaves the fold as it was).
-    if resume:
-        trim_history(files.history, initial_epoch)
-    else:
-        discard_retrain(final)
-        state.clear()
-    files.dir.mkdir(parents=True, exist_ok=True)
-    # Averaged weights (and with train.validation_bn_batches the raw ones) are validated with BatchNorm statistics
-    # of their own; across replicas or workers the statistics would have to be gathered in step, so there they
-    # are the running ones (the final recalibration still fits the kept model).
-    validated_with_own_statistics = tc.ema > 0 or tc.validation_bn_batches > 0
-    calibration = (_calibration(cfg, data, fold) if validated_with_own_statistics and replicas == 1 and cluster is None
-                   else None)
-    # An interrupt after the boundary has seen an epoch end saves that epoch's state; one in an earlier epoch-end
-    # callback (before early stopping or the plateau schedule have counted the epoch) redoes the epoch.
-    boundary = epoch_boundary()
-    callbacks, _, meter = fold_callbacks(files, tc, state.best, state, batch, calibration, boundary=boundary)
-    if cluster is not None:
-        callbacks.insert(0, cluster.same_statistics())  # before the checkpoints look at the model
-    again = f"'amazonmine train --fold {fold}{' --retrain' if staged else ''}'"
-
-    with _disk_refusals(fold, final, staged, state):
-        started = time.perf_counter()
-        try:
-            if initial_epoch < tc.epochs:
-                model.fit(train_ds, validation_data=val_ds, epochs=tc.epochs, initial_epoch=initial_epoch,
-                          steps_per_epoch=steps, callbacks=callbacks, shuffle=False, verbose=tc.verbose)
-        except KeyboardInterrupt:
-            # A resume starts from an epoch's end, never from the middle of one: the cut epoch is redone from
-            # its first step, on the same chips, and ends with the weights the uninterrupted run would have had.
-            done = _epochs_done(files.history)
-            if cluster is not None and done > 0:
-                # Saving now would wait for workers that may be gone: the state of the last finished epoch,
-                # saved by the chief, is what every worker resumes from.
-                raise AmazonmineError(f"interrupted in fold {fold} (history ends at epoch {done}): continue from "
-                                      f"the last saved epoch with 'amazonmine train --fold {fold} --resume' on "
-                                      f"every worker") from None
-            for callback in callbacks:  # stopped during validation: the raw weights back before saving
-                if isinstance(callback, keras.callbacks.SwapEMAWeights):
-                    callback.on_test_end()
-            saved = state.saved_epoch()
-            if boundary.at_epoch_end and done > saved and model.optimizer.built:
-                state.save(model, done)  # stopped among the epoch-end writes: the weights are that epoch's end
-                saved = done
-            if saved >= tc.epochs:
-                raise AmazonmineError(f"interrupted after training: continue with 'amazonmine train --fold {fold} "
-                                      f"--resume', which finishes the fold without training further") from None
-            if saved:
-                raise AmazonmineError(f"interrupted: resume state saved in {state.folder} after epoch {saved}; "
-                                      f"continue with 'amazonmine train --fold {fold} --resume'") from None
-            # No epoch's end was reached (nor saved): nothing to resume.
-            state.clear()
-            if staged:
-                discard_retrain(final)
-            raise AmazonmineError(f"interrupted during the first epoch of fold {fold}: nothing to resume; "
-                                  f"run {again} again") from None
-        wall = time.perf_counter() - started
-        digest = weights_digest(model)
-        if cluster is not None:
-            cluster.require_same({"weights after training": digest})
-            if not lead:
-                return TrainResult(fold, run.fold(fold).model, {"follower": cluster.name, "weights_sha256": digest})
-        if not files.model.is_file():
-            raise AmazonmineError(f"fold {fold}: no epoch produced a validation F2 (is the validation fold empty?)")
-        try:
-            result = _finish_fold(cfg, data, files, state, meter=meter, wall=wall, replicas=replicas, gpu=gpu,
-                                  note=note, model_path=final.model, started_from=started_from,
-                                  cluster={"workers": 1 if cluster is None else cluster.num_workers,
-                                           "global_batch": batch, "weights_sha256": digest})
-        except KeyboardInterrupt:
-            raise AmazonmineError(f"interrupted after training fold {fold}, before its out-of-fold predictions: "
-                                  f"'amazonmine train --fold {fold} --resume' finishes them without training "
-                                  f"further") from None
-        try:
-            finish_retrain(final)
-        except KeyboardInterrupt:
-            raise AmazonmineError(f"interrupted while the retrained fold {fold} was moved into {final.dir}: the "
-                                  f"next 'amazonmine train --fold {fold}' completes the move") from None
-    return result
-
-
-@contextlib.contextmanager
-def _disk_refusals(fold: int, final: FoldFiles, staged: bool, state: ResumeState):
-    """A file the fold could not write (disk full, read-only): one line with the file and reason from
-    :mod:`amazonmine.core.io`, what is kept and how to go on."""
-    try:
-        yield
-    except OSError as exc:
-        where = exc.filename or final.dir
-        kept = f"; {final.dir} is as it was before this retrain" if staged else ""
-        if final.staged.summary.is_file():  # only the swap was left: it is completed, nothing is retrained
-            then = f"the next 'amazonmine train --fold {fold}' completes the move into {final.dir}"
-        elif state.exists():
-            then = f"'amazonmine train --fold {fold} --resume' continues from the last saved epoch"
-        else:
-            then = f"'amazonmine train --fold {fold}{' --retrain' if staged else ''}' starts it again"
-        raise AmazonmineError(f"{where}: {exc.strerror or exc}{kept}; then {then}") from None
-
-
-# --- finishing a trained fold ------------------------------------------------------------------------------
-
-def _calibration(cfg, data: FoldData, fold: int):
-    """Unaugmented training chips in a seeded random order, at full size: the statistics inference will meet.
-    The same batches each time, so recalibrating the same weights twice gives the same statistics."""
-    order = np.random.default_rng(cfg.run.seed + fold).permutation(np.unique(data.plan.train_rows))
-    return data.dataset(order, cfg.train.image_size, cfg.train.batch_size)
-
-
-def _finish_fold(cfg, data: FoldData, files: FoldFiles, state: ResumeState, *, meter, wall: float,  # noqa: PLR0913 - keyword-only, what the fit measured, named at its one call; the summary writes each
-                 replicas: int, gpu: bool, note: str | None, model_path: Path, cluster: dict,
-                 started_from: dict | None = None) -> TrainResult:
-    """BatchNorm recalibration, out-of-fold predictions and the summary of a trained fold.
-
-    ``meter`` is the fold's throughput callback, ``wall`` its training seconds this session; ``model_path`` is
-    where the model ends up (``files`` may be a retrain's ``.next/``, swapped in afterwards); ``cluster`` holds
-    the workers, the global batch and the digest of the trained weights.
-    """
-    import keras
-    import pandas as pd
-
-    from amazonmine.neural.datasets import predict_dataset, tta_predict_fn
-    from amazonmine.neural.model import load_trained
-
-    tc, fold, plan = cfg.train, files.fold, data.plan
-    val_rows, y_val = plan.val_rows, plan.labels[plan.val_rows]
-
-    # Out-of-fold predictions from the best checkpoint, with the same TTA as predict uses.
-    best_model = load_trained(files.model)
-    checkpoint = read_h5_stamp(files.model)  # its validation score and epoch, which the recalibrated copy keeps
-    val_eval = data.dataset(val_rows, tc.image_size, cfg.predict.batch_size)
-    recalibration = None
-    if tc.bn_recalibration_batches > 0:
-        calib = _calibration(cfg, data, fold)
-        before = mean_f2(y_val, predict_dataset(tta_predict_fn(best_model, 1), val_eval, len(val_rows),
-                                                progress=False) >= FLAT_THRESHOLD)
-        layers_done = recalibrate_batchnorm(best_model, calib, tc.bn_recalibration_batches)
-        after = mean_f2(y_val, predict_dataset(tta_predict_fn(best_model, 1), val_eval, len(val_rows),
-                                               progress=False) >= FLAT_THRESHOLD)
-        # Kept only if it does not lower validation F2: the same rule, on the same chips, that chose the
-        # checkpoint. On small folds the batch statistics can be noisier than the moving averages.
-        kept = after >= before
-        if kept:
-            with atomic_path(files.model) as tmp:
-                best_model.save(tmp, include_optimizer=False)
-                stamp_h5(tmp, **checkpoint)
-        else:
-            best_model = load_trained(files.model)
-        recalibration = {"batches": tc.bn_recalibration_batches, "layers": layers_done,
-                         "val_f2_before": before, "val_f2_after": after, "kept": kept}
-    infer = tta_predict_fn(best_model, cfg.predict.tta)
-    oof = predict_dataset(infer, val_eval, len(val_rows), progress=tc.verbose > 0, desc=f"OOF fold {fold}")
-    oof_frame = pd.DataFrame(oof, columns=list(cfg.data.labels))
-    oof_frame.insert(0, "image_name", plan.names[val_rows])
-    write_csv_atomic(files.oof, oof_frame, float_format="%.6f")
-
-    history = pd.read_csv(files.history) if files.history.is_file() else None
-    best_row = history.loc[history["val_f2"].idxmax()] if history is not None and len(history) else None
-    summary = {
-        "fold": fold,
-        "model": str(model_path),
-        "backbone": tc.backbone,
-        "image_size": tc.image_size,
-        "labels": list(cfg.data.labels),
-        # What the weights started from (train.init_from); a resumed fold started in an earlier session.
-        "init_from": started_from or ({"source": tc.init_from} if tc.init_from else None),
-        "epochs_run": int(len(history)) if history is not None else 0,
-        # The checkpoint's own figures: after a kill and a resume, history may hold a re-run of its epoch.
-        "best_epoch": (int(checkpoint["epoch"]) if "epoch" in checkpoint
-                       else int(best_row["epoch"]) + 1 if best_row is not None else None),
-        "best_val_f2": float(state.best),
-        "best_val_loss": (checkpoint["val_loss"] if "val_loss" in checkpoint
-                          else float(best_row["val_loss"]) if best_row is not None else None),
-        "oof_f2_flat": mean_f2(y_val, oof >= FLAT_THRESHOLD),
-        "oof_tta_views": cfg.predict.tta,
-        "train_chips": int(len(plan.train_rows)),
-        "val_chips": int(len(val_rows)),
-        # None when this session trained no epoch (a resume after training): no speed was measured.
-        "train_images_per_s": meter.images / meter.seconds if meter.seconds else None,
-        "train_seconds_this_session": wall,
-        "replicas": replicas,
-        **cluster,
-        "mixed_precision": bool(gpu),
-        "bn_recalibration": recalibration,
-        "split_sha256": state.split_id,
-        "settings": state.settings,
-        "note": note,
-    }
-    write_json_atomic(files.summary, summary)  # last: its presence marks the fold finished
-    state.clear()
-    keras.backend.clear_session()
-    return TrainResult(fold, model_path, summary)
-
-
-def _start_from_chief(cluster: Cluster, model, state: ResumeState, tc, resume: bool, labels=LABELS,
-                      fold: int = 0) -> int:
-    """The chief loads what the fold starts from (``train.init_from``, or the resume state, from its own run
-    folder) and every worker takes its weights, optimizer state, epoch and best score."""
-    if resume and not model.optimizer.built:
-        with cluster.strategy.scope():  # every worker makes the slots the chief restores, in step
-            model.optimizer.build(model.trainable_variables)
-
-    def start() -> int:
-        if tc.init_from and not resume:
-            from amazonmine.neural.finetune import resolve_source, start_from
-
-            start_from(model, resolve_source(tc.init_from, fold), labels, tc)
-        return state.restore(model) if resume else 0
-
-    # Outside the strategy's scope: loading makes helper variables of its own, which inside it would be made in
-    # step with the other workers, who load nothing.
-    epoch = cluster.settle(start, chief_only=True)
-    # Early stopping's counters too: every worker must stop at the same epoch.
-    epoch, state.best, state.counters = cluster.from_chief([epoch, state.best, state.counters])
-    # Dropout's random state too: it is not among the weights, and the chief alone restored it.
-    cluster.broadcast(list(model.weights) + list(seed_generator_states(model).values())
-                      + (list(model.optimizer.variables) if model.optimizer.built else []))
-    return int(epoch)
-
-
 def _check_init_from_path(cfg, fold: int) -> None:
     """A train.init_from that names nothing, or a source of another input size or backbone, refused before any
     chip is read (bands and layers are checked when the source is loaded)."""
@@ -557,16 +155,6 @@ def _check_init_from_path(cfg, fold: int) -> None:
 
         check_compatible(resolve_source(cfg.train.init_from, fold), cfg.train)
 
-
-def _epochs_done(history_csv: Path) -> int:
-    import pandas as pd
-
-    if not history_csv.is_file():
-        return 0
-    try:
-        return int(len(pd.read_csv(history_csv)))
-    except Exception:  # noqa: BLE001 - an empty or half-written log means no finished epoch
-        return 0
 
 
 # --- signals -----------------------------------------------------------------------------------------------
