@@ -14,12 +14,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "amazonmine"
 MAX_LINES = 80
 
 # "<module file stem>.<qualified name>": why it is longer. The key has no folder, so it survives a move.
-LONG_FUNCTIONS = {
-    "trainer.train_fold": "in flight, refactored with the move (a parameter object; the Keras fit moves to the model's "
-                        "modules)",
-    "trainer._finish_fold": "in flight, refactored with the move",
-    "dehaze._dehaze_folders": "in flight, refactored with the move",
-}
+LONG_FUNCTIONS: dict[str, str] = {}
 
 
 def function_lengths(path: Path) -> dict[str, int]:

@@ -355,30 +355,8 @@ def _dehaze_folders(cfg, params: DehazeParams, src: Path, dst: Path, pairs: list
         remove_stale_temporaries(folder)  # a killed run's write in flight: never a finished chip
     settings = settings_digest(params)
     previous = _read_stats(stats_path)
-    rows = dict(previous)
-    jobs: list[ChipJob] = []
-    found = {"other": 0, "unfinished": 0, "assumed": 0}  # chips already in DST, by what made them
     summary = DehazeSummary(src=src, dst=dst, method=params.method, stats_csv=stats_path)
-    for prefix, in_dir, out_dir in pairs:
-        done = set(_chip_files(out_dir)) if out_dir.is_dir() else set()
-        for name in _chip_files(in_dir, folders_too=True):
-            key = prefix + name
-            write = ChipJob(key, str(in_dir / name), str(out_dir / name))
-            if name not in done or overwrite:
-                jobs.append(write)
-                continue
-            made_by = _made_by(previous.get(key), params.method, settings)
-            if made_by in ("other", "unfinished"):
-                found[made_by] += 1
-                jobs.append(write)
-                continue
-            summary.skipped += 1
-            if made_by == "unrecorded":  # its stats are recomputed from the source; the chip is kept
-                found["assumed"] += 1
-                jobs.append(ChipJob(key, str(in_dir / name), None))
-            elif made_by == "assumed":
-                found["assumed"] += 1
-                rows[key] = {**rows[key], "settings": settings}
+    jobs, rows, found = _plan_jobs(pairs, previous, params.method, settings, overwrite, summary)
     if not jobs and not summary.skipped:
         where = ", ".join(f"{p}" for p, _, _ in pairs if p) or str(src)
         raise DataError(f"{src}: no .jpg or .tif chips found in {where}")
@@ -436,6 +414,44 @@ def _dehaze_folders(cfg, params: DehazeParams, src: Path, dst: Path, pairs: list
         _drop_vanished(rows, pairs)
         save_stats()
 
+    _write_errors(summary, errors_path)
+    summary.note = "; ".join(_notes(cfg, params, found))
+    return summary
+
+
+def _plan_jobs(pairs: list[tuple[str, Path, Path]], previous: dict[str, dict[str, str]], method: str, settings: str,
+               overwrite: bool, summary: DehazeSummary) -> tuple[list[ChipJob], dict, dict[str, int]]:
+    """What this run does to each source chip, from what DST and the stats record already hold: the jobs (a
+    chip to write, or only its stats to recompute), the record's rows to start from, and how many chips were
+    found already in DST by what made them. Chips kept as they are count as ``summary.skipped``."""
+    rows = dict(previous)
+    jobs: list[ChipJob] = []
+    found = {"other": 0, "unfinished": 0, "assumed": 0}
+    for prefix, in_dir, out_dir in pairs:
+        done = set(_chip_files(out_dir)) if out_dir.is_dir() else set()
+        for name in _chip_files(in_dir, folders_too=True):
+            key = prefix + name
+            write = ChipJob(key, str(in_dir / name), str(out_dir / name))
+            if name not in done or overwrite:
+                jobs.append(write)
+                continue
+            made_by = _made_by(previous.get(key), method, settings)
+            if made_by in ("other", "unfinished"):
+                found[made_by] += 1
+                jobs.append(write)
+                continue
+            summary.skipped += 1
+            if made_by == "unrecorded":  # its stats are recomputed from the source; the chip is kept
+                found["assumed"] += 1
+                jobs.append(ChipJob(key, str(in_dir / name), None))
+            elif made_by == "assumed":
+                found["assumed"] += 1
+                rows[key] = {**rows[key], "settings": settings}
+    return jobs, rows, found
+
+
+def _write_errors(summary: DehazeSummary, errors_path: Path) -> None:
+    """The chips that failed, sorted, in DST's errors CSV; no CSV when none did."""
     summary.failed.sort()
     if summary.failed:
         write_text_atomic(errors_path, _rows_csv(("file", "problem"),
@@ -443,8 +459,6 @@ def _dehaze_folders(cfg, params: DehazeParams, src: Path, dst: Path, pairs: list
         summary.errors_csv = errors_path
     elif errors_path.exists():
         errors_path.unlink()  # a stale list from an earlier run would name chips that are now fine
-    summary.note = "; ".join(_notes(cfg, params, found))
-    return summary
 
 
 def _notes(cfg, params: DehazeParams, found: dict[str, int]) -> list[str]:
