@@ -551,7 +551,7 @@ def hms(seconds: float | None) -> str:
     return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
 
 
-def _grid(rows: list[list], align: str = "") -> list[str]:
+def text_table(rows: list[list], align: str = "") -> list[str]:
     """Aligned text columns; align has one 'l' or 'r' per column (default: first left, the rest right)."""
     n = len(rows[0])
     align = (align or "l" + "r" * (n - 1)).ljust(n, "r")
@@ -579,7 +579,7 @@ def render(report: dict) -> str:
     if t:
         used = "   <- used by predict"
         interval = t.get("oof_f2_interval")
-        lines += _grid([
+        lines += text_table([
             ["out-of-fold chips", f"{t['oof_chips']} of {t['labelled_chips']} labelled (folds "
                                   f"{', '.join(map(str, t['oof_folds']))})"],
             [f"OOF mean F2, flat {t['start']:g}", f"{t['oof_f2_flat']:.4f}"],
@@ -604,7 +604,7 @@ def render(report: dict) -> str:
                          _f(f.get("precision")), _f(f.get("recall")), _f(s["precision"]),
                          _span(s.get("precision_interval"), 2), _f(s["recall"]), _span(s.get("recall_interval"), 2),
                          _f(s["f2"]), s["predicted"]])
-        lines += _grid(rows)
+        lines += text_table(rows)
         lines.append(f"  (* mine labels; prec/rec@{t['start']:g}: flat threshold, no decoding; prec/recall/F2: tuned "
                      f"thresholds, weather decoding {'on' if t['weather_decoding'] else 'off'}, as predict decides)")
         lines.append("")
@@ -614,7 +614,7 @@ def render(report: dict) -> str:
         rss = (">=" if s.get("rss_lower_bound") else "") + f"{s['peak_rss_mib']:.0f} MiB" if s.get("peak_rss_mib") else "-"
         rows.append([s["name"], hms(s["seconds"]), rss, s.get("note", "")])
     rows.append(["total (this run)", hms(report["total_seconds"]), "", ""])
-    lines += _grid(rows, "lrrl")
+    lines += text_table(rows, "lrrl")
     if any(s.get("rss_lower_bound") for s in report["stages"]):
         lines.append("  (>=: a stage too short for the VmHWM polling to see its peak)")
     lines.append("")
@@ -655,7 +655,7 @@ def _render_lockbox(box: dict | None) -> list[str]:
     looks = box.get("looks") or 1
     seen = ("" if looks < 2 else f"; look {looks} at these chips (the first scored "
             f"{box['first_look']['mean_f2']:.4f}): choices made by comparing looks make the best optimistic")
-    lines = [f"Lockbox: {box['chips']} held-out chips no fold trained or tuned on{seen}"] + _grid(rows, "lrr")
+    lines = [f"Lockbox: {box['chips']} held-out chips no fold trained or tuned on{seen}"] + text_table(rows, "lrr")
     if box.get("gain"):
         g = box["gain"]
         lines.append(f"  ensemble gain over the average fold alone: {g['mean']:+.4f} (95% CI "
@@ -680,7 +680,7 @@ def _render_ablation(a: dict) -> list[str]:
     for r in a["rows"]:
         rows.append([f"{r['tta']} {tuple(r['views'])}".replace(",)", ")"), "on" if r["weather_decoding"] else "off",
                      f"{r['flat']:.4f}", f"{r['tuned']:.4f}", f"{r['tuned_crossfit']:.4f}"])
-    lines += _grid(rows, "llrrr")
+    lines += text_table(rows, "llrrr")
     lines.append("  flat: every label at tune.start; tuned: thresholds fitted on these same chips (what tune "
                  "reports); cross-fit: fitted on one half, scored on the other, both ways averaged.")
     lines.append("  weather decoding off: each label alone, plus the likeliest weather when none clears.")
@@ -707,7 +707,7 @@ def _render_ablation(a: dict) -> list[str]:
                      _f(rec.get("artisinal_mine")), _f(rec.get("conventional_mine")),
                      _f(sum(known) / len(known) if known else None),
                      hms((r.get("train") or {}).get("train_seconds_this_session")), r["run_dir"]])
-    lines += _grid(rows, "lrrrrrrrrl")
+    lines += text_table(rows, "lrrrrrrrrl")
     lines.append(f"  rare-label rec: mean recall over {', '.join(PLANET_RARE_LABELS)} (those with true chips in the "
                  "fold).")
     return lines
@@ -810,7 +810,7 @@ def main(argv=None) -> int:
     elif bench.stages:
         rows = [["stage", "wall", "exit"]] + [[s.name, hms(s.seconds), "" if s.exit_code is None else s.exit_code]
                                               for s in bench.stages]
-        print("\n" + "\n".join(_grid(rows)), file=sys.stderr)
+        print("\n" + "\n".join(text_table(rows)), file=sys.stderr)
     if args.json_out is not None:
         args.json_out.parent.mkdir(parents=True, exist_ok=True)
         args.json_out.write_text(json.dumps(report, indent=2, default=str) + "\n")

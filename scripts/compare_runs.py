@@ -30,7 +30,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_real32 import _grid, hms, oof_scores  # noqa: E402
+from bench_real32 import hms, oof_scores, text_table  # noqa: E402
 
 LOCKBOX_DRAWS = 1000
 
@@ -94,7 +94,7 @@ def lockbox_table(cfgs: list, names: list[str], fold: int, average: bool) -> lis
         rows.append([name, f"{oof_f2:.4f}", f"{per_chip.mean():.4f}", f"{lo:.4f}-{hi:.4f}", f"{flat:.4f}",
                      f"{found} of {int(y_box[:, mine].sum())}", versus])
     return [f"lockbox: {len(y_box)} chips no fold trained or tuned on; thresholds fitted on fold {fold}'s "
-            f"{len(y_oof)} out-of-fold chips (Kaggle F2 point)", *_grid(rows, "lrrrrrr")]
+            f"{len(y_oof)} out-of-fold chips (Kaggle F2 point)", *text_table(rows, "lrrrrrr")]
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -172,7 +172,7 @@ def compare(args) -> int:
                      f"{scores['tuned_crossfit']:.4f}", versus, f"{recall:.3f}"])
     print(f"fold {args.fold}, {scores['chips']} out-of-fold chips; train = training time of the session that "
           "finished the fold (a resumed fold shows only its last session)")
-    print("\n".join(_grid(rows, "llrrrrrrrrr")))
+    print("\n".join(text_table(rows, "llrrrrrrrrr")))
     if args.lockbox:
         cfgs = [load_config(args.config, [f"run.dir={run_dir}"]) for run_dir in args.runs]
         print("\n" + "\n".join(lockbox_table(cfgs, [str(r) for r in args.runs], args.fold, args.average)))
