@@ -1,8 +1,8 @@
 """MkDocs hooks: the pages that are generated from the code at build time, so they cannot drift from it.
 
-* ``reference/config.md`` is :func:`amazonmine.core.config.reference_markdown` (every key of every section: type,
+* ``reference/config.md`` is :func:`amazonmine.core.config_reference.reference_markdown` (every key of every section: type,
   bounds or choices, default, description), and ``reference/config.schema.json`` beside it is
-  :func:`amazonmine.core.config.json_schema`. There is no fallback: without those functions the build fails.
+  :func:`amazonmine.core.config_reference.json_schema`. There is no fallback: without those functions the build fails.
 * ``results/index.md`` gets a table of the dated measurement pages found in ``docs/results/``.
 * ``guide/models.md`` shows the released models' cards (``amazonmine/models/*/MODEL_CARD.md``) when the
   checkout has them, and says that it has none otherwise.
@@ -30,12 +30,12 @@ class DocsBuildError(Exception):
 
 
 def _config_module():
-    import amazonmine.core.config as config  # imported late: the docs build imports the package, the test may not
+    import amazonmine.core.config_reference as config  # imported late: the docs build imports the package, the test may not
 
     for name in ("reference_markdown", "json_schema"):
         if not callable(getattr(config, name, None)):
             raise DocsBuildError(
-                f"amazonmine.core.config has no {name}(): the configuration reference ({CONFIG_PAGE}) is generated "
+                f"amazonmine.core.config_reference has no {name}(): the configuration reference ({CONFIG_PAGE}) is generated "
                 "from it and cannot be built without it")
     return config
 
@@ -44,7 +44,7 @@ def config_reference_page() -> str:
     """The configuration reference page, exactly as the site publishes it."""
     body = _config_module().reference_markdown()
     if not isinstance(body, str) or not body.strip():
-        raise DocsBuildError("amazonmine.core.config.reference_markdown() returned no text")
+        raise DocsBuildError("amazonmine.core.config_reference.reference_markdown() returned no text")
     # The generated text may start with its own title; the page has one already.
     body = re.sub(r"\A\s*# [^\n]*\n", "", body).strip()
     head = "# Configuration reference\n\n"

@@ -420,7 +420,7 @@ def test_counts_and_sizes_past_any_real_run_are_refused_at_load(tmp_path, overri
 
 
 def test_every_number_in_the_config_has_an_upper_bound():
-    from amazonmine.core.config import json_schema
+    from amazonmine.core.config_reference import json_schema
 
     def numbers(node, where):
         if node.get("type") in ("integer", "number") and "enum" not in node:
@@ -438,7 +438,8 @@ def test_every_number_in_the_config_has_an_upper_bound():
 
 
 def test_reference_lists_every_key_with_type_bounds_default_and_help():
-    from amazonmine.core.config import SECTIONS, json_schema, reference_markdown
+    from amazonmine.core.config import SECTIONS
+    from amazonmine.core.config_reference import json_schema, reference_markdown
 
     text = reference_markdown()
     for section, model in SECTIONS.items():

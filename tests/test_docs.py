@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from amazonmine.core import config as config_module
+from amazonmine.core import config_reference
 
 ROOT = Path(__file__).resolve().parents[1]
 README_MAX_LINES = 210
@@ -63,7 +64,7 @@ def test_config_reference_names_every_key_of_every_section():
 
 def test_config_reference_fails_loudly_without_the_generator(monkeypatch):
     hooks = _docs_hooks()
-    monkeypatch.delattr(config_module, "reference_markdown")
+    monkeypatch.delattr(config_reference, "reference_markdown")
     with pytest.raises(hooks.DocsBuildError, match="reference_markdown"):
         hooks.config_reference_page()
 

@@ -1,128 +1,59 @@
 """One typed configuration for every stage.
 
 A tree of pydantic models (one section per stage) loaded from YAML, then overridden from the command line with
-``--set section.key=value``. Each field states its type, choices, bounds and help text (:func:`json_schema` and
-:func:`reference_markdown` render them for the docs); every count and size has an upper bound, so a slip such as
+``--set section.key=value``. Each field states its type, choices, bounds and help text (the field types are in
+:mod:`amazonmine.core.config_fields`; :mod:`amazonmine.core.config_reference` renders them for the docs); every count and size has an upper bound, so a slip such as
 ``epochs: 1e8`` is refused at load, not met an hour later as a 40 GiB allocation. A bad value is one line naming
 its source (the file, or the ``--set`` that gave it), the key, the value (quoted briefly) and the problem. Models
 are mutable and assignments are not validated, as with the dataclasses they replace (stages check what they use).
 
 YAML is read by a hardened ``yaml.safe_load`` (:mod:`amazonmine.core.config_yaml`: no duplicate keys, alias bombs,
 deep nesting, huge or non-UTF-8 files), ``--set`` values too; errors become one line in
-:mod:`amazonmine.core.config_errors`; the reference page is rendered by :mod:`amazonmine.core.config_reference`.
+:mod:`amazonmine.core.config_errors`.
 """
 
-import copy
 import difflib
 import functools
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
-from pydantic_core import PydanticCustomError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 from amazonmine.core.config_errors import ConfigError, key_name, quote, validated
 from amazonmine.core.config_errors import Conflict as _Conflict
-from amazonmine.core.config_reference import reference_tables
+from amazonmine.core.config_fields import (
+    BATCH,
+    EPOCHS,
+    MANY,
+    NO_WEIGHTS,
+    PIXELS,
+    WORKERS,
+    BlockLayers,
+    Bool,
+    Float,
+    FoldNumber,
+    Int,
+    Label,
+    ListOf,
+    ModelFileName,
+    Name,
+    ObjectiveTarget,
+    Percentile,
+    Probability,
+    Section,
+    Text,
+    Weights,
+    ruled,
+    setting,
+    whole,
+)
 from amazonmine.core.config_yaml import parse_override, read_sections
 from amazonmine.core.data import LABELS, WEATHER_LABELS, vocabulary_problem
 
-# --- what a value may be ---------------------------------------------------------------------------------------
-# Strict types: "epochs: true" or "epochs: 2.5" is a mistake, not 1 or 2. The text YAML leaves as strings
-# ("1e-4" in YAML 1.1, a quoted "3", "--set train.folds=0,2") is read first.
-
-def _whole(value: Any) -> Any:
-    if isinstance(value, str):
-        try:
-            return int(value)
-        except ValueError:  # not an integer, or more digits than Python converts
-            pass
-    elif not isinstance(value, (bool, float)):
-        return value  # an int, or what the strict check refuses as "expected an integer" itself
-    raise PydanticCustomError("int_type", "expected an integer")
-
-
-def _number(value: Any) -> Any:
-    try:
-        return float(value) if isinstance(value, (str, int)) and not isinstance(value, bool) else value
-    except (ValueError, OverflowError):  # not a number, or an integer past the largest float
-        raise PydanticCustomError("float_type", "expected a number") from None
-
-
-def _text(value: Any) -> Any:
-    if isinstance(value, str) and "\x00" in value:
-        raise PydanticCustomError("nul", "a NUL character is not allowed")
-    return str(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else value
-
-
-def _switch(value: Any) -> Any:
-    words = {"true": True, "yes": True, "1": True, "on": True, "false": False, "no": False, "0": False, "off": False}
-    return words.get(value.lower(), value) if isinstance(value, str) else value
-
-
-def ruled(base: Any, ok, says: str) -> Any:
-    """``base`` with any other test of the (typed) value; ``says`` ("must ...") is the error and the docs."""
-    def check(value: Any) -> Any:
-        if not ok(value):
-            raise ValueError(says)
-        return value
-    return Annotated[base, AfterValidator(check), Field(json_schema_extra={"x-rule": says})]
-
-
-def ListOf(item: Any) -> Any:  # "a,b" is a list too
-    return Annotated[list[item], BeforeValidator(lambda v: [s.strip() for s in v.split(",") if s.strip()]
-                                                 if isinstance(v, str) else v)]
-
-
-# An upper bound only there to refuse slips: the error says "at least 2" (not "in [2, 100]") below the range.
-CAPPED = {"x-cap": True}
-
-
-def setting(default: Any, help: str, cap: float | None = None, **bounds: float) -> Any:
-    """A field: default, help text (its description in the docs), bounds; ``cap``, a maximum to refuse slips."""
-    if cap is not None:
-        bounds.update(le=cap, json_schema_extra=CAPPED)
-    return Field(default, description=help, **bounds)
-
-
-def _plain_model_file(name: str) -> bool:  # written inside each fold's folder: a bare name lands nowhere else
-    return ("/" not in name and "\\" not in name and ".." not in name
-            and any(name.endswith(s) and len(name) > len(s) for s in (".h5", ".keras")))
-
-
-Int = Annotated[int, BeforeValidator(_whole)]
-Float = Annotated[float, BeforeValidator(_number)]
-Bool = Annotated[bool, BeforeValidator(_switch)]
-Text = Annotated[str, BeforeValidator(_text)]
-Name = ruled(Text, lambda s: bool(s.strip()), "must not be empty")
-# A label of the run's vocabulary (data.labels): which labels those are is checked across sections
-# (Config._labels_in_vocabulary), so a run of its own labels can name them.
-Label = Text
-# Bounds inside a list or a mapping go before the validator, or the JSON Schema drops them.
-Probability = Annotated[float, Field(ge=0, le=1), BeforeValidator(_number)]
-Percentile = Annotated[float, Field(ge=0, le=100), BeforeValidator(_number)]
-FoldNumber = Annotated[int, Field(ge=0, le=99, json_schema_extra=CAPPED), BeforeValidator(_whole)]  # split.folds
-# Every dense block but the last halves the side: 64 layers a block and 8 blocks are far past a "mini" DenseNet.
-BlockLayers = Annotated[int, Field(ge=1, le=64, json_schema_extra=CAPPED), BeforeValidator(_whole)]
-# A beta of 100 already weighs recall alone; 1e308 would overflow beta squared.
-OperatingPoint = Annotated[float, Field(gt=0, le=100, json_schema_extra=CAPPED), BeforeValidator(_number)]
-# "No weights" has one spelling after loading (null, "", none, ~); model.py compares with this constant only.
-NO_WEIGHTS = "none"
-Weights = Annotated[Text, BeforeValidator(lambda v: NO_WEIGHTS if v is None or (
-    isinstance(v, str) and v.strip().lower() in ("", "none", "null", "~")) else v)]
-# Caps, far past any real run and low enough that a slip is refused rather than allocated: 10,000 epochs;
-# 8192 chips a batch (past any GPU's memory at 256 px); 4096 px (16 Planet chips); 1024 processes; a million.
-EPOCHS, BATCH, PIXELS, WORKERS, MANY = 10_000, 8192, 4096, 1024, 1_000_000
-
-
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
-
-
 # --- the sections ----------------------------------------------------------------------------------------------
 
-class DataConfig(_Section):
+class DataConfig(Section):
     """Where the chips are: a folder in the Kaggle layout (train_v2.csv, train-jpg/, train-tif-v2/, test-jpg/)."""
 
     root: Name = setting("data/planet", "the Kaggle download, unpacked")
@@ -143,14 +74,14 @@ class DataConfig(_Section):
         "four weather labels are in it", max_length=1000)
 
 
-class RunConfig(_Section):
+class RunConfig(Section):
     """The run folder every stage reads and writes."""
 
     dir: Name = setting("runs/default", "every artifact of the run lives below this folder")
     seed: Int = setting(42, "split, oversampling and training order (numpy's range)", ge=0, le=2**32 - 1)
 
 
-class DehazeConfig(_Section):
+class DehazeConfig(Section):
     """Haze removal before training and prediction (dark channel prior, He et al. 2009)."""
 
     enabled: Bool = setting(True, "train and predict read the dehazed copies")
@@ -169,7 +100,7 @@ class DehazeConfig(_Section):
     out_dir: Name = setting("dehazed", "output folder, relative to run.dir unless absolute")
 
 
-class SplitConfig(_Section):
+class SplitConfig(Section):
     """The stratified k-fold split, the lockbox and the oversampling of rare labels."""
 
     folds: Int = setting(5, "k of the stratified k-fold (one model per fold)", ge=2, cap=100)
@@ -186,7 +117,7 @@ class SplitConfig(_Section):
                              "split --group-by overrides it")
 
 
-class TrainConfig(_Section):
+class TrainConfig(Section):
     """The classifier and how each fold trains it."""
 
     backbone: Text = setting("densenet121", "any keras.applications name; densenet_mini for tests")
@@ -217,8 +148,7 @@ class TrainConfig(_Section):
     ema: Float = setting(0.0, "> 0: momentum of a moving average of the weights (0.998 ~ the last 500 steps) used to "
                          "validate, keep and predict (BatchNorm recalibrated for it); 0 = off", ge=0, lt=1)
     folds: ListOf(FoldNumber) = setting([0], "folds to train; empty = every fold of the split")
-    artifact_name: ruled(Text, _plain_model_file, "must be a plain file name ending in .h5 or .keras (no folder, "
-                         "no '..')") = setting("b01_dense121.h5", "the model's file name in each fold's folder")
+    artifact_name: ModelFileName = setting("b01_dense121.h5", "the model's file name in each fold's folder")
     init_from: Text = setting("", "start from a trained model: a finished run folder (its fold of the same "
                               "number, else its first), a model bundle (folder or installed name, e.g. "
                               "planet32-v1) or a model file (.h5/.keras); the backbone's weights are copied, the "
@@ -245,7 +175,7 @@ class TrainConfig(_Section):
     verbose: Int = setting(1, "Keras output: 0 silent, 1 progress bar, 2 one line per epoch", ge=0, le=2)
 
 
-class TuneConfig(_Section):
+class TuneConfig(Section):
     """Per-label thresholds (or the expected-F2 decoder) fitted on the out-of-fold predictions."""
 
     start: Float = setting(0.2, "every threshold starts here (the flat baseline too)", gt=0, lt=1)
@@ -259,14 +189,14 @@ class TuneConfig(_Section):
                                                             "expected F2")
     calibration: Literal["none", "temperature", "platt", "isotonic"] = setting("platt", "per-label, fitted on the "
                                                                                "OOF (expected_f2 only)")
-    objectives: dict[Label, dict[Literal["recall", "precision", "fbeta"], OperatingPoint]] = setting({}, (
+    objectives: dict[Label, dict[Literal["recall", "precision", "fbeta"], ObjectiveTarget]] = setting({}, (
         "per-label operating points instead of the Kaggle F2: {recall: 0.85}, {precision: 0.8} or {fbeta: 0.5}"))
     # A draw is a row of counts per chip: 100,000 draws of 40k chips take minutes already.
     bootstrap: Int = setting(1000, "draws (chips resampled) for the 95% intervals", ge=1, cap=100_000)
     bootstrap_seed: Int = setting(0, "their seed", ge=0, le=2**32 - 1)
 
 
-class ChipsConfig(_Section):
+class ChipsConfig(Section):
     """How ``amazonmine chips`` labels tiles from polygons (its command-line options override these)."""
 
     min_tile_share: Float = setting(0.1, "a tile takes a label when that label's polygons cover this share of it ...",
@@ -281,23 +211,23 @@ class ChipsConfig(_Section):
                                   ge=0, cap=10_000_000)
 
 
-class PredictConfig(_Section):
+class PredictConfig(Section):
     """Labelling new chips with the fold ensemble."""
 
     batch_size: Int = setting(256, "chips per inference batch", ge=1, cap=BATCH)
-    tta: Annotated[Literal[1, 2, 4, 8], BeforeValidator(_whole)] = setting(8, "dihedral views averaged")
+    tta: Annotated[Literal[1, 2, 4, 8], BeforeValidator(whole)] = setting(8, "dihedral views averaged")
     allow_missing: Bool = setting(False, "exit 0 even if some chips are missing or corrupt")
     inputs: ListOf(Text) = setting([], "folders or CSV lists to label; empty = data.test_dirs")
 
 
-class EvaluateConfig(_Section):
+class EvaluateConfig(Section):
     """The HTML report."""
 
     gallery_size: Int = setting(24, "chips shown per mine label in the gallery", ge=0, cap=1000)
     thumbnail: Int = setting(128, "side (px) of each gallery thumbnail", ge=1, cap=PIXELS)
 
 
-class ScanConfig(_Section):
+class ScanConfig(Section):
     """Whole scenes -> tiles -> sites and probability rasters."""
 
     stride: Float = setting(0.5, "tile step as a share of the tile side (1 = edge to edge)", gt=0, le=1)
@@ -396,16 +326,17 @@ class Config(BaseModel):
                                     f"{quote(name)}{hint}", key, "data.labels")
 
 
-SECTIONS: dict[str, type[_Section]] = {name: f.annotation for name, f in Config.model_fields.items()}
+SECTIONS: dict[str, type[Section]] = {name: f.annotation for name, f in Config.model_fields.items()}
 
 
 @functools.cache
-def _schema() -> dict:
+def config_schema() -> dict:
+    """The JSON Schema of a config file (shared: callers that change it take a copy)."""
     return Config.model_json_schema()
 
 
 def _validate(model: type[BaseModel], raw: dict, sources: dict[str, str], default: str, prefix: tuple = ()) -> Any:
-    return validated(model, raw, sources, default, _schema(), prefix)
+    return validated(model, raw, sources, default, config_schema(), prefix)
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
@@ -442,16 +373,3 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
 
 def dump_config(cfg: Config) -> str:
     return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
-
-
-# --- the docs --------------------------------------------------------------------------------------------------
-
-def json_schema() -> dict:
-    """The JSON Schema of a config file. Two extension keywords: ``x-cap`` marks a maximum that is only there to
-    refuse slips (not a limit of the method), ``x-rule`` states a test beyond bounds and choices."""
-    return copy.deepcopy(_schema())
-
-
-def reference_markdown() -> str:
-    """Every key of every section as Markdown tables: type, allowed values, default, description."""
-    return reference_tables(SECTIONS, _schema())

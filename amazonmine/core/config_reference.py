@@ -1,14 +1,20 @@
-"""The configuration reference page, rendered from the config's JSON Schema: every key of every section with its
-type, allowed values (in the words the errors use, :func:`amazonmine.core.config_errors.bounds_phrase`), default and
-description. :func:`amazonmine.core.config.reference_markdown` calls it; the docs build publishes the result."""
+"""The config's documentation, rendered from its JSON Schema: the reference page (every key of every section with
+its type, allowed values in the words the errors use, :func:`amazonmine.core.config_errors.bounds_phrase`, default
+and description) and the schema file for editors. The docs build (``docs/hooks.py``) publishes both."""
 
 from __future__ import annotations
 
+import copy
 import json
 
-from pydantic import BaseModel
-
+from amazonmine.core.config import SECTIONS, config_schema
 from amazonmine.core.config_errors import bounds_phrase
+
+
+def json_schema() -> dict:
+    """The JSON Schema of a config file. Two extension keywords: ``x-cap`` marks a maximum that is only there to
+    refuse slips (not a limit of the method), ``x-rule`` states a test beyond bounds and choices."""
+    return copy.deepcopy(config_schema())
 
 
 def _type_of(node: dict) -> str:
@@ -34,12 +40,13 @@ def _allowed(node: dict) -> str:
     return "; ".join(filter(None, [*parts, node.get("x-rule", "").replace("must be ", "")]))
 
 
-def reference_tables(sections: dict[str, type[BaseModel]], schema: dict) -> str:
-    """Markdown: one table per section of ``sections`` (name -> model), read from the config's ``schema``."""
+def reference_markdown() -> str:
+    """Every key of every section as Markdown tables: type, allowed values, default, description."""
+    schema = config_schema()
     out = ["# Configuration reference", "",
-           "Generated from `amazonmine/core/config.py` (`amazonmine.core.config.reference_markdown()`). Set a key in the "
-           "YAML file given to `--config`, or on the command line with `--set section.key=value`."]
-    for section, model in sections.items():
+           "Generated from `amazonmine/core/config.py` (`amazonmine.core.config_reference.reference_markdown()`). Set a "
+           "key in the YAML file given to `--config`, or on the command line with `--set section.key=value`."]
+    for section, model in SECTIONS.items():
         out += ["", f"## `{section}`", "", model.__doc__ or "", "",
                 "| Key | Type | Allowed | Default | Description |", "| --- | --- | --- | --- | --- |"]
         for key, node in schema["$defs"][model.__name__]["properties"].items():
