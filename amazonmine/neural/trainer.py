@@ -2,18 +2,22 @@
 
 The train stage (:mod:`amazonmine.stages.train`) decides which folds to train and how (skip, resume, retrain:
 :mod:`amazonmine.core.fold_plan`), sets up the device and the run folder's lock, and hands each fold to
-:func:`train_fold` here, which
+:func:`train_fold` here. It names where the fold is written (a :class:`FoldTarget`), reads the fold's chips
+(:class:`FoldData`, only those this worker uses), and runs the steps of a :class:`FoldSession` in order:
 
-1. reads the fold's chips (only those this worker uses) and builds the training stream, exactly as the
-   uninterrupted run has it from any epoch on, and the validation batches;
-2. builds the model, starts it from ``train.init_from`` or the resume state, and compiles it;
-3. writes the fold (only now: a refused run leaves no fold folder) and runs ``model.fit`` with the fold's
-   callbacks (:func:`amazonmine.neural.fitting.fold_callbacks`);
-4. on Ctrl-C or SIGTERM keeps the state of the last finished epoch and says how to go on; on a write that
-   fails names the file, what is kept, and the command that continues;
-5. finishes the fold (:func:`_finish_fold`): BatchNorm recalibration, kept only if it does not lower validation
-   F2, out-of-fold predictions with the predict stage's test-time augmentation, and ``summary.json`` last,
-   whose presence marks the fold finished.
+1. the validation batches, and the model, started from ``train.init_from`` (after its head phase) or from the
+   resume state, and compiled (:meth:`FoldSession.start_weights`);
+2. the training stream from the first epoch to train, exactly as the uninterrupted run has it;
+3. the fold's folder (only now: a refused run leaves no fold folder), the callbacks
+   (:func:`amazonmine.neural.fitting.fold_callbacks`), and ``model.fit``;
+4. on Ctrl-C or SIGTERM, the state of the last finished epoch kept and one line on how to go on; on a write
+   that fails, the file, what is kept, and the command that continues;
+5. the finish (:func:`_finish_fold`): BatchNorm recalibration, kept only if it does not lower validation F2,
+   out-of-fold predictions with the predict stage's test-time augmentation, and ``summary.json`` last, whose
+   presence marks the fold finished.
+
+A :class:`FitRecord` collects what the fit did (where the weights started, images/s, seconds, the weights'
+digest) for the summary.
 
 In a cluster (:mod:`amazonmine.neural.cluster`) every worker runs this on its own share of the rows, and the
 chief alone reads and writes the fold's files.
@@ -30,7 +34,6 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from amazonmine.core.data import LABELS
 from amazonmine.core.errors import AmazonmineError
 from amazonmine.core.fold_plan import (
     FoldPlan,
@@ -160,16 +163,16 @@ def train_fold(cfg, fold: int, strategy, gpu: bool = False, action: str = "train
     keras.utils.set_random_seed(cfg.run.seed + fold)
     val_ds = session.validation_input()
     model = session.build_model()
-    initial_epoch, fit = session.start(model, val_ds, resume)
+    initial_epoch, record = session.start_weights(model, val_ds, resume)
     # The input starts where training starts: a resume continues the stream at its first unfinished epoch.
     train_ds, val_ds = session.fit_inputs(val_ds, initial_epoch)
     # Every check has passed; only now is the fold written (a refused run leaves no fold folder, and a
     # refused retrain leaves the fold as it was).
     session.open_fold(resume, initial_epoch)
-    callbacks, fit.meter, boundary = session.callbacks()
+    callbacks, record.meter, boundary = session.callbacks()
     with _disk_refusals(target):
-        fit.wall = session.fit(model, train_ds, val_ds, initial_epoch, callbacks, boundary)
-        return session.finish(model, fit, note)
+        record.wall = session.fit(model, train_ds, val_ds, initial_epoch, callbacks, boundary)
+        return session.finish(model, record, note)  # adds the digest of the trained weights to the record
 
 
 def _read_chips(cfg, fold: int, cluster: Cluster | None) -> FoldData:
@@ -183,7 +186,7 @@ def _read_chips(cfg, fold: int, cluster: Cluster | None) -> FoldData:
     share = slice(0, None, 1) if cluster is None else slice(cluster.index, None, cluster.num_workers)
     # Preflight reads only the chips this worker uses; row indices are remapped into that subset. The chief
     # finishes the fold alone (recalibration, out-of-fold predictions), so it reads all of them.
-    lead = cluster is None or cluster.is_chief
+    lead = cluster is None or cluster.is_chief  # as FoldSession.lead, before there is a session
     used = plan.used_rows() if lead else np.union1d(np.unique(plan.train_rows[share]), plan.val_rows)
     remap = -np.ones(len(plan.names), dtype=np.int64)
     remap[used] = np.arange(len(used))
@@ -289,7 +292,7 @@ class FoldSession:
             model.compile(optimizer=optimizer, loss=make_loss(self.tc), metrics=[make_metric()],
                           jit_compile=(bool(self.gpu) or self.tc.xla) and self.cluster is None)
 
-    def start(self, model, val_ds, resume: bool) -> tuple[int, FitRecord]:
+    def start_weights(self, model, val_ds, resume: bool) -> tuple[int, FitRecord]:
         """Start the weights (``train.init_from``, its head phase, or the resume state) and compile: the first
         epoch to train, and a record of the fit to come."""
         tc, cluster, state = self.tc, self.cluster, self.target.state
@@ -393,21 +396,22 @@ class FoldSession:
 
     # --- the finish
 
-    def finish(self, model, fit: FitRecord, note: str | None) -> TrainResult:
+    def finish(self, model, record: FitRecord, note: str | None) -> TrainResult:
         """Every worker checks it holds the same weights; the chief finishes the fold and swaps a retrain in."""
         from amazonmine.neural.cluster import weights_digest
 
         fold, cluster, final = self.fold, self.cluster, self.target.final
-        fit.digest = weights_digest(model)
+        record.digest = weights_digest(model)
         if cluster is not None:
-            cluster.require_same({"weights after training": fit.digest})
+            cluster.require_same({"weights after training": record.digest})
             if not self.lead:
+                # The run folder's own path, not this worker's private copy (target.final): the chief's model.
                 model_path = RunFolder.from_config(self.cfg).fold(fold).model
-                return TrainResult(fold, model_path, {"follower": cluster.name, "weights_sha256": fit.digest})
+                return TrainResult(fold, model_path, {"follower": cluster.name, "weights_sha256": record.digest})
         if not self.target.files.model.is_file():
             raise AmazonmineError(f"fold {fold}: no epoch produced a validation F2 (is the validation fold empty?)")
         try:
-            result = _finish_fold(self, fit, note)
+            result = _finish_fold(self, record, note)
         except KeyboardInterrupt:
             raise AmazonmineError(f"interrupted after training fold {fold}, before its out-of-fold predictions: "
                                   f"'amazonmine train --fold {fold} --resume' finishes them without training "
@@ -448,9 +452,9 @@ def _calibration(cfg, data: FoldData, fold: int):
     return data.dataset(order, cfg.train.image_size, cfg.train.batch_size)
 
 
-def _finish_fold(session: FoldSession, fit: FitRecord, note: str | None) -> TrainResult:
-    """BatchNorm recalibration, out-of-fold predictions and the summary of a trained fold (in ``files``, which
-    may be a retrain's ``.next/``, swapped in afterwards)."""
+def _finish_fold(session: FoldSession, record: FitRecord, note: str | None) -> TrainResult:
+    """BatchNorm recalibration, out-of-fold predictions and the summary of a trained fold, written to the
+    session's ``target.files`` (a retrain's ``.next/`` is swapped in afterwards)."""
     import keras
     import pandas as pd
 
@@ -471,7 +475,7 @@ def _finish_fold(session: FoldSession, fit: FitRecord, note: str | None) -> Trai
     oof_frame.insert(0, "image_name", plan.names[val_rows])
     write_csv_atomic(files.oof, oof_frame, float_format="%.6f")
 
-    summary = _fold_summary(session, fit, note, checkpoint, oof, recalibration)
+    summary = _fold_summary(session, record, note, checkpoint, oof, recalibration)
     write_json_atomic(files.summary, summary)  # last: its presence marks the fold finished
     session.target.state.clear()
     keras.backend.clear_session()
@@ -507,7 +511,7 @@ def _recalibrated(session: FoldSession, best_model, val_eval, checkpoint: dict):
                         "val_f2_before": before, "val_f2_after": after, "kept": kept}
 
 
-def _fold_summary(session: FoldSession, fit: FitRecord, note: str | None, checkpoint: dict, oof: np.ndarray,
+def _fold_summary(session: FoldSession, record: FitRecord, note: str | None, checkpoint: dict, oof: np.ndarray,
                   recalibration: dict | None) -> dict:
     """The fold's ``summary.json``: what it was trained from and on, how it scored, what the fit measured."""
     import pandas as pd
@@ -516,7 +520,7 @@ def _fold_summary(session: FoldSession, fit: FitRecord, note: str | None, checkp
     val_rows = plan.val_rows
     history = pd.read_csv(files.history) if files.history.is_file() else None
     best_row = history.loc[history["val_f2"].idxmax()] if history is not None and len(history) else None
-    meter = fit.meter
+    meter = record.meter
     return {
         "fold": session.fold,
         "model": str(session.target.final.model),
@@ -524,7 +528,7 @@ def _fold_summary(session: FoldSession, fit: FitRecord, note: str | None, checkp
         "image_size": tc.image_size,
         "labels": list(cfg.data.labels),
         # What the weights started from (train.init_from); a resumed fold started in an earlier session.
-        "init_from": fit.started_from or ({"source": tc.init_from} if tc.init_from else None),
+        "init_from": record.started_from or ({"source": tc.init_from} if tc.init_from else None),
         "epochs_run": int(len(history)) if history is not None else 0,
         # The checkpoint's own figures: after a kill and a resume, history may hold a re-run of its epoch.
         "best_epoch": (int(checkpoint["epoch"]) if "epoch" in checkpoint
@@ -538,11 +542,11 @@ def _fold_summary(session: FoldSession, fit: FitRecord, note: str | None, checkp
         "val_chips": int(len(val_rows)),
         # None when this session trained no epoch (a resume after training): no speed was measured.
         "train_images_per_s": meter.images / meter.seconds if meter.seconds else None,
-        "train_seconds_this_session": fit.wall,
+        "train_seconds_this_session": record.wall,
         "replicas": session.replicas,
         "workers": 1 if session.cluster is None else session.cluster.num_workers,
         "global_batch": session.batch,
-        "weights_sha256": fit.digest,
+        "weights_sha256": record.digest,
         "mixed_precision": bool(session.gpu),
         "bn_recalibration": recalibration,
         "split_sha256": state.split_id,
@@ -551,8 +555,8 @@ def _fold_summary(session: FoldSession, fit: FitRecord, note: str | None, checkp
     }
 
 
-def _start_from_chief(cluster: Cluster, model, state: ResumeState, tc, resume: bool, labels=LABELS,
-                      fold: int = 0) -> int:
+def _start_from_chief(cluster: Cluster, model, state: ResumeState, tc, resume: bool, labels: list[str],
+                      fold: int) -> int:
     """The chief loads what the fold starts from (``train.init_from``, or the resume state, from its own run
     folder) and every worker takes its weights, optimizer state, epoch and best score."""
     if resume and not model.optimizer.built:
