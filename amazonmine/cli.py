@@ -421,8 +421,8 @@ def scan(scenes, config_path, overrides, model, out, scheduler, since, out_forma
     URL, whose visual or analytic asset is scanned) with a trained model.
 
     The model is the run's (--config, --run or --set run.dir=...), a bundle (--model), or, with neither, the released
-    model that ships with amazonmine. Writes tiles.geojson, sites.geojson, one probability COG per mine label, scan_report.html
-    and scan.json. Finished blocks are kept in blocks/, so a stopped scan re-run does only the rest.
+    model that ships with amazonmine. Writes tiles.geojson, sites.geojson, one probability COG per mine label,
+    scan_report.html and scan.json. Finished blocks are kept in blocks/, so a stopped scan re-run does only the rest.
     """
     from amazonmine.stages.scan import check_scheduler_address, default_name, list_scenes, run_scan
 

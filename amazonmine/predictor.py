@@ -1,4 +1,5 @@
-"""The old import path ``amazonmine.predictor``, kept for notebooks: the module is :mod:`amazonmine.neural.predictor`."""
+"""The old import path ``amazonmine.predictor``, kept for notebooks: the module is
+:mod:`amazonmine.neural.predictor`."""
 
 import sys
 

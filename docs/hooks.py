@@ -1,7 +1,7 @@
 """MkDocs hooks: the pages that are generated from the code at build time, so they cannot drift from it.
 
-* ``reference/config.md`` is :func:`amazonmine.core.config_reference.reference_markdown` (every key of every section: type,
-  bounds or choices, default, description), and ``reference/config.schema.json`` beside it is
+* ``reference/config.md`` is :func:`amazonmine.core.config_reference.reference_markdown` (every key of every section:
+  type, bounds or choices, default, description), and ``reference/config.schema.json`` beside it is
   :func:`amazonmine.core.config_reference.json_schema`. There is no fallback: without those functions the build fails.
 * ``results/index.md`` gets a table of the dated measurement pages found in ``docs/results/``.
 * ``guide/models.md`` shows the released models' cards (``amazonmine/models/*/MODEL_CARD.md``) when the
@@ -30,13 +30,14 @@ class DocsBuildError(Exception):
 
 
 def _config_module():
-    import amazonmine.core.config_reference as config  # imported late: the docs build imports the package, the test may not
+    # Imported late: the docs build imports the package, the test may not.
+    import amazonmine.core.config_reference as config
 
     for name in ("reference_markdown", "json_schema"):
         if not callable(getattr(config, name, None)):
             raise DocsBuildError(
-                f"amazonmine.core.config_reference has no {name}(): the configuration reference ({CONFIG_PAGE}) is generated "
-                "from it and cannot be built without it")
+                f"amazonmine.core.config_reference has no {name}(): the configuration reference ({CONFIG_PAGE}) "
+                "is generated from it and cannot be built without it")
     return config
 
 

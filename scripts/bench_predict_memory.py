@@ -96,7 +96,8 @@ def main(argv=None) -> int:
     parser.add_argument("--tta", type=int, default=8, choices=(1, 2, 4, 8))
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--keep", type=Path, default=None, help="Work in this folder and keep it (default: a temp dir).")
+    parser.add_argument("--keep", type=Path, default=None,
+                        help="Work in this folder and keep it (default: a temp dir).")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--data", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--run", type=Path, help=argparse.SUPPRESS)
@@ -117,7 +118,8 @@ def main(argv=None) -> int:
         # The model is built in a child too, so this process never imports TensorFlow.
         template = work / "run_template"
         subprocess.run([sys.executable, "-c", "import sys; from pathlib import Path; sys.path.insert(0, sys.argv[1]); "
-                        "import bench_predict_memory as b; b.build_run(Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]))",
+                        "import bench_predict_memory as b; "
+                        "b.build_run(Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]))",
                         str(Path(__file__).resolve().parent), str(template), str(args.size), str(args.seed)],
                        check=True)
         rows = []

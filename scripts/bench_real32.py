@@ -592,7 +592,8 @@ def render(report: dict) -> str:
             *([[f"  cross-fitted (thresholds fitted on half, scored on the other), {name}", f"{v:.4f}"]
                for name, v in (t.get("crossfit_f2") or {}).items()]),
             *([[f"  fold {f['fold']}'s {f['chips']} chips alone, flat / pooled decisions",
-                f"{f['f2_flat']:.4f} / {f['f2_tuned']:.4f}"] for f in t.get("per_fold") or [] if len(t["per_fold"]) > 1]),
+                f"{f['f2_flat']:.4f} / {f['f2_tuned']:.4f}"]
+               for f in t.get("per_fold") or [] if len(t["per_fold"]) > 1]),
         ], "ll")
         lines.append("")
         flat = report.get("flat_per_label") or {}
@@ -611,7 +612,8 @@ def render(report: dict) -> str:
     lines += _render_lockbox(report.get("lockbox"))
     rows = [["stage", "wall", "peak RSS", "notes"]]
     for s in report["stages"]:
-        rss = (">=" if s.get("rss_lower_bound") else "") + f"{s['peak_rss_mib']:.0f} MiB" if s.get("peak_rss_mib") else "-"
+        rss = ((">=" if s.get("rss_lower_bound") else "") + f"{s['peak_rss_mib']:.0f} MiB"
+               if s.get("peak_rss_mib") else "-")
         rows.append([s["name"], hms(s["seconds"]), rss, s.get("note", "")])
     rows.append(["total (this run)", hms(report["total_seconds"]), "", ""])
     lines += text_table(rows, "lrrl")

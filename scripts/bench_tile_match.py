@@ -20,8 +20,8 @@ What the files themselves say (their JPEG headers): the thumbnails are 4-compone
 C, M, Y, K, an Adobe marker (transform 0) and every component quantised with the standard luminance table at
 quality 75, i.e. exactly what Pillow writes for a CMYK image with its default quality. Pillow opens the Kaggle
 originals as CMYK too. So the candidates include Pillow's own resamplers applied in CMYK and saved by Pillow,
-beside OpenCV's, each with and without a JPEG round trip, and scan's own tile path (amazonmine.scanning.tiling.tile_to_chip,
-which includes its JPEG). The table is sorted by mean absolute error.
+beside OpenCV's, each with and without a JPEG round trip, and scan's own tile path
+(amazonmine.scanning.tiling.tile_to_chip, which includes its JPEG). The table is sorted by mean absolute error.
 """
 
 from __future__ import annotations

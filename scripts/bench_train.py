@@ -5,11 +5,11 @@
                                             [--rounds 1] [--deterministic]
 
 For each input size, one model (``amazonmine.neural.model.build_model``, DenseNet121 from scratch by default) is
-compiled as ``amazonmine.neural.trainer`` compiles it (AdamW + the configured schedule, binary cross-entropy, the mean-F2
-metric, from ``amazonmine.neural.fitting``) and trained with ``model.fit`` on, in turn:
+compiled as ``amazonmine.neural.trainer`` compiles it (AdamW + the configured schedule, binary cross-entropy, the
+mean-F2 metric, from ``amazonmine.neural.fitting``) and trained with ``model.fit`` on, in turn:
 
-* pipeline    -- ``amazonmine.neural.datasets.preflight`` + ``make_dataset(..., stream=TrainingStream(...))``: every chip
-                 read from disk and decoded per element, shuffled, random dihedral view + brightness/contrast
+* pipeline    -- ``amazonmine.neural.datasets.preflight`` + ``make_dataset(..., stream=TrainingStream(...))``: every
+                 chip read from disk and decoded per element, shuffled, random dihedral view + brightness/contrast
                  jitter (what ``train.cache=false`` training does);
 * in-memory   -- the same chips pre-decoded and resized once into one float32 array, served by
                  ``from_tensor_slices(...).batch().cache().repeat()``: no per-element work at all (the ceiling);

@@ -292,7 +292,8 @@ class Drill:
                 self.ref.failed[stage] = f"exit {code}: {last_line(log)}"
                 print(f"  reference {stage}: FAILED ({self.ref.failed[stage]}); see {log}", flush=True)
                 break
-            print(f"  reference {stage}: {seconds:.1f} s, writing from {window[0]:.1f} to {window[1]:.1f} s", flush=True)
+            print(f"  reference {stage}: {seconds:.1f} s, writing from {window[0]:.1f} to {window[1]:.1f} s",
+                  flush=True)
         for stage in self.stages:
             if stage in self.ref.failed or f"after:{stage}" not in self.ref.hashes:
                 continue

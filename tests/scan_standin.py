@@ -89,7 +89,7 @@ def median_threshold(tmp_path: Path, scene) -> float:
 
 # --- a local web server that answers Range requests and lists what it was asked --------------------------------
 
-_SERVER = r"""
+_SERVER = (r"""
 import http.server, os, re, sys
 class Handler(http.server.SimpleHTTPRequestHandler):
     def log_message(self, *args):
@@ -116,10 +116,11 @@ class Handler(http.server.SimpleHTTPRequestHandler):
             self.wfile.write(data[first:last + 1])
             return
         return super().do_GET()
-server = http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[2])), lambda *a, **k: Handler(*a, directory=sys.argv[1], **k))
+server = http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[2])), """  # this program line continues below
+r"""lambda *a, **k: Handler(*a, directory=sys.argv[1], **k))
 print("ready", flush=True)
 server.serve_forever()
-"""
+""")
 
 
 class WebServer:

@@ -38,8 +38,9 @@ def test_evaluate_and_the_light_stages_never_reach_the_model_code():
 def test_cli_and_the_light_stages_do_not_import_tensorflow():
     # `amazonmine --help`, split, tune and the dehaze workers start in well under a second. import-linter sees
     # imports, not which of them run: this imports the modules and looks.
-    code = ("import sys; import amazonmine.cli, amazonmine.stages.split, amazonmine.stages.tune, amazonmine.stages.dehaze, "
-            "amazonmine.core.runfolder, amazonmine.core.decisions; print('tensorflow' in sys.modules)")
+    code = ("import sys; import amazonmine.cli, amazonmine.stages.split, amazonmine.stages.tune, "
+            "amazonmine.stages.dehaze, amazonmine.core.runfolder, amazonmine.core.decisions; "
+            "print('tensorflow' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 

@@ -83,7 +83,8 @@ def test_a_port_in_use_is_refused_naming_it():
 
 # --- the train command ---------------------------------------------------------------------------------------
 
-def start_train(tmp_path: Path, addresses: list[str], index: int, timeout: float) -> tuple[subprocess.Popen, Path, Path]:
+def start_train(tmp_path: Path, addresses: list[str], index: int,
+                timeout: float) -> tuple[subprocess.Popen, Path, Path]:
     env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}  # the command's own default
     env.update({"CUDA_VISIBLE_DEVICES": "", "TF_CONFIG": json.dumps({
         "cluster": {"worker": addresses}, "task": {"type": "worker", "index": index}})})

@@ -150,7 +150,8 @@ def test_header_claiming_huge_dimensions(tmp_path):
         return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
 
     header = struct.pack(">IIBBBBB", 100000, 100000, 8, 2, 0, 0, 0)
-    data = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\x00" * 10)) + chunk(b"IEND", b"")
+    data = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\x00" * 10))
+            + chunk(b"IEND", b""))
     path = tmp_path / "huge.png"
     path.write_bytes(data)
     with pytest.raises(DataError, match="huge.png: cannot decode"):

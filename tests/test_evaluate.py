@@ -375,7 +375,8 @@ def test_lockbox_scores_each_fold_alone_and_the_ensemble_gain(synth_root, make_c
     assert "each fold alone" in result.headline() and "fold 1 alone" in result.path.read_text()
     oof = run.read_oof(PlanetLayout.from_config(cfg.data))
     fold1 = oof.fold_of_row == 1
-    assert f"fold 1 {mean_f2(oof.y_true[fold1], decode(oof.probs[fold1], rule, weather)):.4f}" in result.path.read_text()
+    assert (f"fold 1 {mean_f2(oof.y_true[fold1], decode(oof.probs[fold1], rule, weather)):.4f}"
+            in result.path.read_text())
     record = json.loads((run.report_dir / "lockbox.json").read_text())
     assert record["mean_f2"] == pytest.approx(box.f2) and [s["fold"] for s in record["single"]] == [0, 1]
     assert record["gain"]["mean"] == pytest.approx(box.gain[0]) and record["chips"] == box.n

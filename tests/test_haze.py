@@ -116,7 +116,8 @@ def test_the_math_imports_no_stage_no_process_plumbing_and_no_tensorflow():
     # The arrows point down: haze sits below every stage (only the config and the modules under it), and the
     # dehaze stage no longer reaches into synth.
     code = ("import sys, amazonmine.core.haze; print(' '.join(m for m in sys.modules if m.startswith('amazonmine.'))); "
-            "import amazonmine.stages.dehaze; print('amazonmine.stages.synth' in sys.modules, 'tensorflow' in sys.modules)")
+            "import amazonmine.stages.dehaze; "
+            "print('amazonmine.stages.synth' in sys.modules, 'tensorflow' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     below, stage = out.stdout.strip().splitlines()
     allowed = {"amazonmine.core", "amazonmine.core.haze", "amazonmine.core.errors", "amazonmine.core.data"}

@@ -219,8 +219,8 @@ def test_progress_lines_say_the_time_left_is_a_floor_until_a_full_size_epoch_is_
     from amazonmine.core.fold_plan import ResumeState
     from amazonmine.neural.fitting import fold_callbacks
 
-    cfg = load_config(None, ["train.verbose=0", f"run.dir={tmp_path}", "train.epochs=4", "train.small_size=32", "train.image_size=48",
-                             "train.small_epochs=2"])
+    cfg = load_config(None, ["train.verbose=0", f"run.dir={tmp_path}", "train.epochs=4", "train.small_size=32",
+                             "train.image_size=48", "train.small_epochs=2"])
     files = _fold_folder(cfg)
     callbacks, _, _ = fold_callbacks(files, cfg.train, -1.0, ResumeState(files))
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(17, activation="sigmoid")])

@@ -295,8 +295,9 @@ def test_slurm_job_step_is_read_by_tensorflows_resolver(monkeypatch):
 @pytest.mark.slow
 def test_importing_the_package_leaves_tensorflow_unstarted_for_the_strategy():
     # The strategy must configure TensorFlow's runtime before anything starts it (tensorflow#55178).
-    code = ("import amazonmine.cli, amazonmine.stages.train, amazonmine.neural.cluster, amazonmine.neural.model, amazonmine.neural.datasets, "
-            "amazonmine.neural.fitting, amazonmine.core.fold_plan, amazonmine.neural.device\n"
+    code = ("import amazonmine.cli, amazonmine.stages.train, amazonmine.neural.cluster, amazonmine.neural.model, "
+            "amazonmine.neural.datasets, amazonmine.neural.fitting, amazonmine.core.fold_plan, "
+            "amazonmine.neural.device\n"
             "from amazonmine.core.config import load_config\nload_config(None, [])\n"
             "import tensorflow as tf\ntf.config.set_visible_devices([], 'GPU')\nprint('unstarted')")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,

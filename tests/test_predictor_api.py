@@ -180,7 +180,8 @@ def test_dehaze_settings_out_of_bounds_in_a_summary_are_one_line_before_any_mode
     ({"tta": True}, "tta True: choose"),
     ({"batch_size": 0}, "batch_size 0: a whole number of chips from 1 to 8192"),
     ({"batch_size": 2.5}, "batch_size 2.5: a whole number"),
-    ({"overrides": "train.epochs=3"}, "overrides: expected a list of 'section.key=value' strings, got 'train.epochs=3'"),
+    ({"overrides": "train.epochs=3"},
+     "overrides: expected a list of 'section.key=value' strings, got 'train.epochs=3'"),
 ])
 def test_from_run_refuses_arguments_it_cannot_use_in_one_line(untrained_run, arguments, problem):
     from amazonmine.neural.predictor import Predictor

@@ -88,7 +88,8 @@ def test_aligned_tiles_score_like_predict_on_the_same_pixels(mini, tmp_path):
     assert look["encoding"] == "ycbcr" and look["quality"] == 95  # read from the run's own training chips
     p = mini["predictor"]
     with rasterio.open(mini["scene"].tif) as src:
-        windows = [np.moveaxis(src.read(window=Window(r.col_off, r.row_off, 32, 32)), 0, -1) for r in chips.itertuples()]
+        windows = [np.moveaxis(src.read(window=Window(r.col_off, r.row_off, 32, 32)), 0, -1)
+                   for r in chips.itertuples()]
     same_pixels = p.predict(np.stack([tile_to_chip(w, ChipLook(**look)) for w in windows]))
     from_files = p.predict(np.stack([read_image(mini["scene"].tif.parent / "synth_scene_chips" / "train-jpg"
                                                 / f"{n}.jpg") for n in chips["image_name"]]))
@@ -253,7 +254,8 @@ def test_a_killed_scan_finishes_the_rest_and_writes_the_same_files(mini, tmp_pat
     assert stopped.exists(), f"the child never reached its second block:\n{log.read_text()[-3000:]}"
     # Kept blocks: a file each for those with tiles scored, a record each in the scene's .empty file for the rest.
     done = len(list((out / "blocks").glob("*.npz"))) + sum(
-        (len(data) - data.index(b"\n") - 1) // 24 for data in (p.read_bytes() for p in (out / "blocks").glob("*.empty")))
+        (len(data) - data.index(b"\n") - 1) // 24
+        for data in (p.read_bytes() for p in (out / "blocks").glob("*.empty")))
     assert 1 <= done < 20 and not (out / "tiles.geojson").exists()
     summary = _scan(mini, out, *extra)
     assert summary.resumed_blocks == done and summary.tiles == 18

@@ -130,7 +130,8 @@ def test_since_reads_an_earlier_scan_in_any_format(tmp_path):
 # --- STAC Items ------------------------------------------------------------------------------------------------
 
 def _item(path: Path, assets: dict, item_id: str = "scene-item") -> Path:
-    item = {"type": "Feature", "stac_version": "1.0.0", "id": item_id, "properties": {"datetime": "2024-01-01T00:00:00Z"},
+    item = {"type": "Feature", "stac_version": "1.0.0", "id": item_id,
+            "properties": {"datetime": "2024-01-01T00:00:00Z"},
             "geometry": {"type": "Polygon", "coordinates": [[[-56, -7], [-55, -7], [-55, -6], [-56, -6], [-56, -7]]]},
             "bbox": [-56, -7, -55, -6], "links": [],
             "assets": {k: {"href": v, "type": "image/tiff; application=geotiff; profile=cloud-optimized"}

@@ -30,7 +30,8 @@ def grouped_labels(draw):
 
 
 # database=None: no .hypothesis folder in the checkout; the seeds are derandomized, so a failure repeats anyway.
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow], database=None, derandomize=True)
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow], database=None,
+          derandomize=True)
 @given(grouped_labels())
 def test_grouped_folds_never_share_a_group_and_the_lockbox_is_whole_groups(case):
     matrix, groups, k, seed, holdout = case
@@ -141,7 +142,8 @@ def test_split_groups_the_chips_of_amazonmine_chips_by_spatial_block(tmp_path):
                                                                  [x0 + ax, y0 - ay]]]}}
 
     labels = tmp_path / "labels.geojson"
-    labels.write_text(json.dumps({"type": "FeatureCollection", "crs": {"type": "name", "properties": {"name": "EPSG:32721"}},
+    labels.write_text(json.dumps({"type": "FeatureCollection",
+                                  "crs": {"type": "name", "properties": {"name": "EPSG:32721"}},
                                   "features": [square(100, 100, 300, 300), square(500, 400, 700, 500)]}))
     data = tmp_path / "data"
     cfg = load_config(None, SMALL + [f"run.dir={tmp_path / 'run'}"])

@@ -166,7 +166,8 @@ def test_interrupted_run_resumes_at_the_right_epoch_with_its_optimizer(learn_roo
             self._epoch = epoch
 
     original_callbacks = trainer.fold_callbacks
-    monkeypatch.setattr(trainer, "fold_callbacks", lambda *a, **k: (lambda cbs: (cbs[0] + [CtrlC()], *cbs[1:]))(original_callbacks(*a, **k)))
+    monkeypatch.setattr(trainer, "fold_callbacks",
+                        lambda *a, **k: (lambda cbs: (cbs[0] + [CtrlC()], *cbs[1:]))(original_callbacks(*a, **k)))
     original_save = trainer.ResumeState.save
 
     def spy_save(self, model, epoch):
@@ -412,7 +413,8 @@ def test_ctrl_c_before_the_first_epoch_ends_leaves_nothing_unloadable(learn_root
 
     original_callbacks = trainer.fold_callbacks
     monkeypatch.setattr(trainer, "fold_callbacks",
-                        lambda *a, **k: (lambda cbs: ([CtrlCAtStart()] + cbs[0], *cbs[1:]))(original_callbacks(*a, **k)))
+                        lambda *a, **k: (lambda cbs: ([CtrlCAtStart()] + cbs[0], *cbs[1:]))(
+                            original_callbacks(*a, **k)))
     with pytest.raises(AmazonmineError, match="interrupted during the first epoch of fold 0: nothing to resume"):
         list(train.run_train(cfg, folds=[0]))
     assert not (cfg.run_dir / "fold0" / "resume").exists()
@@ -466,7 +468,8 @@ def test_resume_refuses_another_split_or_other_settings(learn_root, make_cfg):
         list(run_train(cfg, folds=[0], resume=True))
     meta.update(split_sha256=RunFolder(cfg.run_dir).split_fingerprint(), settings={"train.dropout": 0.9})
     (resume / "state.json").write_text(json.dumps(meta))
-    with pytest.raises(AmazonmineError, match=r"this fold's interrupted run used other settings \(train.dropout 0.9 -> 0.2\)"):
+    with pytest.raises(AmazonmineError,
+                       match=r"this fold's interrupted run used other settings \(train.dropout 0.9 -> 0.2\)"):
         list(run_train(cfg, folds=[0], resume=True))
     meta.update(settings={"train.dropout": 0.2})  # the same settings: the (fake) weights are tried, and refused
     (resume / "state.json").write_text(json.dumps(meta))
@@ -605,7 +608,8 @@ def test_ctrl_c_during_validation_of_averaged_weights_resumes_from_the_raw_weigh
 
     original_callbacks = trainer.fold_callbacks
     monkeypatch.setattr(trainer, "fold_callbacks",
-                        lambda *a, **k: (lambda cbs: (cbs[0] + [CtrlCInValidation()], *cbs[1:]))(original_callbacks(*a, **k)))
+                        lambda *a, **k: (lambda cbs: (cbs[0] + [CtrlCInValidation()], *cbs[1:]))(
+                            original_callbacks(*a, **k)))
     original_save = trainer.ResumeState.save
 
     def spy_save(self, model, epoch):
@@ -870,7 +874,8 @@ def ctrl_c_at(monkeypatch, trainer, epoch: int, batch: int) -> None:
                 raise KeyboardInterrupt
 
     original = trainer.fold_callbacks
-    monkeypatch.setattr(trainer, "fold_callbacks", lambda *a, **k: (lambda cbs: (cbs[0] + [CtrlC()], *cbs[1:]))(original(*a, **k)))
+    monkeypatch.setattr(trainer, "fold_callbacks",
+                        lambda *a, **k: (lambda cbs: (cbs[0] + [CtrlC()], *cbs[1:]))(original(*a, **k)))
 
 
 def record_training_sides(monkeypatch, pipeline) -> list[int]:

@@ -2,10 +2,11 @@
 
 A tree of pydantic models (one section per stage) loaded from YAML, then overridden from the command line with
 ``--set section.key=value``. Each field states its type, choices, bounds and help text (the field types are in
-:mod:`amazonmine.core.config_fields`; :mod:`amazonmine.core.config_reference` renders them for the docs); every count and size has an upper bound, so a slip such as
-``epochs: 1e8`` is refused at load, not met an hour later as a 40 GiB allocation. A bad value is one line naming
-its source (the file, or the ``--set`` that gave it), the key, the value (quoted briefly) and the problem. Models
-are mutable and assignments are not validated, as with the dataclasses they replace (stages check what they use).
+:mod:`amazonmine.core.config_fields`; :mod:`amazonmine.core.config_reference` renders them for the docs); every count
+and size has an upper bound, so a slip such as ``epochs: 1e8`` is refused at load, not met an hour later as a 40 GiB
+allocation. A bad value is one line naming its source (the file, or the ``--set`` that gave it), the key, the value
+(quoted briefly) and the problem. Models are mutable and assignments are not validated, as with the dataclasses they
+replace (stages check what they use).
 
 YAML is read by a hardened ``yaml.safe_load`` (:mod:`amazonmine.core.config_yaml`: no duplicate keys, alias bombs,
 deep nesting, huge or non-UTF-8 files), ``--set`` values too; errors become one line in

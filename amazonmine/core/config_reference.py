@@ -44,8 +44,8 @@ def reference_markdown() -> str:
     """Every key of every section as Markdown tables: type, allowed values, default, description."""
     schema = config_schema()
     out = ["# Configuration reference", "",
-           "Generated from `amazonmine/core/config.py` (`amazonmine.core.config_reference.reference_markdown()`). Set a "
-           "key in the YAML file given to `--config`, or on the command line with `--set section.key=value`."]
+           "Generated from `amazonmine/core/config.py` (`amazonmine.core.config_reference.reference_markdown()`). Set "
+           "a key in the YAML file given to `--config`, or on the command line with `--set section.key=value`."]
     for section, model in SECTIONS.items():
         out += ["", f"## `{section}`", "", model.__doc__ or "", "",
                 "| Key | Type | Allowed | Default | Description |", "| --- | --- | --- | --- | --- |"]

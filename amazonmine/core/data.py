@@ -397,7 +397,8 @@ def _read_bytes(path: str | Path) -> bytes:
                 parts.append(part)
                 total += len(part)
                 if total > MAX_CHIP_BYTES:
-                    raise DataError(f"{shorten(path, PATH_LIMIT)}: still growing past {MAX_CHIP_BYTES >> 20} MiB while read")
+                    raise DataError(f"{shorten(path, PATH_LIMIT)}: still growing past "
+                                    f"{MAX_CHIP_BYTES >> 20} MiB while read")
             data = b"".join(parts)
         return data
     finally:
@@ -479,7 +480,8 @@ class PlanetLayout:
         """Validated labels (DataFrame image_name, tags) and their (N, L) matrix over the layout's vocabulary
         (:data:`UNKNOWN` where a chip was never annotated for a label)."""
         if not self.root.is_dir():
-            raise DataError(f"{self.root}: data folder not found (set data.root, or run 'amazonmine synth {self.root}')")
+            raise DataError(f"{self.root}: data folder not found "
+                            f"(set data.root, or run 'amazonmine synth {self.root}')")
         frame = read_labels(self.labels_csv, labels=self.labels)
         if check_files:
             check_images_exist(frame["image_name"].tolist(), self.image_dir, self.ext)

@@ -26,8 +26,8 @@ number of true positives among the chosen labels and the number of missed labels
 independent Poisson-binomial counts, whose distributions a running convolution gives (O(L^2) per set; the tests
 check it against brute force over every label set). The same paper finds thresholds fitted on the data more
 robust when the probabilities are off (correlated labels, miscalibration), which is why both decoders stay and
-tune reports each cross-fitted. Weather decoding keeps its meaning: the weather is the argmax, treated as one categorical
-label (exactly one weather is true, with the group's normalised probability), and a cloudy chip gets no land
+tune reports each cross-fitted. Weather decoding keeps its meaning: the weather is the argmax, treated as one
+categorical label (exactly one weather is true, with the group's normalised probability), and a cloudy chip gets no land
 label. Without it, the likeliest weather label is always predicted and the others compete like land labels.
 The probabilities may first be recalibrated per label (:class:`Calibration`, fitted on the OOF), since the
 decoder reads them as probabilities where thresholds only need their order.
@@ -653,7 +653,8 @@ class DecisionRule:
                    labels)
 
 
-def fit_rule(y_true, probs, weather_decoding: bool, decoder: str = "thresholds", calibration: str = "none",  # noqa: PLR0913 - public: each keyword is one tune.* setting with its default
+def fit_rule(y_true, probs,  # noqa: PLR0913 - public: each keyword is one tune.* setting with its default
+             weather_decoding: bool, decoder: str = "thresholds", calibration: str = "none",
              objectives: dict[int, Objective] | None = None, start: float = 0.2, passes: int = 3,
              grid: int = 101, labels=LABELS) -> tuple[DecisionRule, dict[int, OperatingPoint]]:
     """The whole fit tune makes: each label with an objective at its operating point, the others' thresholds

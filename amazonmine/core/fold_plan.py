@@ -50,7 +50,8 @@ def resolve_folds(cfg, folds=(), all_folds: bool = False) -> list[int]:
     chosen = list(folds) or list(cfg.train.folds) or list(range(cfg.split.folds))
     bad = [f for f in chosen if not 0 <= f < cfg.split.folds]
     if bad:
-        raise AmazonmineError(f"fold(s) {bad} out of range: split.folds is {cfg.split.folds} (folds 0..{cfg.split.folds - 1})")
+        raise AmazonmineError(f"fold(s) {bad} out of range: split.folds is {cfg.split.folds} "
+                              f"(folds 0..{cfg.split.folds - 1})")
     return sorted(set(chosen))
 
 

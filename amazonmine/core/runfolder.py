@@ -302,7 +302,8 @@ class RunFolder:
         rows = manifest[manifest["fold"] == fold]
         expected = set(folds.loc[(folds["fold"] != fold) & (folds["fold"] != HOLDOUT_FOLD), "image_name"])
         if set(rows.loc[rows["transform"] == 0, "image_name"]) != expected or not rows["transform"].between(0, 7).all():
-            raise DataError(f"{self.manifest_csv}: fold {fold} does not match {FOLDS_CSV}; run 'amazonmine split' again")
+            raise DataError(f"{self.manifest_csv}: fold {fold} does not match {FOLDS_CSV}; "
+                            "run 'amazonmine split' again")
         return rows[["image_name", "transform"]].reset_index(drop=True)
 
     # --- folds ---------------------------------------------------------------------------------------------

@@ -241,15 +241,15 @@ def make_dataset(chips: ChipSet, rows: np.ndarray, labels: np.ndarray | None, tr
     """A batched, prefetched tf.data.Dataset over ``rows`` (indices into ``chips``), as ``batching`` says.
 
     Without ``stream``: the rows in order, unaugmented. With it (training): one shuffled pass over the rows
-    or, with ``stream.start``, an endless stream of passes from its ``start``-th chip on. Pass p is the permutation seeded by (``seed``, p) and chip g of the stream is
-    augmented with seed (``seed``, g), so the stream is a pure function of the seed: a resumed run that starts
-    at chip (epochs done x steps x batch) sees exactly the chips, in the order and with the augmentations, the
-    uninterrupted run saw. (Train's epochs are steps x batch chips of this stream, so they drift across passes
-    rather than each being one pass with a short last batch.) Each chip gets the manifest's fixed dihedral
-    transform for oversampled copies (transform > 0), a random D4 view for the others, mild brightness/contrast
-    jitter, and for a ``chip_augment`` share of chips a random chip-making difference (:func:`remake_chip`).
-    ``resize_to`` (progressive resizing) shrinks the chips from ``image_size`` by area averaging before any
-    augmentation.
+    or, with ``stream.start``, an endless stream of passes from its ``start``-th chip on. Pass p is the permutation
+    seeded by (``seed``, p) and chip g of the stream is augmented with seed (``seed``, g), so the stream is a pure
+    function of the seed: a resumed run that starts at chip (epochs done x steps x batch) sees exactly the chips, in the
+    order and with the augmentations, the uninterrupted run saw. (Train's epochs are steps x batch chips of this stream,
+    so they drift across passes rather than each being one pass with a short last batch.) Each chip gets the manifest's
+    fixed dihedral transform for oversampled copies (transform > 0), a random D4 view for the others, mild
+    brightness/contrast jitter, and for a ``chip_augment`` share of chips a random chip-making difference
+    (:func:`remake_chip`). ``resize_to`` (progressive resizing) shrinks the chips from ``image_size`` by area averaging
+    before any augmentation.
     Yields (x, y) when labels are given, else x.
     """
     import tensorflow as tf

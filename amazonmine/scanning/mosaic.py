@@ -201,7 +201,8 @@ def _write_tables(out_tif: Path, table: list[dict], grid: _SceneGrid, kind: str,
     info = {"scene": str(out_tif), "crs": str(crs), "resolution_m": grid.res, "grid": [grid.rows, grid.cols],
             "chip_px": grid.side,
             "kind": kind, "band_order": "B,G,R,NIR" if kind == "analytic" else "R,G,B",
-            "chips": sum(1 for r in table if r["image_name"]), "nodata_cells": sum(1 for r in table if not r["image_name"]),
+            "chips": sum(1 for r in table if r["image_name"]),
+            "nodata_cells": sum(1 for r in table if not r["image_name"]),
             "mines": mines, "attribution": attribution, **(extra or {})}
     write_json_atomic(Path(f"{stem}.json"), info)
     return MosaicResult(out_tif, chips_csv, chips_geojson, info)

@@ -7,8 +7,8 @@ page's script through ``|tojson``) and carries everything it shows: Leaflet (ven
 The map: for each scene a preview (a decimated read, never the whole scene, nodata transparent) warped to Web
 Mercator, the map's own projection, so that it lies exactly at the scene's place as an image layer; the
 probability of each mine label on the tile grid as a coloured layer (off until switched on; the colour ramp of
-the QGIS styles, :func:`amazonmine.scanning.gisfiles.probability_rgba`); the sites outlined in their label's colour, with a
-popup (label, probabilities, hectares, tiles, first and last scene, a thumbnail of the real pixels); with
+the QGIS styles, :func:`amazonmine.scanning.gisfiles.probability_rgba`); the sites outlined in their label's colour,
+with a popup (label, probabilities, hectares, tiles, first and last scene, a thumbnail of the real pixels); with
 ``--since``, the new sites and growth dashed and marked; a scale bar and the coordinates under the pointer.
 Under the map: every site in a table sorted by confidence (a click shows it on the map), the operating point
 (thresholds and where they came from, the isolated-site threshold, the minimum area), the chip look, and what
@@ -241,7 +241,8 @@ def _ramp_css(threshold: float) -> str:
     return f"linear-gradient(to right, {stops})"
 
 
-def write_report(path: Path, jobs, sites_by_label: dict, point, look, failed: list, counts: list,  # noqa: PLR0913 - one caller (scan), a parameter object with the move
+def write_report(path: Path, jobs,  # noqa: PLR0913 - one caller (scan), a parameter object with the move
+                 sites_by_label: dict, point, look, failed: list, counts: list,
                  new_sites: list | None, model: dict | None = None) -> None:
     """scan_report.html. ``new_sites``: the features of new_sites (``--since``), else None; ``model``: what
     scored the tiles (:func:`amazonmine.stages.scan.model_summary`)."""

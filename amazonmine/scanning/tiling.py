@@ -423,9 +423,10 @@ FOOTPRINT_POINTS = 17
 def check_footprint(path: str, crs, transform, width: int, height: int) -> None:
     """Refuse (one line naming the scene) a scene that cannot be placed on the globe: its edges must have
     finite coordinates in its CRS, transform to finite longitudes and latitudes (|lat| <= 90, |lon| <= 180),
-    and from there to finite metres in the UTM zone where its areas are measured (:func:`amazonmine.scanning.sites.area_ha`).
-    A CRS that cannot be related to longitude and latitude at all (an engineering or LOCAL_CS one) is refused
-    the same way, instead of the NaN resolutions and pyproj errors it gave further on."""
+    and from there to finite metres in the UTM zone where its areas are measured
+    (:func:`amazonmine.scanning.sites.area_ha`). A CRS that cannot be related to longitude and latitude at all (an
+    engineering or LOCAL_CS one) is refused the same way, instead of the NaN resolutions and pyproj errors it gave
+    further on."""
     from pyproj import CRS, Transformer
     from pyproj.exceptions import CRSError, ProjError
     from rasterio.errors import CRSError as RasterioCRSError

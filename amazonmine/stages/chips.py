@@ -28,8 +28,8 @@ tiles that hold most of it; at stride 0.5 a polygon smaller than half a tile lie
 tile). Tiles that overlap an ignore polygon at all are left out, as are nodata and blank tiles (scan's rule).
 With the four weather labels in the vocabulary (only then are weather labels written), the Kaggle reader wants
 one weather label per chip: a tile takes the weather label of the polygons when they give one (the one covering
-most of it), else ``weather`` (default ``clear``: scenes chosen for labelling are cloud-free mosaics; recorded in chips.json).
-Polygons may be in any CRS (a GeoJSON ``crs`` member or a GeoPackage's CRS; plain GeoJSON is lon/lat, RFC
+most of it), else ``weather`` (default ``clear``: scenes chosen for labelling are cloud-free mosaics; recorded in
+chips.json). Polygons may be in any CRS (a GeoJSON ``crs`` member or a GeoPackage's CRS; plain GeoJSON is lon/lat, RFC
 7946): they are reprojected into each scene's CRS, and shares are areas measured there.
 
 **Negatives** (tiles with no label but weather) can be thinned to ``negative_share``: a tile is kept when a
@@ -116,7 +116,8 @@ def scene_tag(stem: str) -> str:
 
 
 _DATE_TAGS = ("ACQUISITION_DATE", "ACQUIRED", "DATE", "TIFFTAG_DATETIME")
-_DATE_IN_NAME = (re.compile(r"(?<!\d)(\d{4})[-_]?(\d{2})[-_]?(\d{2})(?!\d)"), re.compile(r"(?<!\d)(\d{4})[-_](\d{2})(?!\d)"))
+_DATE_IN_NAME = (re.compile(r"(?<!\d)(\d{4})[-_]?(\d{2})[-_]?(\d{2})(?!\d)"),
+                 re.compile(r"(?<!\d)(\d{4})[-_](\d{2})(?!\d)"))
 
 
 def scene_date(path: str) -> tuple[str, str]:
@@ -420,8 +421,9 @@ def run_chips(cfg, scenes, labels_path: str | Path, out: str | Path, *, overwrit
 
     ``vocabulary`` (default: the config's ``data.labels``) is what a polygon's label may be; a label of it that
     no polygon of the file names is written ``?label`` on every chip (never annotated, so not a negative). The
-    weather labels are written only when the vocabulary holds all four. ``options`` are :class:`ChipSettings` fields (min_tile_share, min_polygon_share, weather, negative_share,
-    block_size_m, seed, size, look_like, ...); the rest comes from the config's ``data`` and ``scan`` sections.
+    weather labels are written only when the vocabulary holds all four. ``options`` are :class:`ChipSettings` fields
+    (min_tile_share, min_polygon_share, weather, negative_share, block_size_m, seed, size, look_like, ...); the rest
+    comes from the config's ``data`` and ``scan`` sections.
     """
     import time
 

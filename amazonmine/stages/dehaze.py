@@ -303,8 +303,8 @@ def run_dehaze(cfg, src: str | Path | None = None, dst: str | Path | None = None
     """Dehaze every chip of ``src`` (default data.root) into ``dst`` (default the run's dehaze folder).
 
     A Kaggle-layout ``src`` has its chip subfolders mirrored under ``dst`` (``dst/train-jpg/...``, which is
-    where :meth:`amazonmine.core.runfolder.RunFolder.chip_dir` looks); a plain folder of chips is processed into ``dst`` itself.
-    Chips already in ``dst`` made with the current settings are skipped unless ``overwrite``; those made with
+    where :meth:`amazonmine.core.runfolder.RunFolder.chip_dir` looks); a plain folder of chips is processed into ``dst``
+    itself. Chips already in ``dst`` made with the current settings are skipped unless ``overwrite``; those made with
     other settings, or left unfinished by a killed run, are redone (see the module's docstring). Unreadable
     chips are listed in ``dst/dehaze_errors.csv`` and in ``summary.failed``; the others are still processed.
     """

@@ -1,9 +1,10 @@
-"""Evaluate stage: an HTML report of a run that a person can open offline: scores, threshold curves, confusions, mine chips.
+"""Evaluate stage: an HTML report of a run that a person can open offline: scores, threshold curves, confusions,
+mine chips.
 
 ``<run_dir>/report/index.html``, rendered from the Jinja2 template ``templates/evaluate_report.html``
 (autoescaped: every name and path reaches the page as text), has no script and no remote resource: CSS is inline
-and every picture is a PNG or JPEG file beside it (``curves.png``, ``cooccurrence.png``, ``gallery/``, ``dehaze/``), so the folder can be
-zipped and mailed. Sections, in the order a reviewer asks the questions:
+and every picture is a PNG or JPEG file beside it (``curves.png``, ``cooccurrence.png``, ``gallery/``, ``dehaze/``), so
+the folder can be zipped and mailed. Sections, in the order a reviewer asks the questions:
 
 1. per-label precision, recall, F2 and counts on the out-of-fold chips, decided as ``predict`` would decide
    (the rule tune wrote to thresholds.json, else the flat ``tune.start`` threshold), each precision and recall
@@ -94,7 +95,8 @@ class EvaluateResult:
             if self.lockbox.single:
                 scores = [f2 for _, f2, _ in self.lockbox.single]
                 lockbox += (f", each fold alone {min(scores):.4f}-{max(scores):.4f}, ensemble gain "
-                            f"{self.lockbox.gain[0]:+.4f} (95% {self.lockbox.gain[1]:+.4f} to {self.lockbox.gain[2]:+.4f})")
+                            f"{self.lockbox.gain[0]:+.4f} "
+                            f"(95% {self.lockbox.gain[1]:+.4f} to {self.lockbox.gain[2]:+.4f})")
         return (f"wrote {self.path} (OOF mean F2 {self.oof_f2:.4f}{interval} over {self.n_chips} chips, "
                 f"{self.thresholds_source}{lockbox}){gaps}")
 

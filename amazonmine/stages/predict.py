@@ -151,7 +151,8 @@ def validate_submission(path: Path, sample: Path | None = None, labels=LABELS) -
         problems.append(f"{int(sub['image_name'].duplicated().sum())} duplicated image_name rows")
     with_ext = sub["image_name"].str.contains(r"\.(?:jpg|jpeg|tif|png)$", case=False, regex=True)
     if with_ext.any():
-        problems.append(f"{int(with_ext.sum())} names carry a file extension (e.g. {sub['image_name'][with_ext].iloc[0]})")
+        problems.append(f"{int(with_ext.sum())} names carry a file extension "
+                        f"(e.g. {sub['image_name'][with_ext].iloc[0]})")
     vocab = set(labels)
     bad_tags = sorted({t for tags in sub["tags"] for t in tags.split() if t not in vocab})
     if bad_tags:
@@ -166,7 +167,8 @@ def validate_submission(path: Path, sample: Path | None = None, labels=LABELS) -
             problems.append(f"{len(got)} rows, the sample has {len(expected)}")
         elif got != expected:
             first = next(i for i, (a, b) in enumerate(zip(got, expected)) if a != b)
-            problems.append(f"row order differs from the sample from row {first + 2} ({got[first]} vs {expected[first]})")
+            problems.append(f"row order differs from the sample from row {first + 2} "
+                            f"({got[first]} vs {expected[first]})")
     return problems
 
 

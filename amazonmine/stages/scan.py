@@ -10,8 +10,8 @@ of them, URLs, or STAC Items: :mod:`amazonmine.scanning.stac`) and a trained run
 * ``sites.geojson``  the tiles decided positive for each label of ``scan.labels`` (empty: the two mine labels
   with the Planet vocabulary, every non-weather label of a model's own), dissolved into sites
   (touching or overlapping tiles), with area in hectares, tile count, max/mean probability, first/last scene;
-* ``<label>_probability.tif``  a Cloud-Optimized GeoTIFF per label of ``scan.labels`` (one per scene and label when there are
-  several scenes: ``<scene>_<label>_probability.tif``) on the tile grid: one float32 cell per tile position,
+* ``<label>_probability.tif``  a Cloud-Optimized GeoTIFF per label of ``scan.labels`` (one per scene and label when
+  there are several scenes: ``<scene>_<label>_probability.tif``) on the tile grid: one float32 cell per tile position,
   centred on the tile's centre, NaN where no tile was scored;
 * ``scan_report.html``  the interactive map and table a person opens (offline);
 * ``*.qml``  a QGIS style beside each layer (sites, tiles, new sites, every probability raster);
@@ -314,7 +314,8 @@ def predict_block(task: BlockTask, tiles, predictor) -> BlockResult:
         empty = np.zeros(0, np.int32)
         return BlockResult(task.index, empty, empty, np.zeros((0, len(LABELS)), np.float32), error=tiles,
                            key=task.key)
-    probs = predictor.predict(tiles.chips) if len(tiles.chips) else np.zeros((0, len(_labels_of(predictor))), np.float32)
+    probs = (predictor.predict(tiles.chips) if len(tiles.chips)
+             else np.zeros((0, len(_labels_of(predictor))), np.float32))
     return BlockResult(task.index, tiles.rows, tiles.cols, np.asarray(probs, np.float32), tiles.nodata,
                        tiles.blank, key=task.key)
 

@@ -13,8 +13,8 @@ labels):
   (the union of the scored tiles). A predicted site inside an ignore polygon (``unlabelled``/``ignore``) of the
   truth file is neither right nor false: nobody knows;
 * **tile precision and recall**: a tile is truly positive under the same coverage rule ``amazonmine chips``
-  labels training chips by (:class:`amazonmine.scanning.polygon_labels.CoverageRule`), and decided positive as scan decided it
-  (``has_<label>``); tiles touching an ignore polygon are left out;
+  labels training chips by (:class:`amazonmine.scanning.polygon_labels.CoverageRule`), and decided positive as scan
+  decided it (``has_<label>``); tiles touching an ignore polygon are left out;
 * a **95% interval** for found, tile precision and tile recall from a bootstrap over sites: truth sites (with
   the predicted sites and tiles on them), and the predicted sites and loose positive tiles that overlap no
   truth, are the units drawn with replacement (each kind apart, so every draw has as many truth sites as the
@@ -165,7 +165,8 @@ class TargetScores:
         false = "n/a" if rate is None else f"{rate:.2f}" + (f" [{ci[0]:.2f}-{ci[1]:.2f}]" if ci else "")
         return (f"{self.target}: found {self.found} of {self.truth_sites} truth sites "
                 f"({pct(self.found_rate, self.intervals.get('found_rate'))}), {self.false_sites} false site(s) = "
-                f"{false} per 1,000 km2; tiles precision {pct(self.tile_precision, self.intervals.get('tile_precision'))}"
+                f"{false} per 1,000 km2; tiles precision "
+                f"{pct(self.tile_precision, self.intervals.get('tile_precision'))}"
                 f" recall {pct(self.tile_recall, self.intervals.get('tile_recall'))}")
 
 

@@ -34,8 +34,8 @@ Files written to the run folder (``run.dir``)::
     train_manifest.csv  image_name,fold,transform
 
 Manifest semantics: the rows with ``fold == K`` are what a model validated on fold K trains on. Every chip
-in another fold (not in fold K, not held out) appears once with transform 0 (the chip as stored); a chip carrying a rare label appears
-``copies`` times in all, with distinct transforms: 0 plus ``copies - 1`` of 1..7. A chip of fold K never
+in another fold (not in fold K, not held out) appears once with transform 0 (the chip as stored); a chip carrying a rare
+label appears ``copies`` times in all, with distinct transforms: 0 plus ``copies - 1`` of 1..7. A chip of fold K never
 appears among fold K's rows, and no (image_name, transform) pair repeats within a fold. Rows are grouped by
 fold, then in the labels file's order, a chip's extra views right after its transform-0 row.
 
@@ -272,7 +272,8 @@ def labels_missing_from_folds(counts) -> list[str]:
     """'label (n chips)' for each label that has no positive in at least one fold of a fold_label_counts table."""
     per_fold = counts[~counts["fold"].isin(["total", HOLDOUT_ROW])]
     total = counts[counts["fold"] == "total"].iloc[0]
-    return [f"{label} ({int(total[label])} chip{'' if int(total[label]) == 1 else 's'})" for label in _label_columns(counts.columns) if (per_fold[label] == 0).any()]
+    return [f"{label} ({int(total[label])} chip{'' if int(total[label]) == 1 else 's'})"
+            for label in _label_columns(counts.columns) if (per_fold[label] == 0).any()]
 
 
 # --- which labels are rare ---------------------------------------------------------------------------------
@@ -337,7 +338,8 @@ def view_orders(n: int, seed: int) -> np.ndarray:
     return np.argsort(rng.random((n, N_VIEWS - 1)), axis=1) + 1
 
 
-def build_manifest(names: Sequence[str], matrix: np.ndarray, folds: np.ndarray, k: int,  # noqa: PLR0913 - the split's rare-label policy, a parameter object with the move
+def build_manifest(  # noqa: PLR0913 - the split's rare-label policy, a parameter object with the move
+                   names: Sequence[str], matrix: np.ndarray, folds: np.ndarray, k: int,
                    rare_labels: Sequence[str], target: int, max_factor: int, seed: int,
                    labels: Sequence[str] = LABELS):
     """DataFrame image_name,fold,transform: each fold's training rows with rare-label repeats (see module doc)."""
@@ -438,7 +440,8 @@ class SplitSummary:
                          + ", ".join(f"{label} {int(held[label])}" for label in shown))
         if self.group_by:
             # The rare labels, else the three rarest labels some chip carries: how well whole groups spread them.
-            present = tuple(label for label in _rarest(total, len(_label_columns(total.index))) if int(total[label]) > 0)
+            present = tuple(label for label in _rarest(total, len(_label_columns(total.index)))
+                            if int(total[label]) > 0)
             gaps = stratification_gaps(self.fold_counts, self.rare_labels or present[:3], self.k)
             lines.append(f"grouped by {self.group_by!r}: {self.n_groups} groups, each wholly in one fold"
                          + (" or in the hold-out" if self.n_holdout else "") + "; per fold against an even share: "

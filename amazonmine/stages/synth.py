@@ -226,7 +226,8 @@ def paint_conventional_mine(canvas, rng, size, state):
     radius = size * rng.uniform(0.18, 0.28)
     for level, shade in enumerate((1.0, 0.85, 0.7, 0.55)):
         m = _mask(size)
-        cv2.ellipse(m, (tuple(int(v) for v in c), (int(radius * 2 * (1 - 0.22 * level)), int(radius * 1.5 * (1 - 0.22 * level))),
+        cv2.ellipse(m, (tuple(int(v) for v in c),
+                        (int(radius * 2 * (1 - 0.22 * level)), int(radius * 1.5 * (1 - 0.22 * level))),
                         float(rng.uniform(0, 180))), 255, -1)
         _blend(canvas, m, tuple(v * shade for v in PIT_GREY), rng, 0.05)
     road = _mask(size)
@@ -362,7 +363,8 @@ def _test_names(n_test: int) -> tuple[list[str], list[str]]:
     return [f"test_{i}" for i in range(n_main)], [f"file_{i}" for i in range(n_test - n_main)]
 
 
-def paint_dataset(out: str | Path, n_train: int = 200, n_test: int = 50, size: int = 256, seed: int = 0,  # noqa: PLR0913 - synth's options, each passed by keyword (CLI, demo, test fixtures)
+def paint_dataset(  # noqa: PLR0913 - synth's options, each passed by keyword (CLI, demo, test fixtures)
+                 out: str | Path, n_train: int = 200, n_test: int = 50, size: int = 256, seed: int = 0,
                  rare_boost: float = 20.0, tif: bool = False, progress: bool = True,
                  overwrite: bool = False) -> dict:
     """Write a Planet-like dataset in the Kaggle layout and its truth. Returns a small summary."""
@@ -429,7 +431,8 @@ def paint_dataset(out: str | Path, n_train: int = 200, n_test: int = 50, size: i
             "label_counts": label_counts}
 
 
-def run_synth(cfg, out: str | Path | None = None, n_train: int = 200, n_test: int = 50, size: int | None = None,  # noqa: PLR0913 - one keyword per option of the synth command
+def run_synth(cfg, out: str | Path | None = None,  # noqa: PLR0913 - one keyword per option of the synth command
+              n_train: int = 200, n_test: int = 50, size: int | None = None,
               seed: int | None = None, rare_boost: float = 20.0, tif: bool = False, overwrite: bool = False,
               progress: bool = True) -> dict:
     """The synth stage: a dataset where the config expects one (``data.root``), with its chip size
