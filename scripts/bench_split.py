@@ -18,7 +18,7 @@ import numpy as np
 
 from amazonmine.core.config import SplitConfig
 from amazonmine.core.data import LABELS, read_labels, tags_to_matrix
-from amazonmine.stages.split import build_manifest, choose_rare_labels, make_folds
+from amazonmine.stages.split import RarePolicy, build_manifest, choose_rare_labels, make_folds
 
 DEFAULT_LABELS = Path(__file__).resolve().parents[2] / "shared" / "data" / "planet_train_v2_labels.csv"
 MIN_POSITIVES = 300
@@ -75,8 +75,8 @@ def main() -> None:
     folds = make_folds(matrix, k, args.seed)
     plan = SplitConfig()  # the default rare-label settings
     rare = choose_rare_labels(matrix, plan.rare_threshold)
-    _, seconds = timed(lambda: build_manifest(names, matrix, folds, k, rare, plan.rare_target, plan.rare_max_factor,
-                                              args.seed), args.repeats)
+    policy = RarePolicy(tuple(rare), plan.rare_target, plan.rare_max_factor)
+    _, seconds = timed(lambda: build_manifest(names, matrix, folds, k, policy, args.seed), args.repeats)
     print(f"manifest (rare {', '.join(rare)}; target {plan.rare_target}, {plan.rare_max_factor} views): "
           f"{seconds:.2f} s")
 

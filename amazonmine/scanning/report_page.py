@@ -23,8 +23,10 @@ from __future__ import annotations
 
 import base64
 import re
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -241,15 +243,30 @@ def _ramp_css(threshold: float) -> str:
     return f"linear-gradient(to right, {stops})"
 
 
-def write_report(path: Path, jobs,  # noqa: PLR0913 - one caller (scan), a parameter object with the move
-                 sites_by_label: dict, point, look, failed: list, counts: list,
-                 new_sites: list | None, model: dict | None = None) -> None:
-    """scan_report.html. ``new_sites``: the features of new_sites (``--since``), else None; ``model``: what
-    scored the tiles (:func:`amazonmine.stages.scan.model_summary`)."""
+@dataclass
+class ScanReport:
+    """What scan_report.html shows: the scenes scanned (``jobs``) and those that failed, each scene's tile
+    counts, the sites by label, the operating point and chip look the tiles were decided with, the features of
+    new_sites (``--since``; None without it) and what scored the tiles
+    (:func:`amazonmine.stages.scan.model_summary`)."""
+
+    jobs: list
+    sites_by_label: dict
+    point: Any
+    look: Any
+    failed: list
+    counts: list
+    new_sites: list | None = None
+    model: dict | None = None
+
+
+def write_report(path: Path, report: ScanReport) -> None:
+    """Write ``report`` as the scan's HTML page (one file: the map library, previews and thumbnails inline)."""
     from shapely.geometry import shape
 
     from amazonmine.scanning.sites import feature
 
+    jobs, sites_by_label, point, new_sites = report.jobs, report.sites_by_label, report.point, report.new_sites
     job_of = {j.scene.name: j for j in jobs}
     everything = sorted((s for sites in sites_by_label.values() for s in sites),
                         key=lambda s: (-s.max_probability, s.site_id))
@@ -287,9 +304,10 @@ def write_report(path: Path, jobs,  # noqa: PLR0913 - one caller (scan), a param
                 "new_sites": {"type": "FeatureCollection", "features": fresh} if new_sites is not None else None,
                 "new_colours": NEW_COLOURS}
     leaflet_js, leaflet_css = leaflet_assets()
-    page = render("scan_report.html", jobs=jobs, rows=rows, point=point, look=look, failed=failed, counts=counts,
-                  labels=labels, scenes=scenes, new_sites=new_sites, max_thumbs=MAX_THUMBS, map_data=map_data,
-                  new_colours=NEW_COLOURS, leaflet_js=leaflet_js, leaflet_css=leaflet_css, model=model)
+    page = render("scan_report.html", jobs=jobs, rows=rows, point=point, look=report.look, failed=report.failed,
+                  counts=report.counts, labels=labels, scenes=scenes, new_sites=new_sites, max_thumbs=MAX_THUMBS,
+                  map_data=map_data, new_colours=NEW_COLOURS, leaflet_js=leaflet_js, leaflet_css=leaflet_css,
+                  model=report.model)
     write_text_atomic(path, page)
 
 

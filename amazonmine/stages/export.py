@@ -144,7 +144,7 @@ def run_export(cfg, out: Path, name: str | None = None, version: str = "1", over
         # The chips the card was measured on, so anyone can score the bundle on them again
         # (scripts/score_bundle.py) and no later test mistakes them for unseen chips or the reverse.
         (stage / HELD_OUT_LIST).write_text("\n".join(held.names) + "\n", encoding="utf-8")
-        card = model_card(meta, preprocessing, cfg, summaries, held, intervals, points, predictor, notes)
+        card = model_card(meta, preprocessing, cfg, summaries, CardScores(held, intervals, points), predictor, notes)
         (stage / MODEL_CARD).write_text(card, encoding="utf-8")
         _write_manifest(stage)
         open_bundle(stage, labels=labels)  # what is written must read back, or nothing is put in place
@@ -222,10 +222,21 @@ def _chip_look(predictor, layout: PlanetLayout) -> dict:
 
 # --- the card ---------------------------------------------------------------------------------------------------
 
-def model_card(meta, pre, cfg, summaries, held: HeldOut, intervals, points, predictor, notes: str = "") -> str:  # noqa: PLR0913 - one caller (run_export), each argument a separate artifact of the run; a parameter object with the move
+@dataclass
+class CardScores:
+    """What the card reports as measured: the held-out chips with their predictions, the bootstrap intervals of
+    their scores, and the operating points of the labels scan maps."""
+
+    held: HeldOut
+    intervals: dict
+    points: list[dict]
+
+
+def model_card(meta, pre, cfg, summaries, scores: CardScores, predictor, notes: str = "") -> str:
     """The card: what the toolkit knows (task, recipe, hardware, measured scores, operating points, the limits
     every scan has) and ``notes``, the user's own Markdown about the imagery, its licence and further limits."""
     tc = cfg.train
+    held, intervals, points = scores.held, scores.intervals, scores.points
     hours = sum(float(s.get("train_seconds_this_session") or 0) for s in summaries) / 3600
     speeds = [s.get("train_images_per_s") for s in summaries if s.get("train_images_per_s")]
     gpu = any(s.get("mixed_precision") for s in summaries)

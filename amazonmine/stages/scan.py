@@ -744,7 +744,7 @@ def _write_everything(plan: ScanPlan, resumed: int, began: float) -> ScanSummary
     """Every output, from the persisted blocks' numbers alone (so a resumed scan writes the same files), into
     ``plan.out_dir``: the staging folder that :func:`run_scan` swaps in as a set."""
     from amazonmine.scanning.gisfiles import vector_name, write_features, write_styles
-    from amazonmine.scanning.report_page import write_report
+    from amazonmine.scanning.report_page import ScanReport, write_report
 
     jobs, cfg, settings = plan.jobs, plan.cfg, plan.settings
     failed = [msg for job in jobs for msg in job.failed]
@@ -766,8 +766,8 @@ def _write_everything(plan: ScanPlan, resumed: int, began: float) -> ScanSummary
                                      plan.since is not None)
     counts = {label: {"count": len(s), "area_ha": float(sum(x.area_ha for x in s))}
               for label, s in outputs["sites"].items()}
-    write_report(plan.out_dir / REPORT_HTML, jobs, outputs["sites"], point, plan.look, failed, _scene_counts(jobs),
-                 fresh, model_summary(plan.predictor, cfg))
+    write_report(plan.out_dir / REPORT_HTML, ScanReport(jobs, outputs["sites"], point, plan.look, failed,
+                                                        _scene_counts(jobs), fresh, model_summary(plan.predictor, cfg)))
     seconds = time.perf_counter() - began
     write_json_atomic(plan.out_dir / SCAN_JSON, _scan_record(plan, point, failed, counts, outputs, new_count,
                                                              resumed, seconds))

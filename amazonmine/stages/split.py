@@ -338,22 +338,30 @@ def view_orders(n: int, seed: int) -> np.ndarray:
     return np.argsort(rng.random((n, N_VIEWS - 1)), axis=1) + 1
 
 
-def build_manifest(  # noqa: PLR0913 - the split's rare-label policy, a parameter object with the move
-                   names: Sequence[str], matrix: np.ndarray, folds: np.ndarray, k: int,
-                   rare_labels: Sequence[str], target: int, max_factor: int, seed: int,
-                   labels: Sequence[str] = LABELS):
+@dataclass(frozen=True)
+class RarePolicy:
+    """How rare labels are oversampled in the training folds: which labels, the training rows wanted per label
+    and fold (``target``), and how often one chip may appear at most (``max_factor``, one dihedral view each)."""
+
+    labels: tuple[str, ...]
+    target: int
+    max_factor: int
+
+
+def build_manifest(names: Sequence[str], matrix: np.ndarray, folds: np.ndarray, k: int, rare: RarePolicy,
+                   seed: int, labels: Sequence[str] = LABELS):
     """DataFrame image_name,fold,transform: each fold's training rows with rare-label repeats (see module doc)."""
     import pandas as pd
 
     names = np.asarray(names, dtype=object)
     matrix = np.asarray(matrix)
-    rare_index = [list(labels).index(label) for label in rare_labels]
+    rare_index = [list(labels).index(label) for label in rare.labels]
     priority = np.random.default_rng([seed, 1]).permutation(len(names))
     views = view_orders(len(names), seed)
     parts = []
     for fold in range(k):
         train = np.flatnonzero((folds != fold) & (folds != HOLDOUT_FOLD))
-        copies = oversample_copies(matrix[train], rare_index, target, max_factor, priority[train])
+        copies = oversample_copies(matrix[train], rare_index, rare.target, rare.max_factor, priority[train])
         rows = np.repeat(train, copies)
         # copy number of each row within its chip: 0 for the stored chip, 1.. for its extra views
         nth = np.arange(len(rows)) - np.repeat(np.cumsum(copies) - copies, copies)
@@ -487,8 +495,8 @@ def run_split(cfg, check_files: bool = True, group_by: str | None = None) -> Spl
         folds = make_group_folds_with_holdout(matrix, groups, split_cfg.folds, cfg.run.seed, float(split_cfg.holdout))
     else:
         folds = make_folds_with_holdout(matrix, split_cfg.folds, cfg.run.seed, float(split_cfg.holdout))
-    manifest = build_manifest(names, matrix, folds, split_cfg.folds, rare, split_cfg.rare_target,
-                              split_cfg.rare_max_factor, cfg.run.seed, labels)
+    policy = RarePolicy(tuple(rare), split_cfg.rare_target, split_cfg.rare_max_factor)
+    manifest = build_manifest(names, matrix, folds, split_cfg.folds, policy, cfg.run.seed, labels)
     seconds = time.perf_counter() - started
     counts = fold_label_counts(matrix, folds, split_cfg.folds, labels)
 
