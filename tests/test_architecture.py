@@ -1,9 +1,11 @@
 """The package's shape. The import contracts (layers, TensorFlow only in the model's modules, stages independent
 of each other) are in pyproject.toml, checked by import-linter (``lint-imports``, run by CI and here); what it
-cannot express is checked here: that the light commands do not import TensorFlow when they run."""
+cannot express is checked here: that the light commands do not import TensorFlow when they run, and that the
+drawing of the folders in the developers' docs names what the folders hold."""
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -57,3 +59,36 @@ def test_help_and_the_light_commands_do_not_import_tensorflow(tmp_path):
             "print('tensorflow' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert out.returncode == 0 and out.stdout.strip().endswith("False"), out.stdout[-2000:] + out.stderr[-2000:]
+
+
+FOLDERS = ("stages", "neural", "scanning", "core")
+
+
+def _diagram_boxes(text: str) -> dict[str, str]:
+    """folder -> the text inside its box in the drawing: the columns under its ``+--- name/ ---+`` header, down
+    to the box's bottom edge."""
+    lines = text.split("```", 2)[1].splitlines()
+    boxes = {}
+    for row, line in enumerate(lines):
+        for header in re.finditer(r"\+-+ (\w+)/ -+\+", line):
+            inside = []
+            for below in lines[row + 1:]:
+                cell = below[header.start():header.end()].ljust(header.end() - header.start())
+                if cell.startswith("+-"):
+                    break
+                inside.append(cell)
+            boxes[header.group(1)] = "\n".join(inside)
+    return boxes
+
+
+def test_the_drawing_of_the_folders_names_every_module_and_no_stranger():
+    boxes = _diagram_boxes((REPO / "docs" / "developers" / "architecture.md").read_text(encoding="utf-8"))
+    assert sorted(boxes) == sorted(FOLDERS)
+    modules = {folder: {p.stem for p in (REPO / "amazonmine" / folder).glob("*.py") if p.stem != "__init__"}
+               for folder in FOLDERS}
+    missing = {folder: sorted(modules[folder] - set(re.findall(r"\w+", boxes[folder]))) for folder in FOLDERS}
+    assert all(not names for names in missing.values()), f"modules the drawing does not show: {missing}"
+    strangers = {folder: sorted(set(re.findall(r"\w+", boxes[folder])) & (set().union(*modules.values())
+                                                                          - modules[folder]))
+                 for folder in FOLDERS}
+    assert all(not names for names in strangers.values()), f"modules drawn in the wrong folder: {strangers}"
