@@ -110,7 +110,7 @@ def _train_folds(cfg, chosen: list[int], gpu: bool, resume: bool, retrain: bool,
     # second train must hear that the run is busy, not be told to --resume it.
     with run.lock("train") if lead else contextlib.nullcontext():
 
-        def decide() -> dict[int, FoldAction]:
+        def fold_actions() -> dict[int, FoldAction]:
             for fold in chosen:  # a retrain killed while being swapped in is finished before anything is decided
                 finish_retrain(run.fold(fold))
             actions = {fold: fold_action(cfg, fold, resume, retrain) for fold in chosen}  # refusals before writes
@@ -119,7 +119,7 @@ def _train_folds(cfg, chosen: list[int], gpu: bool, resume: bool, retrain: bool,
             return actions
 
         if cluster is None:
-            actions = decide()
+            actions = fold_actions()
             strategy = setup_device(gpu)
             if cfg.train.validation_bn_batches and strategy.num_replicas_in_sync > 1:
                 replicas = strategy.num_replicas_in_sync
@@ -129,7 +129,7 @@ def _train_folds(cfg, chosen: list[int], gpu: bool, resume: bool, retrain: bool,
         else:
             # The run folder's state (finished, interrupted, resume epochs) is the chief's: the other workers
             # follow it, whether or not they see the same folder.
-            decided = cluster.settle(decide, chief_only=True)
+            decided = cluster.settle(fold_actions, chief_only=True)
             shared = cluster.from_chief({str(k): list(a) for k, a in decided.items()} if decided else None)
             actions = {int(k): FoldAction(*a) for k, a in shared.items()}
             strategy = cluster.strategy
